@@ -1,0 +1,134 @@
+"""The paged KV cache: a `transformers` Cache whose layers keep K/V as pages, plus per-page bookmark keys.
+
+Layout per layer: K and V pools of shape [1, kv_heads, capacity, head_dim] where page j occupies rows
+[j*P, (j+1)*P). This is DESIGN.md's [pages, kv_heads, page, dim] pool with the page axis folded into the
+token axis, head-major, so one page is a contiguous [P, dim] block per head: the Triton decode kernel and
+the gather paths read pages in place, and pages never need re-packing. Capacity grows in whole pages
+(doubling), so a page's rows always exist even while it is being filled.
+
+Shared across layers (one retrieval decision serves every layer): the token ids seen so far, the bookmark
+key and query of every complete page, and the position each page was encoded at.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .errors import RetroLMError
+
+
+def _grow(tensor: torch.Tensor, dim: int, needed: int) -> torch.Tensor:
+    """Return `tensor` with size >= `needed` along `dim` (doubling; new rows are zeros)."""
+    have = tensor.shape[dim]
+    if have >= needed:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = max(needed, 2 * have)
+    grown = tensor.new_zeros(shape)
+    grown.narrow(dim, 0, have).copy_(tensor)
+    return grown
+
+
+class PagedLayer(CacheLayerMixin):
+    """One layer's K/V pool. `update` appends the new tokens and returns the whole pool (all pages)."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, page_size: int):
+        super().__init__()
+        self.page_size = page_size
+        self.length = 0  # tokens written
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, kv_heads, _, head_dim = key_states.shape
+        self.keys = key_states.new_zeros(batch, kv_heads, self.page_size, head_dim)  # [1, kvh, cap, D]
+        self.values = value_states.new_zeros(batch, kv_heads, self.page_size, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        new = key_states.shape[-2]
+        end = self.length + new
+        pages_needed = -(-end // self.page_size)
+        self.keys = _grow(self.keys, 2, pages_needed * self.page_size)
+        self.values = _grow(self.values, 2, pages_needed * self.page_size)
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
+        self.length = end
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        # RetroLM's attention builds its own page mask; a query-sized stand-in keeps the unused HF mask tiny.
+        return query_length, 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise RetroLMError("the paged KV cache cannot be cropped; assisted/speculative decoding is unsupported.")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise RetroLMError("beam search is unsupported with RetroLM; use greedy decoding or sampling.")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if repeats != 1:
+            raise RetroLMError("RetroLM decodes one sequence at a time; pass num_return_sequences=1.")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise RetroLMError("RetroLM decodes one sequence at a time (batch size 1).")
+
+
+class PagedKVCache(Cache):
+    """Paged KV cache for one sequence. Build it with `RetroLM.new_cache()`; pass it as `past_key_values`."""
+
+    def __init__(self, num_layers: int, page_size: int, score_heads: int, score_dim: int, device=None):
+        super().__init__(layers=[PagedLayer(page_size) for _ in range(num_layers)])
+        self.page_size = page_size
+        device = torch.device("cpu") if device is None else torch.device(device)
+        self.token_ids = torch.zeros(page_size, dtype=torch.long, device=device)  # [capacity]
+        self.num_tokens = 0
+        self.bookmark_keys = torch.zeros(1, score_heads, score_dim, device=device)  # [pages, heads, dim]
+        self.page_queries = torch.zeros(1, score_heads, score_dim, device=device)  # [pages, heads, dim]
+        self.page_starts = torch.zeros(1, dtype=torch.long, device=device)  # [pages] position of row 0
+        self.num_complete_pages = 0
+        # The selection in force for the page being decoded: (page, attended [A], position it was made at).
+        self.selection: tuple[int, torch.Tensor, int] | None = None
+        self.selection_log: list[tuple[int, list[int]]] = []  # (position, pages) of each decode-time retrieval
+        self.plan = None  # AttentionPlan of the forward in flight
+
+    def append_tokens(self, ids: torch.Tensor) -> None:
+        """Record the ids of the tokens about to be encoded (the retriever reads windows of them)."""
+        end = self.num_tokens + ids.shape[0]
+        self.token_ids = _grow(self.token_ids, 0, end)
+        self.token_ids[self.num_tokens : end] = ids.to(self.token_ids.device)
+        self.num_tokens = end
+
+    def store_bookmarks(self, first_page: int, queries: torch.Tensor, keys: torch.Tensor) -> None:
+        """Store bookmark queries/keys [n, heads, dim] of pages first_page .. first_page+n-1."""
+        end = first_page + keys.shape[0]
+        self.bookmark_keys = _grow(self.bookmark_keys, 0, end)
+        self.page_queries = _grow(self.page_queries, 0, end)
+        self.bookmark_keys[first_page:end] = keys
+        self.page_queries[first_page:end] = queries
+        self.num_complete_pages = end
+
+    def set_page_starts(self, pages: torch.Tensor, starts: torch.Tensor) -> None:
+        """Record the position at which each of `pages` is (being) encoded."""
+        self.page_starts = _grow(self.page_starts, 0, int(pages.max()) + 1)
+        self.page_starts[pages] = starts
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].length  # tokens already encoded (the ids of a forward in flight excluded)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the K/V pools of all layers."""
+        return sum(l.keys.numel() * l.keys.element_size() * 2 for l in self.layers if l.is_initialized)

@@ -1,0 +1,129 @@
+"""Planning one forward: which pages each new token attends to, and at which positions.
+
+Runs before the LLM sees the tokens (a forward pre-hook), because retrieval needs only token ids:
+1. record the new ids; compute bookmark (query, key) for every page this forward completes;
+2. group the new tokens by page; each group's query is the retriever's view of the `page_size` tokens
+   before the group's first token (for a group starting on a page boundary that is simply the previous
+   page's bookmark query); decode groups reuse their selection until `refresh_interval` tokens passed;
+3. select sink + local + top-k earlier pages per group (never a future page);
+4. assign positions: original, or contiguous (attended pages re-packed at 0, P, 2P, ... in page order,
+   the group's own page right after), and the key shift that moves each attended page there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cache import PagedKVCache
+from .config import RetroLMConfig
+from .pager import page_windows
+from .retriever import PageRetriever, score_pages, select_pages
+
+
+@dataclass
+class AttentionPlan:
+    """What the attention of one forward must do. G groups (pages touched), A attended earlier pages max."""
+
+    page_size: int
+    query_pages: torch.Tensor  # [G] page index of each group
+    attended: torch.Tensor  # [G, A] earlier pages per group, ascending, -1 padded
+    key_shift: torch.Tensor | None  # [G, A] position shift for each attended page's keys; None: no shift
+    q_group: torch.Tensor  # [q] group of each new token
+    q_row: torch.Tensor  # [q] row of each new token inside its group's query block
+    q_offset: torch.Tensor  # [q] offset of each new token inside its page
+    rows: int  # R, rows of a group's query block (max token count of one group)
+    row_offsets: torch.Tensor  # [G, R] page offset of each row (rows past a group's tokens are padding)
+    position_ids: torch.Tensor  # [1, q] RoPE positions of the new tokens
+    inv_freq: torch.Tensor | None  # rotary inverse frequencies, for key_shift
+    backend: str = "sdpa"  # attention path: a key of attention.BACKENDS
+
+
+def _window_bookmarks(cache, retriever, embed, ends, page_size):
+    """Retriever (query, key) of the windows of up to `page_size` recorded tokens ending before `ends` [W]."""
+    starts = (ends - page_size).clamp(min=0)
+    ids, lengths = page_windows(cache.token_ids[: cache.num_tokens], starts, ends, page_size)
+    with torch.no_grad():
+        token_embeds = embed(ids.to(embed.weight.device))
+    return retriever(token_embeds.to(next(retriever.parameters()).device), lengths.to(token_embeds.device))
+
+
+def plan_forward(
+    cache: PagedKVCache,
+    new_ids: torch.Tensor,
+    retriever: PageRetriever,
+    embed: torch.nn.Embedding,
+    config: RetroLMConfig,
+    inv_freq: torch.Tensor,
+) -> AttentionPlan:
+    """Plan the forward that encodes `new_ids` [q] after the tokens already in `cache`."""
+    P = config.page_size
+    t0 = cache.num_tokens
+    cache.append_tokens(new_ids)
+    t1 = cache.num_tokens
+    device = cache.token_ids.device
+
+    done_before, done_after = t0 // P, t1 // P
+    if done_after > done_before:
+        ends = torch.arange(done_before + 1, done_after + 1, device=device) * P
+        queries, keys = _window_bookmarks(cache, retriever, embed, ends, P)
+        cache.store_bookmarks(done_before, queries.to(device), keys.to(device))
+
+    first_page, last_page = t0 // P, (t1 - 1) // P
+    query_pages = torch.arange(first_page, last_page + 1, device=device)  # [G]
+    group_starts = torch.clamp(query_pages * P, min=t0)  # first new token of each group
+    attended = _select(cache, retriever, embed, config, query_pages, group_starts)
+
+    positions = torch.arange(t0, t1, device=device)
+    q_group = positions // P - first_page
+    q_offset = positions % P
+    first_offset = group_starts % P  # [G]
+    q_row = q_offset - first_offset[q_group]
+    rows = int(q_row.max()) + 1
+    row_offsets = first_offset[:, None] + torch.arange(rows, device=device)[None, :]  # [G, R]
+
+    if config.position_mode == "original":
+        cache.set_page_starts(query_pages, query_pages * P)
+        return AttentionPlan(P, query_pages, attended, None, q_group, q_row, q_offset, rows, row_offsets,
+                             positions[None, :], None)
+
+    valid = attended >= 0
+    count = valid.sum(dim=1)  # [G] attended pages: the group's own page is packed right after them
+    cache.set_page_starts(query_pages, count * P)
+    rank = torch.arange(attended.shape[1], device=device)[None, :]
+    stored = cache.page_starts[attended.clamp(min=0)]
+    key_shift = torch.where(valid, rank * P - stored, 0)  # [G, A]
+    position_ids = (count[q_group] * P + q_offset)[None, :]
+    return AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
+                         position_ids, inv_freq)
+
+
+def _select(cache, retriever, embed, config, query_pages, group_starts):
+    """Attended earlier pages [G, A] of each group, reusing the decode selection while it is fresh."""
+    P = config.page_size
+    reuse = None
+    if cache.selection is not None and query_pages.numel() == 1:
+        page, attended, made_at = cache.selection
+        start = int(group_starts[0])
+        if page == int(query_pages[0]) and start % P != 0 and start - made_at < config.refresh_interval:
+            reuse = attended[None, :]
+    if reuse is not None:
+        return reuse
+
+    n = cache.num_complete_pages
+    scores = torch.zeros(query_pages.numel(), n, device=query_pages.device)
+    if n > 0 and config.top_k > 0:
+        on_boundary = group_starts % P == 0
+        queries = cache.page_queries[(query_pages - 1).clamp(min=0)]  # [G, heads, dim]
+        mid = (~on_boundary).nonzero().flatten()
+        if mid.numel():  # a group starting mid-page: its window straddles two pages
+            mid_queries, _ = _window_bookmarks(cache, retriever, embed, group_starts[mid], P)
+            queries[mid] = mid_queries.to(queries.device)
+        scores = score_pages(queries, cache.bookmark_keys[:n])
+    attended = select_pages(scores, query_pages, config.top_k, config.sink_pages, config.local_pages)
+
+    last_start = int(group_starts[-1])
+    cache.selection = (int(query_pages[-1]), attended[-1], last_start)
+    if last_start % P != 0:
+        cache.selection_log.append((last_start, [p for p in attended[-1].tolist() if p >= 0]))
+    return attended

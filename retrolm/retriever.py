@@ -1,0 +1,96 @@
+"""The page retriever: per page window, a bookmark query and key; scoring and top-k page selection.
+
+The retriever is a few fresh transformer layers over the LLM's own (frozen) token embeddings. It reads
+one window of up to `page_size` tokens followed by the trainable bookmark embedding; the bookmark's
+final hidden state gives the window's query and key vectors. Page j's key comes from page j's own
+tokens. The query used while encoding positions [t, ...) comes from the window of the `page_size`
+tokens before t, so a retrieval decision never depends on the tokens it helps to predict.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from .config import RetrieverConfig
+
+
+class PageRetriever(nn.Module):
+    """Encodes page windows into bookmark (query, key) vectors, each [score_heads, score_dim]."""
+
+    def __init__(self, config: RetrieverConfig, llm_hidden_size: int, page_size: int):
+        super().__init__()
+        self.config = config
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(config.seed)
+        self.input_proj = nn.Linear(llm_hidden_size, config.hidden_size)
+        self.bookmark_embedding = nn.Parameter(torch.randn(config.hidden_size) * 0.02)
+        encoder_config = LlamaConfig(
+            vocab_size=1,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_heads,
+            max_position_embeddings=page_size + 1,
+            pad_token_id=None,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+        encoder_config._attn_implementation = "sdpa"
+        self.encoder = LlamaModel(encoder_config)
+        self.encoder.embed_tokens = None  # the encoder reads projected LLM embeddings, never ids
+        out_dim = config.num_score_heads * config.score_dim
+        self.query_head = nn.Linear(config.hidden_size, out_dim)
+        self.key_head = nn.Linear(config.hidden_size, out_dim)
+        torch.random.set_rng_state(generator_state)
+
+    def forward(self, token_embeds: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_embeds: [W, P, E] LLM input embeddings of W windows, right-padded; lengths: [W] >= 0.
+
+        Returns (query, key), each [W, score_heads, score_dim] in float32.
+        """
+        windows, width, _ = token_embeds.shape
+        x = self.input_proj(token_embeds.float())  # [W, P, H]
+        x = torch.cat([x, x.new_zeros(windows, 1, x.shape[-1])], dim=1)  # [W, P+1, H]
+        rows = torch.arange(windows, device=x.device)
+        x[rows, lengths] = self.bookmark_embedding.to(x.dtype)
+        slots = torch.arange(width + 1, device=x.device)
+        attention_mask = (slots[None, :] <= lengths[:, None]).long()  # [W, P+1]: tokens + bookmark
+        hidden = self.encoder(inputs_embeds=x, attention_mask=attention_mask).last_hidden_state
+        bookmark = hidden[rows, lengths]  # [W, H]
+        shape = (windows, self.config.num_score_heads, self.config.score_dim)
+        return self.query_head(bookmark).view(shape), self.key_head(bookmark).view(shape)
+
+
+def score_pages(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """queries: [G, heads, dim], keys: [N, heads, dim] -> scores [G, N] = sum over heads of <q, k>."""
+    return queries.flatten(1) @ keys.flatten(1).T
+
+
+def select_pages(
+    scores: torch.Tensor, query_pages: torch.Tensor, top_k: int, sink_pages: int, local_pages: int
+) -> torch.Tensor:
+    """Earlier pages each query page attends to: sink + local + the top-k scored among the rest.
+
+    scores: [G, N] over the N pages that have keys; query_pages: [G] page index m of each query.
+    Only pages j < m are eligible (never the future, never the page itself).
+    Returns [G, A] page indices, ascending within a row, padded with -1 on the right.
+    """
+    groups, n = scores.shape
+    device = scores.device
+    j = torch.arange(n, device=device)[None, :]  # [1, N]
+    m = query_pages[:, None]  # [G, 1]
+    earlier = j < m
+    always = earlier & ((j < sink_pages) | (j >= m - local_pages))
+    candidates = earlier & ~always
+    chosen = always.clone()
+    k = min(top_k, n)
+    if k > 0:
+        masked = scores.float().masked_fill(~candidates, float("-inf"))
+        top_scores, top_index = masked.topk(k, dim=1)
+        chosen.scatter_(1, top_index, top_scores > float("-inf"))
+        chosen |= always
+    width = int(chosen.sum(dim=1).max()) if groups else 0
+    order = torch.where(chosen, j.expand(groups, n), n).sort(dim=1).values[:, :width]
+    return torch.where(order < n, order, -1)
