@@ -36,15 +36,17 @@ class PagedLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, page_size: int):
+    def __init__(self, page_size: int, capacity_tokens: int = 0):
         super().__init__()
         self.page_size = page_size
+        self.capacity_pages = max(1, -(-capacity_tokens // page_size))  # allocated at first update
         self.length = 0  # tokens written
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, kv_heads, _, head_dim = key_states.shape
-        self.keys = key_states.new_zeros(batch, kv_heads, self.page_size, head_dim)  # [1, kvh, cap, D]
-        self.values = value_states.new_zeros(batch, kv_heads, self.page_size, value_states.shape[-1])
+        capacity = self.capacity_pages * self.page_size
+        self.keys = key_states.new_zeros(batch, kv_heads, capacity, head_dim)  # [1, kvh, cap, D]
+        self.values = value_states.new_zeros(batch, kv_heads, capacity, value_states.shape[-1])
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -90,8 +92,10 @@ class PagedLayer(CacheLayerMixin):
 class PagedKVCache(Cache):
     """Paged KV cache for one sequence. Build it with `RetroLM.new_cache()`; pass it as `past_key_values`."""
 
-    def __init__(self, num_layers: int, page_size: int, score_heads: int, score_dim: int, device=None):
-        super().__init__(layers=[PagedLayer(page_size) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, page_size: int, score_heads: int, score_dim: int, device=None,
+                 capacity_tokens: int = 0):
+        """capacity_tokens: reserve room for this many tokens up front (pools otherwise grow by doubling)."""
+        super().__init__(layers=[PagedLayer(page_size, capacity_tokens) for _ in range(num_layers)])
         self.page_size = page_size
         device = torch.device("cpu") if device is None else torch.device(device)
         self.token_ids = torch.zeros(page_size, dtype=torch.long, device=device)  # [capacity]

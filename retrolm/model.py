@@ -140,12 +140,12 @@ class RetroLM(nn.Module):
     def device(self) -> torch.device:
         return _inner_model(self.base_model).device
 
-    def new_cache(self) -> PagedKVCache:
-        """An empty paged cache sized for this model."""
+    def new_cache(self, capacity_tokens: int = 0) -> PagedKVCache:
+        """An empty paged cache for this model, with room reserved for `capacity_tokens` tokens."""
         inner = _inner_model(self.base_model)
         r = self.config.retriever
         return PagedKVCache(inner.config.num_hidden_layers, self.config.page_size, r.num_score_heads, r.score_dim,
-                            device=self.device)
+                            device=self.device, capacity_tokens=capacity_tokens)
 
     def _plan_hook(self, module, args, kwargs):
         cache = kwargs.get("past_key_values")
@@ -188,7 +188,7 @@ class RetroLM(nn.Module):
         Returns (cache, logits [1, kept, vocab]) where kept = T if logits_to_keep == 0 else the last
         `logits_to_keep` positions. progress: show a bar (default: when there are over 8 chunks).
         """
-        cache = self.new_cache() if cache is None else cache
+        cache = self.new_cache(input_ids.shape[1]) if cache is None else cache
         chunk = self.config.prefill_chunk_pages * self.config.page_size
         total = input_ids.shape[1]
         starts = range(0, total, chunk)
@@ -225,7 +225,7 @@ class RetroLM(nn.Module):
         if generate_kwargs.get("num_beams", 1) > 1 or generate_kwargs.get("num_return_sequences", 1) > 1:
             raise RetroLMError("beam search and several return sequences are unsupported with RetroLM (one "
                                "sequence per paged cache); use greedy decoding or sampling, one call per sample.")
-        cache = self.new_cache()
+        cache = self.new_cache(input_ids.shape[1] + max_new_tokens)
         if input_ids.shape[1] > 1:
             self.encode(input_ids[:, :-1], cache, logits_to_keep=1, progress=progress)
         cache.selection = None  # the first decode step retrieves afresh, from a window holding the prompt's end

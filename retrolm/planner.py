@@ -11,7 +11,7 @@ Runs before the LLM sees the tokens (a forward pre-hook), because retrieval need
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,8 @@ class AttentionPlan:
     position_ids: torch.Tensor  # [1, q] RoPE positions of the new tokens
     inv_freq: torch.Tensor | None  # rotary inverse frequencies, for key_shift
     backend: str = "sdpa"  # attention path: a key of attention.BACKENDS
+    decode_token: tuple[int, int] | None = None  # (page, offset) of the single new token of a decode step
+    scratch: dict = field(default_factory=dict)  # per-forward values an attention path derives once, not per layer
 
 
 def _window_bookmarks(cache, retriever, embed, ends, page_size):
@@ -79,13 +81,14 @@ def plan_forward(
     q_offset = positions % P
     first_offset = group_starts % P  # [G]
     q_row = q_offset - first_offset[q_group]
-    rows = int(q_row.max()) + 1
+    rows = min(t1, (first_page + 1) * P) - t0 if first_page == last_page else P  # most tokens in one group
     row_offsets = first_offset[:, None] + torch.arange(rows, device=device)[None, :]  # [G, R]
 
+    decode_token = (t0 // P, t0 % P) if t1 - t0 == 1 else None
     if config.position_mode == "original":
         cache.set_page_starts(query_pages, query_pages * P)
         return AttentionPlan(P, query_pages, attended, None, q_group, q_row, q_offset, rows, row_offsets,
-                             positions[None, :], None)
+                             positions[None, :], None, decode_token=decode_token)
 
     valid = attended >= 0
     count = valid.sum(dim=1)  # [G] attended pages: the group's own page is packed right after them
@@ -95,7 +98,7 @@ def plan_forward(
     key_shift = torch.where(valid, rank * P - stored, 0)  # [G, A]
     position_ids = (count[q_group] * P + q_offset)[None, :]
     return AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
-                         position_ids, inv_freq)
+                         position_ids, inv_freq, decode_token=decode_token)
 
 
 def _select(cache, retriever, embed, config, query_pages, group_starts):

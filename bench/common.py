@@ -1,0 +1,85 @@
+"""Shared bits of the GPU benchmarks: model shapes, environment record, atomic result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+SHAPES = {
+    # Llama-3-8B: 32 layers, 4096 wide, GQA 32/8, 128K vocab, rope_theta 5e5
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
+                      max_position_embeddings=131072),
+    # a tiny stand-in, for dry runs of the scripts on a CPU
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20),
+    # a 2-layer stand-in with the same per-layer shapes, for dry runs on small GPUs
+    "llama3-8b-2layer": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=2,
+                             num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
+                             max_position_embeddings=131072),
+}
+
+
+def random_model(shape: str, dtype=torch.bfloat16, device="cuda"):
+    """A randomly initialised Llama model of a named shape, built directly on `device` in `dtype`."""
+    config = LlamaConfig(**SHAPES[shape])
+    config._attn_implementation = "sdpa"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+def sync(device) -> None:
+    """Wait for queued GPU work, so host timers measure it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device) -> float:
+    """Peak GPU memory allocated since the last reset, GiB (0 on a CPU)."""
+    return torch.cuda.max_memory_allocated() / (1 << 30) if torch.device(device).type == "cuda" else 0.0
+
+
+def environment() -> dict:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def write_json(path: str, data) -> None:
+    """Write JSON via a temp file and rename, so a crash never leaves a truncated result."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"

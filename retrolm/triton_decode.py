@@ -1,0 +1,118 @@
+"""Triton fast path for sparse decoding: one query token attends to its pages, read in place from the pool.
+
+Split-K ("flash decoding") over pages: program (kv_head, slot) scores the query heads that share
+`kv_head` against one page (an attended page, or the own page up to the current token), keeping an online
+softmax; a short torch reduction merges the per-page partials. In contiguous position mode a retrieved
+page must be read as if its keys sat `shift` positions later; rather than rotating the page's keys, the
+kernel rotates the query by -shift (RoPE rotations compose), which costs D/2 sines instead of P*D/2.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .planner import AttentionPlan
+
+
+@triton.jit
+def _page_decode_kernel(
+    Q, K, V, Attended, Shift, InvFreq, OutM, OutL, OutAcc,
+    own_page, own_len, num_attended, scaling,
+    stride_qh, stride_kh, stride_kt, stride_vh, stride_vt,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+    DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SHIFT: tl.constexpr,
+):
+    kv_head = tl.program_id(0)
+    slot = tl.program_id(1)
+    slots = tl.num_programs(1)
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, HALF_PAD)
+    g_ok = g < GROUP
+    d_ok = d < HALF
+
+    q_rows = Q + (kv_head * GROUP + g)[:, None] * stride_qh
+    q1 = tl.load(q_rows + d[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    q2 = tl.load(q_rows + HALF + d[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+
+    is_own = slot >= num_attended
+    page = tl.load(Attended + slot, mask=slot < num_attended, other=-1)
+    valid = tl.where(is_own, own_len, tl.where(page >= 0, PAGE, 0))
+    page = tl.where(is_own, own_page, tl.maximum(page, 0))
+    if HAS_SHIFT:
+        shift = tl.load(Shift + slot, mask=slot < num_attended, other=0).to(tl.float32)
+        angle = -shift * tl.load(InvFreq + d, mask=d_ok, other=0.0)
+        c = tl.cos(angle)[None, :]
+        s = tl.sin(angle)[None, :]
+        q1, q2 = q1 * c - q2 * s, q2 * c + q1 * s
+
+    dv = tl.arange(0, DIM_PAD)
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
+    k_base = K + kv_head * stride_kh + page * PAGE * stride_kt
+    v_base = V + kv_head * stride_vh + page * PAGE * stride_vt
+    for start in range(0, PAGE, BLOCK_N):
+        t = start + tl.arange(0, BLOCK_N)
+        t_ok = (t < valid) & (t < PAGE)
+        k_ptr = k_base + t[:, None] * stride_kt + d[None, :]
+        k1 = tl.load(k_ptr, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        k2 = tl.load(k_ptr + HALF, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        scores = tl.dot(q1.to(k1.dtype), tl.trans(k1)) + tl.dot(q2.to(k2.dtype), tl.trans(k2))
+        scores = tl.where(t_ok[None, :], scores * scaling, float("-inf"))  # [GROUP_PAD, BLOCK_N]
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(scores - m_safe[:, None])
+        alpha = tl.exp(m - m_safe)
+        l = l * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + t[:, None] * stride_vt + dv[None, :],
+                    mask=t_ok[:, None] & (dv < 2 * HALF)[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+
+    row = (kv_head * slots + slot) * GROUP_PAD + g
+    tl.store(OutM + row, m)
+    tl.store(OutL + row, l)
+    tl.store(OutAcc + row[:, None] * DIM_PAD + dv[None, :], acc)
+
+
+def paged_decode_attention(plan: AttentionPlan, query, key_pool, value_pool, scaling: float) -> torch.Tensor:
+    """query [1, H, 1, D] of one decode token; pools [1, kv_heads, capacity, D]. Returns [1, 1, H, D]."""
+    if plan.decode_token is None:
+        raise ValueError("the Triton decode path handles one new token; use the sdpa backend for prefill")
+    heads, dim = query.shape[1], query.shape[-1]
+    kv_heads = key_pool.shape[1]
+    group = heads // kv_heads
+    if "triton" not in plan.scratch:  # once per forward, shared by all layers
+        has_shift = plan.key_shift is not None
+        attended = plan.attended[0].to(torch.int32).contiguous()
+        plan.scratch["triton"] = (
+            attended,
+            plan.key_shift[0].to(torch.int32).contiguous() if has_shift else attended,
+            plan.inv_freq.to(query.device, torch.float32).contiguous() if has_shift else attended,
+            has_shift,
+        )
+    attended, shift, inv_freq, has_shift = plan.scratch["triton"]
+    slots = attended.numel() + 1
+    half = dim // 2
+    pad = lambda n: max(16, triton.next_power_of_2(n))  # tl.dot needs every side >= 16
+    group_pad, half_pad = pad(group), pad(half)
+    dim_pad = 2 * half_pad
+    out_m = torch.empty(kv_heads, slots, group_pad, device=query.device, dtype=torch.float32)
+    out_l = torch.empty_like(out_m)
+    out_acc = torch.empty(kv_heads, slots, group_pad, dim_pad, device=query.device, dtype=torch.float32)
+    q = query[0, :, 0].contiguous()  # [H, D]
+    own_page, own_offset = plan.decode_token
+    _page_decode_kernel[(kv_heads, slots)](
+        q, key_pool, value_pool, attended, shift, inv_freq, out_m, out_l, out_acc,
+        own_page, own_offset + 1, slots - 1, float(scaling),
+        q.stride(0), key_pool.stride(1), key_pool.stride(2), value_pool.stride(1), value_pool.stride(2),
+        GROUP=group, GROUP_PAD=group_pad, HALF=half, HALF_PAD=half_pad, DIM_PAD=dim_pad, PAGE=plan.page_size,
+        BLOCK_N=min(64, pad(plan.page_size)), HAS_SHIFT=has_shift,
+    )
+    m_max = out_m.max(dim=1, keepdim=True).values  # [kvh, 1, Gp]
+    weight = torch.exp(out_m - m_max).nan_to_num(0.0)  # empty slots (m = -inf) weigh nothing
+    numerator = (out_acc * weight[..., None]).sum(dim=1)  # [kvh, Gp, Dp]
+    denominator = (out_l * weight).sum(dim=1)[..., None]
+    out = (numerator / denominator)[:, :group, :dim]  # [kvh, group, D]
+    return out.reshape(heads, dim)[None, None].to(query.dtype)
