@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -226,13 +227,18 @@ class RetroLM(nn.Module):
             raise RetroLMError("beam search and several return sequences are unsupported with RetroLM (one "
                                "sequence per paged cache); use greedy decoding or sampling, one call per sample.")
         cache = self.new_cache(input_ids.shape[1] + max_new_tokens)
+        started = time.perf_counter()
         if input_ids.shape[1] > 1:
             self.encode(input_ids[:, :-1], cache, logits_to_keep=1, progress=progress)
         cache.selection = None  # the first decode step retrieves afresh, from a window holding the prompt's end
+        encoded = time.perf_counter()
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        self.last_cache = cache
-        return self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                        past_key_values=cache, max_new_tokens=max_new_tokens, **generate_kwargs)
+        output = self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                          past_key_values=cache, max_new_tokens=max_new_tokens, **generate_kwargs)
+        self.last_cache = cache  # for inspection: cache.selection_log lists the pages each decode step retrieved
+        self.last_timings = {"encode_s": encoded - started, "decode_s": time.perf_counter() - encoded,
+                             "prompt_tokens": input_ids.shape[1], "new_tokens": output.shape[1] - input_ids.shape[1]}
+        return output
 
 
 def _load_base(path: str, device, dtype):

@@ -1,0 +1,77 @@
+"""Command line: `retrolm generate` (answer a question about a long file) and `retrolm demo`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from .errors import RetroLMError
+
+DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _generate(args) -> int:
+    from .model import RetroLM
+    from .prompt import build_prompt_ids, describe_pages
+
+    if not os.path.isfile(args.input):
+        raise RetroLMError(f"input file {args.input!r} not found; pass --input with a text file.")
+    with open(args.input, encoding="utf-8") as f:
+        context = f.read()
+    if not context.strip():
+        raise RetroLMError(f"input file {args.input!r} is empty; pass a file with the text to read.")
+    knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k)) if v is not None}
+    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], **knobs)
+    ids = build_prompt_ids(model.tokenizer, context, args.question)
+    out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, do_sample=False, progress=True)
+    answer = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    t = model.last_timings
+    pages = model.last_cache.selection_log[0][1] if model.last_cache.selection_log else []
+    print(f"answer: {answer}")
+    print(f"pages retrieved for the question ({len(pages)}):")
+    print("\n".join(describe_pages(model.tokenizer, ids[0], pages, model.config.page_size)))
+    print(f"timings: {t['prompt_tokens']} prompt tokens encoded in {t['encode_s']:.2f} s; "
+          f"{t['new_tokens']} tokens generated in {t['decode_s']:.2f} s "
+          f"({1e3 * t['decode_s'] / max(1, t['new_tokens']):.1f} ms/token)")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(model_path=args.model, window=args.window, factor=args.factor, num_facts=args.facts, seed=args.seed)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="retrolm", description="Long-context LLM inference by KV page retrieval.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="answer a question about a long text file")
+    gen.add_argument("--model", required=True, help="RetroLM checkpoint or HF model (hub name or directory)")
+    gen.add_argument("--input", required=True, help="text file holding the long context")
+    gen.add_argument("--question", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--page-size", type=int)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument("--dtype", default="auto", choices=sorted(DTYPES))
+    gen.set_defaults(run=_generate)
+    demo = commands.add_parser("demo", help="facts hidden in a long haystack, found by page retrieval")
+    demo.add_argument("--model", help="model directory (default: a tiny model built locally)")
+    demo.add_argument("--window", type=int, default=512, help="the model's trained window, in tokens")
+    demo.add_argument("--factor", type=int, default=32, help="haystack length as a multiple of the window")
+    demo.add_argument("--facts", type=int, default=3)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except RetroLMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
