@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["retrolm", "retrolm.*", "eval", "eval.*", "train", "train.*"]),
     install_requires=[
         "torch>=2.5,<3",  # FlexAttention and enable_gqa in SDPA
-        "transformers>=5.0,<6",  # attention registry + layered Cache API of the 5.x line
+        "transformers>=5.17,<6",  # attention registry + layered Cache API; 5.17 is the version tested
         "peft>=0.17,<1",
         "safetensors>=0.4",
         "tokenizers>=0.21",

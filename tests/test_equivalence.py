@@ -21,7 +21,7 @@ def test_logits_equal_base_model(tiny_dirs, arch, length, mode):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_greedy_generate_equals_base_model(tiny_dirs, arch, backend):
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch]).eval()
