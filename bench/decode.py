@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--full-caches", nargs="+", default=["static", "dynamic"], choices=["static", "dynamic"])
     parser.add_argument("--backends", nargs="+", default=["triton", "sdpa"])
     parser.add_argument("--prefill-chunk", type=int, default=8192)
+    parser.add_argument("--offload-contexts", type=int, nargs="*", default=[131072],
+                        help="also run RetroLM with offload_kv=True (K/V pages in pinned host memory) at these lengths")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
@@ -125,6 +127,13 @@ def main() -> None:
                                                                           args.warmup)))
         model._hook.remove()
         print(rows[-1], flush=True)
+        if context in args.offload_contexts:
+            model = RetroLM(base, byte_tokenizer(), config.replace(offload_kv=True))
+            print(f"RetroLM with offloaded KV, {context} tokens", flush=True)
+            rows.append(dict(method="retrolm-offload", context=context, **run_retrolm(
+                model, ids, args.backends[:1], args.steps, args.warmup)))
+            model._hook.remove()
+            print(rows[-1], flush=True)
 
     result = dict(benchmark="decode", shape=args.shape, dtype=str(base.dtype), device=args.device, retrolm_config=config.to_dict(),
                   steps=args.steps, warmup=args.warmup, environment=environment(), rows=rows)

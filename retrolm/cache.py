@@ -50,6 +50,9 @@ class PagedLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        plan = kwargs.get("plan")
+        if plan is not None and plan.resident_pages is not None:
+            return self._update_offloaded(key_states, value_states, plan)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         new = key_states.shape[-2]
@@ -61,6 +64,26 @@ class PagedLayer(CacheLayerMixin):
         self.values[:, :, self.length : end] = value_states
         self.length = end
         return self.keys, self.values
+
+    def _update_offloaded(self, key_states, value_states, plan):
+        """Write the new K/V to the host pool; return a device pool of just the pages `plan` needs."""
+        if not self.is_initialized:
+            host = lambda t: t.new_zeros(1, 0, 0, 0, device="cpu")  # noqa: E731
+            self.keys, self.values = host(key_states), host(value_states)
+            self.lazy_initialization(key_states.to("cpu"), value_states.to("cpu"))
+            if torch.cuda.is_available():  # pinned host memory makes the per-forward copies asynchronous DMA
+                self.keys, self.values = self.keys.pin_memory(), self.values.pin_memory()
+        start, end = plan.new_tokens
+        pages_needed = -(-end // self.page_size)
+        self.keys = _grow(self.keys, 2, pages_needed * self.page_size)
+        self.values = _grow(self.values, 2, pages_needed * self.page_size)
+        self.keys[:, :, start:end] = key_states.to("cpu")
+        self.values[:, :, start:end] = value_states.to("cpu")
+        self.length = end
+        rows = (plan.resident_pages.cpu()[:, None] * self.page_size + torch.arange(self.page_size)).flatten()
+        device = key_states.device
+        return (self.keys[:, :, rows].to(device, non_blocking=True),
+                self.values[:, :, rows].to(device, non_blocking=True))
 
     def get_seq_length(self) -> int:
         return self.length
@@ -130,9 +153,13 @@ class PagedKVCache(Cache):
         self.page_starts = _grow(self.page_starts, 0, int(pages.max()) + 1)
         self.page_starts[pages] = starts
 
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        # the forward's plan tells an offloaded layer which pages to bring in
+        return self.layers[layer_idx].update(key_states, value_states, plan=self.plan)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].length  # tokens already encoded (the ids of a forward in flight excluded)
 
     def memory_bytes(self) -> int:
-        """Bytes held by the K/V pools of all layers."""
+        """Bytes held by the K/V pools of all layers (in host memory when offloaded)."""
         return sum(l.keys.numel() * l.keys.element_size() * 2 for l in self.layers if l.is_initialized)

@@ -38,6 +38,7 @@ class RetroLMConfig:
     refresh_interval: int = 16  # decode: re-run retrieval every this many generated tokens (and at each new page)
     prefill_chunk_pages: int = 32  # pages encoded per LLM forward during prefill (memory vs speed)
     max_context_tokens: int = 1_048_576  # longer inputs are refused with an error naming this knob
+    offload_kv: bool = False  # keep K/V pages in (pinned) CPU memory; copy in only the pages a forward attends to
     attention_backend: str = "auto"  # "auto": triton on CUDA decode, sdpa elsewhere; "reference": plain torch
     bookmark_token: str = "<retrolm_bookmark>"
     base_model_name_or_path: str = ""

@@ -161,6 +161,7 @@ class RetroLM(nn.Module):
         plan = plan_forward(cache, input_ids[0], self.retriever, inner.get_input_embeddings(), self.config,
                             rope_inv_freq(inner))
         plan.backend = self._backend(input_ids.shape[1])
+        cache.plan = plan
         kwargs["retrolm_plan"] = plan
         kwargs["position_ids"] = plan.position_ids
         kwargs["use_cache"] = True

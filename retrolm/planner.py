@@ -39,6 +39,8 @@ class AttentionPlan:
     backend: str = "sdpa"  # attention path: a key of attention.BACKENDS
     decode_token: tuple[int, int] | None = None  # (page, offset) of the single new token of a decode step
     scratch: dict = field(default_factory=dict)  # per-forward values an attention path derives once, not per layer
+    resident_pages: torch.Tensor | None = None  # offload: pages copied in for this forward; page ids above are slots
+    new_tokens: tuple[int, int] = (0, 0)  # [start, end) positions of the tokens this forward encodes
 
 
 def _window_bookmarks(cache, retriever, embed, ends, page_size):
@@ -87,8 +89,9 @@ def plan_forward(
     decode_token = (t0 // P, t0 % P) if t1 - t0 == 1 else None
     if config.position_mode == "original":
         cache.set_page_starts(query_pages, query_pages * P)
-        return AttentionPlan(P, query_pages, attended, None, q_group, q_row, q_offset, rows, row_offsets,
-                             positions[None, :], None, decode_token=decode_token)
+        plan = AttentionPlan(P, query_pages, attended, None, q_group, q_row, q_offset, rows, row_offsets,
+                             positions[None, :], None, decode_token=decode_token, new_tokens=(t0, t1))
+        return _to_resident_slots(plan) if config.offload_kv else plan
 
     valid = attended >= 0
     count = valid.sum(dim=1)  # [G] attended pages: the group's own page is packed right after them
@@ -97,8 +100,22 @@ def plan_forward(
     stored = cache.page_starts[attended.clamp(min=0)]
     key_shift = torch.where(valid, rank * P - stored, 0)  # [G, A]
     position_ids = (count[q_group] * P + q_offset)[None, :]
-    return AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
-                         position_ids, inv_freq, decode_token=decode_token)
+    plan = AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
+                         position_ids, inv_freq, decode_token=decode_token, new_tokens=(t0, t1))
+    return _to_resident_slots(plan) if config.offload_kv else plan
+
+
+def _to_resident_slots(plan: AttentionPlan) -> AttentionPlan:
+    """Offload: list the pages this forward needs and renumber them as slots of a compact resident pool."""
+    needed = torch.cat([plan.attended[plan.attended >= 0], plan.query_pages]).unique()  # sorted
+    slot_of = torch.full((int(needed[-1]) + 1,), -1, dtype=torch.long, device=needed.device)
+    slot_of[needed] = torch.arange(needed.numel(), device=needed.device)
+    plan.resident_pages = needed
+    plan.attended = torch.where(plan.attended >= 0, slot_of[plan.attended.clamp(min=0)], -1)
+    plan.query_pages = slot_of[plan.query_pages]
+    if plan.decode_token is not None:
+        plan.decode_token = (int(plan.query_pages[0]), plan.decode_token[1])
+    return plan
 
 
 def _select(cache, retriever, embed, config, query_pages, group_starts):
