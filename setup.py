@@ -20,7 +20,7 @@ setup(
     ],
     extras_require={
         "train": ["deepspeed>=0.16,<1", "wandb>=0.17", "datasets>=3.0"],
-        "eval": ["datasets>=3.0", "faiss-cpu>=1.8", "matplotlib>=3.7", "jieba>=0.42"],
+        "eval": ["datasets>=3.0", "faiss-cpu>=1.8", "matplotlib>=3.7", "jieba>=0.42", "wonderwords>=2.2,<4"],
         "dev": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["retrolm=retrolm.cli:main"]},
