@@ -11,16 +11,6 @@ import torch
 from .errors import RetroLMError
 
 
-def num_pages(num_tokens: int, page_size: int) -> int:
-    """Pages needed for `num_tokens` tokens, the last one possibly ragged."""
-    return -(-num_tokens // page_size)
-
-
-def complete_pages(num_tokens: int, page_size: int) -> int:
-    """Pages that are full after `num_tokens` tokens; only full pages get a bookmark key."""
-    return num_tokens // page_size
-
-
 def page_windows(token_ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, page_size: int):
     """Cut windows [starts[w], ends[w]) of at most `page_size` tokens out of a sequence.
 
