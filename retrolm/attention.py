@@ -94,6 +94,9 @@ BACKENDS = {"reference": reference_attention, "sdpa": sdpa_page_attention, "trit
 def retrolm_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The function registered as attn_implementation="retrolm"."""
     plan = kwargs.pop("retrolm_plan", None)
+    observer = kwargs.pop("retrolm_observer", None)  # training reads full attention's page mass through this
+    if observer is not None:
+        observer(module, query, key, query.shape[-1] ** -0.5 if scaling is None else scaling)
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)

@@ -51,7 +51,8 @@ class PageRetriever(nn.Module):
         Returns (query, key), each [W, score_heads, score_dim] in float32.
         """
         windows, width, _ = token_embeds.shape
-        x = self.input_proj(token_embeds.float())  # [W, P, H]
+        # the retriever may be held in bf16 (DeepSpeed bf16 training casts every module); scores stay float32
+        x = self.input_proj(token_embeds.to(self.input_proj.weight.dtype))  # [W, P, H]
         x = torch.cat([x, x.new_zeros(windows, 1, x.shape[-1])], dim=1)  # [W, P+1, H]
         rows = torch.arange(windows, device=x.device)
         x[rows, lengths] = self.bookmark_embedding.to(x.dtype)
@@ -60,12 +61,25 @@ class PageRetriever(nn.Module):
         hidden = self.encoder(inputs_embeds=x, attention_mask=attention_mask).last_hidden_state
         bookmark = hidden[rows, lengths]  # [W, H]
         shape = (windows, self.config.num_score_heads, self.config.score_dim)
-        return self.query_head(bookmark).view(shape), self.key_head(bookmark).view(shape)
+        return self.query_head(bookmark).view(shape).float(), self.key_head(bookmark).view(shape).float()
 
 
 def score_pages(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """queries: [G, heads, dim], keys: [N, heads, dim] -> scores [G, N] = sum over heads of <q, k>."""
     return queries.flatten(1) @ keys.flatten(1).T
+
+
+def eligible_pages(query_pages: torch.Tensor, n: int, sink_pages: int, local_pages: int):
+    """(always [G, N], candidates [G, N]) masks over pages 0..n-1 for each query page m in `query_pages` [G].
+
+    always: the sink and local pages before m, attended whatever the scores; candidates: the other pages
+    before m, among which the top-k are retrieved. Neither ever holds m itself or a later page.
+    """
+    j = torch.arange(n, device=query_pages.device)[None, :]  # [1, N]
+    m = query_pages[:, None]  # [G, 1]
+    earlier = j < m
+    always = earlier & ((j < sink_pages) | (j >= m - local_pages))
+    return always, earlier & ~always
 
 
 def select_pages(
@@ -80,10 +94,7 @@ def select_pages(
     groups, n = scores.shape
     device = scores.device
     j = torch.arange(n, device=device)[None, :]  # [1, N]
-    m = query_pages[:, None]  # [G, 1]
-    earlier = j < m
-    always = earlier & ((j < sink_pages) | (j >= m - local_pages))
-    candidates = earlier & ~always
+    always, candidates = eligible_pages(query_pages, n, sink_pages, local_pages)
     chosen = always.clone()
     k = min(top_k, n)
     if k > 0:

@@ -1,0 +1,194 @@
+"""`TrainConfig`: every knob of a training run (either stage), typed, loaded from JSON, checked up front.
+
+A run is `train/train_retriever.py` (stage 1) or `train/post_train.py` (stage 2) with `--config` (this file's
+dataclass as JSON) and `--deepspeed` (a DeepSpeed JSON: ZeRO stage, offload). Everything a user can get wrong
+in either file is reported here, before a model is loaded or a process group is started.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from ..config import CONFIG_NAME, RetroLMConfig
+from ..errors import RetroLMError
+
+STAGES = ("retriever", "post_train")
+FINETUNE_MODES = ("lora", "full", "none")
+REPORT_TO = ("wandb", "none")
+
+
+@dataclass
+class LoraSettings:
+    """peft LoRA on the LLM (stage 2, finetune="lora")."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `model` is a HF model (hub name or directory) or a RetroLM checkpoint (e.g. stage 1's
+    output); `data` a directory written by `train/prepare_data.py`; the run writes a RetroLM checkpoint to
+    `output_dir` (plus `checkpoints/` for resuming, `metrics.jsonl`, `train_results.json`)."""
+
+    model: str = ""
+    data: str = ""
+    output_dir: str = ""
+    retrolm: dict = field(default_factory=dict)  # RetroLMConfig knobs (page_size, top_k, ...) for this run
+    max_steps: int = 100  # optimizer steps
+    gradient_accumulation_steps: int = 1  # sequences per optimizer step per process (a sequence is one micro-batch)
+    learning_rate: float = 1e-4
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine decay ends at learning_rate * min_lr_ratio
+    weight_decay: float = 0.0
+    gradient_clipping: float = 1.0
+    seed: int = 0
+    bf16: bool = True  # on GPU; CPU runs are float32
+    gradient_checkpointing: bool = True
+    # stage 1: contrastive retriever training against the frozen LLM's attention mass
+    temperature: float = 1.0  # softmax temperature on retriever scores / sqrt(score_heads * score_dim)
+    label_temperature: float = 1.0  # target distribution is mass ** (1 / label_temperature), renormalised
+    recall_k: int = 0  # k of the reported recall@k; 0: the run's top_k
+    # stage 2: language modelling through retrieved pages
+    finetune: str = "lora"  # "lora" (peft), "full", or "none" (only the retriever, if train_retriever)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train_retriever: bool = False  # stage 2: also train retriever + bookmark embedding (stage 1's loss, added)
+    retriever_loss_weight: float = 1.0
+    retriever_learning_rate: float = 0.0  # 0: same as learning_rate
+    # bookkeeping
+    logging_steps: int = 1
+    eval_steps: int = 0  # 0: evaluate only before and after training
+    eval_sequences: int = 8  # held-out sequences evaluated (at most those prepared)
+    save_steps: int = 50  # DeepSpeed checkpoint every this many steps (and at the end)
+    stop_at_step: int = 0  # >0: checkpoint and exit at this step (time-sliced jobs); a rerun resumes
+    resume: bool = True  # continue from output_dir/checkpoints when it holds one
+    report_to: str = "wandb"  # "wandb" honours WANDB_MODE (offline without an API key) or "none"
+    wandb_project: str = "retrolm"
+    run_name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = _build(LoraSettings, self.lora, "lora")
+
+    def retrolm_config(self) -> RetroLMConfig:
+        """The RetroLM knobs of this run: a RetroLM checkpoint's own (when `model` is one), then `retrolm`."""
+        if os.path.isfile(os.path.join(self.model, CONFIG_NAME)):
+            return RetroLMConfig.load(self.model).replace(**self.retrolm)
+        return RetroLMConfig().replace(**self.retrolm)
+
+    def validate(self, stage: str) -> None:
+        """Raise `RetroLMError` naming the fix for any bad value (no file or model is touched here)."""
+        if stage not in STAGES:
+            raise RetroLMError(f"unknown stage {stage!r}; one of {STAGES}.")
+        for name in ("model", "data", "output_dir"):
+            if not getattr(self, name):
+                raise RetroLMError(f"the config must set {name!r}.")
+        self.retrolm_config()  # unknown or out-of-range RetroLM knobs fail here
+        for name in ("max_steps", "gradient_accumulation_steps", "logging_steps", "save_steps", "eval_sequences"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise RetroLMError(f"{name} must be an integer >= 1, got {value!r}.")
+        for name in ("warmup_steps", "eval_steps", "stop_at_step", "recall_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise RetroLMError(f"{name} must be an integer >= 0, got {value!r}.")
+        for name in ("learning_rate", "temperature", "label_temperature"):
+            if not getattr(self, name) > 0:
+                raise RetroLMError(f"{name} must be > 0, got {getattr(self, name)!r}.")
+        if self.finetune not in FINETUNE_MODES:
+            raise RetroLMError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}.")
+        if self.report_to not in REPORT_TO:
+            raise RetroLMError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}.")
+        if stage == "post_train" and self.finetune == "none" and not self.train_retriever:
+            raise RetroLMError("nothing to train: finetune='none' and train_retriever=false; set finetune to "
+                               "'lora' or 'full', or train_retriever to true.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RetroLMError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(known)}.")
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'key=value' (value as JSON, else a plain string) -> (key, value)."""
+    if "=" not in text:
+        raise RetroLMError(f"override {text!r} must look like key=value, e.g. max_steps=10.")
+    key, raw = text.split("=", 1)
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def load_train_config(path: str, stage: str, overrides: list[str] = ()) -> TrainConfig:
+    """Read a `TrainConfig` JSON, apply 'key=value' overrides, validate for `stage`."""
+    if not os.path.isfile(path):
+        raise RetroLMError(f"training config {path!r} not found; see configs/ for examples.")
+    with open(path) as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as error:
+            raise RetroLMError(f"{path} is not valid JSON: {error}.") from error
+    values.update(parse_override(o) for o in overrides)
+    config = _build(TrainConfig, values, path)
+    config.validate(stage)
+    return config
+
+
+def load_deepspeed_config(path: str, config: TrainConfig, on_gpu: bool) -> dict:
+    """The DeepSpeed config of `path`, with the values this run owns filled in.
+
+    RetroLM trains on one sequence per micro-batch (the paged cache holds one sequence), so the micro-batch
+    is 1 and the batch size comes from gradient accumulation and the number of processes. Values set to
+    "auto" (or absent) are filled from `config`; a conflicting explicit value is an error.
+    """
+    if not os.path.isfile(path):
+        raise RetroLMError(f"DeepSpeed config {path!r} not found; pass one of configs/ds_zero*.json.")
+    with open(path) as f:
+        try:
+            ds = json.load(f)
+        except json.JSONDecodeError as error:
+            raise RetroLMError(f"{path} is not valid JSON: {error}.") from error
+    owned = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_clipping": config.gradient_clipping,
+    }
+    for key, value in owned.items():
+        given = ds.get(key, "auto")
+        if given != "auto" and given != value:
+            raise RetroLMError(f"{path} sets {key}={given!r} but this run needs {value!r} "
+                               f"(micro-batch is one sequence; set accumulation in the training config); "
+                               f"use \"auto\" or remove the key.")
+        ds[key] = value
+    if "train_batch_size" in ds and ds["train_batch_size"] != "auto":
+        raise RetroLMError(f"{path} sets train_batch_size; remove it (it follows from gradient_accumulation_steps "
+                           "and the number of processes).")
+    ds.pop("train_batch_size", None)
+    bf16 = ds.setdefault("bf16", {})
+    if bf16.get("enabled", "auto") == "auto":
+        bf16["enabled"] = bool(on_gpu and config.bf16)
+    if ds.get("fp16", {}).get("enabled") is True:
+        raise RetroLMError(f"{path} enables fp16; RetroLM trains in bf16 (or float32 on CPU): use \"bf16\".")
+    optimizer = ds.get("optimizer")
+    if optimizer is not None:
+        params = optimizer.setdefault("params", {})
+        for key, value in (("lr", config.learning_rate), ("weight_decay", config.weight_decay)):
+            if params.get(key, "auto") == "auto":
+                params[key] = value
+    if "scheduler" in ds:
+        raise RetroLMError(f"{path} sets a scheduler; remove it: the run's warmup + cosine schedule comes from "
+                           "warmup_steps and min_lr_ratio in the training config.")
+    ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as the client optimizer
+    ds.setdefault("steps_per_print", 1 << 30)  # progress is ours (tqdm + metrics.jsonl), not DeepSpeed's prints
+    return ds

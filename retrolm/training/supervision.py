@@ -1,0 +1,102 @@
+"""Retrieval supervision from the LLM itself, the contrastive loss, and recall@k.
+
+The label of (page m, earlier page j) is how much of the LLM's full causal attention the tokens of page m
+put on the tokens of page j, averaged over layers, heads and the tokens of page m. No annotation is needed:
+the pages the LLM reads most while encoding page m are the pages a retriever should fetch for page m.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class PageMassObserver:
+    """Accumulates full attention's page-to-page mass over the layers of one forward.
+
+    Passed to the LLM as `retrolm_observer=`; RetroLM's registered attention calls it once per layer with the
+    layer's (rotated) queries and keys. The sequence must hold whole pages.
+    """
+
+    def __init__(self, page_size: int, max_chunk_elements: int = 1 << 27):
+        self.page_size = page_size
+        self.max_chunk_elements = max_chunk_elements  # bounds the [heads, rows, T] score block held at once
+        self.mass = None  # [N, N] summed over layers, heads and query tokens
+        self.layers = 0
+        self.heads = 0
+
+    @torch.no_grad()
+    def __call__(self, module, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
+        """query: [1, H, T, D]; key: [1, kv_heads, T, D] (HF layout, RoPE applied)."""
+        heads, tokens = query.shape[1], query.shape[2]
+        P = self.page_size
+        pages = tokens // P
+        keys = key[0].float().repeat_interleave(heads // key.shape[1], dim=0)  # [H, T, D], HF's repeat_kv order
+        if self.mass is None:
+            self.mass = torch.zeros(pages, pages, device=query.device)  # [N, N]
+        rows_per_chunk = max(P, (self.max_chunk_elements // (heads * tokens)) // P * P)
+        key_pos = torch.arange(tokens, device=query.device)
+        for start in range(0, tokens, rows_per_chunk):
+            end = min(start + rows_per_chunk, tokens)
+            scores = query[0, :, start:end].float() @ keys.transpose(1, 2) * scaling  # [H, rows, T]
+            future = key_pos[None, :] > torch.arange(start, end, device=query.device)[:, None]  # [rows, T]
+            probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).sum(dim=0)  # [rows, T]
+            per_page = probs.view((end - start) // P, P, pages, P).sum(dim=(1, 3))  # [rows/P, N]
+            self.mass[start // P : end // P] += per_page
+        self.layers += 1
+        self.heads = heads
+
+    def page_mass(self) -> torch.Tensor:
+        """[N, N]: row m is the mean attention distribution of page m's tokens over pages (sums to 1)."""
+        return self.mass / (self.layers * self.heads * self.page_size)
+
+
+@torch.no_grad()
+def page_attention_mass(llm, input_ids: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Page-to-page full attention mass [N, N] of `llm` (attn_implementation "retrolm") on input_ids [1, N*P]."""
+    observer = PageMassObserver(page_size)
+    llm(input_ids=input_ids, retrolm_observer=observer, use_cache=False, logits_to_keep=1)
+    return observer.page_mass()
+
+
+def retrieval_loss(scores: torch.Tensor, mass: torch.Tensor, candidates: torch.Tensor, temperature: float,
+                   label_temperature: float = 1.0) -> torch.Tensor:
+    """Listwise contrastive loss: the retriever's softmax over each query's candidate pages against the LLM's.
+
+    scores, mass: [M, N] (retriever scores, attention mass) for M query pages; candidates: [M, N] bool, the
+    pages retrieval chooses among (sink and local pages are always attended, so they are not candidates).
+    Targets are mass ** (1 / label_temperature), renormalised over the candidates; rows with fewer than two
+    candidates rank nothing and are skipped. Returns a scalar (0 with a graph when no row qualifies).
+    """
+    rows = candidates.sum(dim=1) >= 2
+    if not bool(rows.any()):
+        return scores.sum() * 0.0
+    scores, mass, candidates = scores[rows], mass[rows].float(), candidates[rows]
+    log_probs = (scores / temperature).masked_fill(~candidates, float("-inf")).log_softmax(dim=-1)
+    target = mass.clamp(min=1e-12).pow(1.0 / label_temperature).masked_fill(~candidates, 0.0)
+    target = target / target.sum(dim=-1, keepdim=True)
+    return -(target * log_probs.masked_fill(~candidates, 0.0)).sum(dim=-1).mean()
+
+
+def top_pages(mass: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """[M, N] bool: each row's k candidates with the most mass (the pages a perfect retriever fetches)."""
+    masked = mass.float().masked_fill(~candidates, float("-inf"))
+    k = min(k, mass.shape[1])
+    values, index = masked.topk(k, dim=1)
+    relevant = torch.zeros_like(candidates)
+    relevant.scatter_(1, index, values > float("-inf"))
+    return relevant
+
+
+def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[float, int]:
+    """Mean over rows of |top-k by score ∩ relevant| / min(k, |relevant|), and the number of rows counted.
+
+    Only rows where retrieval has a choice (more than k candidates) and something is relevant count: with k
+    or fewer candidates every candidate is fetched and recall is 1 whatever the scores.
+    """
+    rows = (candidates.sum(dim=1) > k) & relevant.any(dim=1)
+    if not bool(rows.any()):
+        return float("nan"), 0
+    scores, relevant, candidates = scores[rows], relevant[rows], candidates[rows]
+    picked = torch.zeros_like(candidates)
+    picked.scatter_(1, scores.float().masked_fill(~candidates, float("-inf")).topk(k, dim=1).indices, True)
+    hits = (picked & relevant).sum(dim=1).float()
+    return float((hits / relevant.sum(dim=1).clamp(max=k)).mean()), int(rows.sum())

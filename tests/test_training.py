@@ -1,0 +1,255 @@
+"""Training: the stage-2 forward is the inference path, labels and losses are right, both stages learn,
+resume is exact, DeepSpeed runs them on 2 processes, and bad configs fail before any compute."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from retrolm import RetroLM, RetroLMError
+from retrolm.model import _inner_model
+from retrolm.retriever import PageRetriever, eligible_pages, score_pages
+from retrolm.training.config import TrainConfig
+from retrolm.training.loop import run
+from retrolm.training.objectives import build_objective, page_bookmarks
+from retrolm.training.supervision import PageMassObserver, recall_at_k, retrieval_loss, top_pages
+from retrolm.training.tracking import read_metrics
+from training_toys import PAGE, PAGES, matching_llm, planted_document, write_config, write_packed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DS_ZERO2 = os.path.join(ROOT, "configs", "ds_zero2.json")
+DS_ZERO3 = os.path.join(ROOT, "configs", "ds_zero3.json")
+
+
+def _config(**values) -> TrainConfig:
+    return TrainConfig(**{"data": "unused", "output_dir": "unused", **values})
+
+
+# ------------------------------------------------------------------ the stage-2 forward is RetroLM's own path
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("mode", ["contiguous", "original"])
+def test_training_forward_equals_inference_and_checkpointing_keeps_gradients(tiny_dirs, arch, mode):
+    train = _config(model=tiny_dirs[arch], retrolm=dict(page_size=8, top_k=2, position_mode=mode,
+                                                        prefill_chunk_pages=3))
+    objective = build_objective(train, "post_train", torch.device("cpu"))
+    ids = torch.randint(0, 256, (1, 96))
+    objective.eval()
+    with torch.no_grad():
+        inference = objective.model(input_ids=ids).logits  # encoded 3 pages per forward through the paged cache
+        training = objective.sparse_logits(ids)  # one forward, no cache
+    torch.testing.assert_close(training, inference, rtol=1e-5, atol=1e-5)
+
+    objective.train()
+    grads = []
+    for checkpointing in (True, False):
+        inner = _inner_model(objective.model.base_model)
+        inner.gradient_checkpointing_enable() if checkpointing else inner.gradient_checkpointing_disable()
+        objective.zero_grad()
+        objective(ids)["loss"].backward()
+        grads.append([p.grad.clone() for p in objective.trainable_parameters()])
+    assert len(grads[0]) > 0 and any(g.abs().sum() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_page_bookmarks_are_the_vectors_inference_stores(tiny_dirs):
+    model = RetroLM.from_pretrained(tiny_dirs["mistral"], page_size=8, top_k=2)
+    ids = torch.randint(0, 256, (1, 64))
+    with torch.no_grad():
+        cache, _ = model.encode(ids)
+        queries, keys = page_bookmarks(model, ids[0])
+    torch.testing.assert_close(keys, cache.bookmark_keys[:8], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(queries, cache.page_queries[:8], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ labels, loss, recall
+@pytest.mark.parametrize("arch,chunk", [("llama", 1 << 27), ("qwen3", 600), ("mistral", 1)])
+def test_page_mass_equals_eager_attention_weights(tiny_dirs, arch, chunk):
+    """The chunked page mass against HF's eager attention probabilities (the plain reference)."""
+    model = RetroLM.from_pretrained(tiny_dirs[arch], page_size=8)
+    eager = RetroLM.from_pretrained(tiny_dirs[arch], page_size=8).base_model
+    eager.set_attn_implementation("eager")
+    ids = torch.randint(0, 256, (1, 56))
+    observer = PageMassObserver(8, max_chunk_elements=chunk)
+    with torch.no_grad():
+        model.base_model(input_ids=ids, retrolm_observer=observer, use_cache=False)
+        attentions = eager(input_ids=ids, output_attentions=True).attentions  # per layer [1, H, T, T]
+    probs = torch.stack(attentions).sum(dim=(0, 2))[0]  # [T, T] summed over layers and heads
+    expected = probs.view(7, 8, 7, 8).sum(dim=(1, 3)) / (len(attentions) * attentions[0].shape[1] * 8)
+    mass = observer.page_mass()
+    torch.testing.assert_close(mass, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mass.sum(dim=1), torch.ones(7))
+    assert torch.all(mass.triu(diagonal=1) == 0), "no mass on future pages"
+
+
+def test_retrieval_loss_is_minimal_at_the_target_and_recall_counts_hits():
+    mass = torch.tensor([[0.1, 0.6, 0.2, 0.1, 0.0], [0.0, 0.1, 0.1, 0.7, 0.1]])
+    candidates = torch.tensor([[True, True, True, True, False], [False, True, True, True, False]])
+    at_target = retrieval_loss(mass.clamp(min=1e-12).log(), mass, candidates, temperature=1.0)
+    for _ in range(5):
+        other = retrieval_loss(torch.randn(2, 5), mass, candidates, temperature=1.0)
+        assert other > at_target
+    relevant = top_pages(mass, candidates, 1)
+    assert relevant.nonzero().tolist() == [[0, 1], [1, 3]]
+    right = torch.tensor([[0.0, 5.0, 1.0, 0.0, 9.0], [0.0, 0.0, 1.0, 3.0, 9.0]])  # page 4 is never a candidate
+    wrong = torch.tensor([[0.0, 0.0, 5.0, 0.0, 0.0], [0.0, 3.0, 1.0, 0.0, 0.0]])
+    assert recall_at_k(right, relevant, candidates, 1) == (1.0, 2)
+    assert recall_at_k(wrong, relevant, candidates, 1) == (0.0, 2)
+    assert recall_at_k(right, relevant, candidates, 3)[1] == 1, "a row with <= k candidates has no choice"
+
+
+def _planted_recall(retriever: PageRetriever, embed, documents) -> float:
+    hits = rows = 0
+    for ids, planted in documents:
+        with torch.no_grad():
+            queries, keys = retriever(embed(ids.view(PAGES, PAGE)), torch.full((PAGES,), PAGE))
+        scores = score_pages(queries[:-1], keys)  # row m-1 ranks pages for page m
+        _, candidates = eligible_pages(torch.arange(1, PAGES), PAGES, 1, 1)
+        for m, j in planted.items():
+            best = scores[m - 1].masked_fill(~candidates[m - 1], float("-inf")).argmax()
+            hits += int(best == j)
+            rows += 1
+    return hits / rows
+
+
+def test_stage1_recall_rises_on_a_planted_task(tmp_path):
+    """The LLM's attention labels the planted page; the trained retriever finds it, a fresh one does not."""
+    llm = matching_llm(str(tmp_path / "llm"))
+    generator = torch.Generator().manual_seed(0)
+    documents = [planted_document(generator) for _ in range(208)]
+    stack = np.stack([d[0].numpy() for d in documents])
+    data = write_packed(str(tmp_path / "data"), stack[:200], stack[200:], PAGE)
+    small = {"num_layers": 1, "hidden_size": 128, "num_heads": 4, "intermediate_size": 256}
+    config = write_config(str(tmp_path / "stage1.json"), model=llm, data=data, output_dir=str(tmp_path / "out"),
+                          retrolm={"page_size": PAGE, "top_k": 1, "retriever": small}, max_steps=200,
+                          learning_rate=3e-4, warmup_steps=10, eval_sequences=8, report_to="none", save_steps=500)
+    results = run("retriever", config, DS_ZERO2)
+
+    assert results["eval_after"]["recall"] > results["eval_before"]["recall"] + 0.2  # all rows, most unpredictable
+    losses = [r["loss"] for r in read_metrics(str(tmp_path / "out")) if "loss" in r]
+    assert all(math.isfinite(x) for x in losses) and np.mean(losses[-10:]) < np.mean(losses[:10])
+    held_out = documents[200:]
+    fresh = RetroLM.from_pretrained(llm, page_size=PAGE, top_k=1, retriever=small)
+    trained = RetroLM.from_pretrained(str(tmp_path / "out"))
+    embed = fresh.base_model.get_input_embeddings()
+    before, after = _planted_recall(fresh.retriever, embed, held_out), _planted_recall(trained.retriever, embed, held_out)
+    print("planted recall@1 before/after:", before, after)
+    assert before < 0.5 and after >= 0.9, (before, after)
+
+
+# ------------------------------------------------------------------ stage 2 learns; resume is exact
+def _pattern_data(directory: str, page_size: int = 16, seq_len: int = 128) -> str:
+    """A learnable toy: each sequence is one of three fixed 16-token motifs repeated, from a random phase."""
+    generator = torch.Generator().manual_seed(1)
+    motifs = [torch.randint(0, 256, (16,), generator=generator) for _ in range(3)]
+    rows = []
+    for i in range(24):
+        phase = int(torch.randint(0, 16, (1,), generator=generator))
+        rows.append(motifs[i % 3].roll(phase).repeat(seq_len // 16).numpy())
+    stack = np.stack(rows)
+    return write_packed(directory, stack[:20], stack[20:], page_size)
+
+
+def _stage2_config(tmp_path, tiny_dirs, name, **values):
+    base = dict(model=tiny_dirs["llama"], data=_pattern_data(str(tmp_path / "data")),
+                output_dir=str(tmp_path / name), retrolm={"page_size": 16, "top_k": 2}, max_steps=6,
+                learning_rate=1e-2, warmup_steps=1, eval_sequences=2, save_steps=2, report_to="none",
+                lora={"r": 4, "alpha": 8, "dropout": 0.1})
+    return write_config(str(tmp_path / f"{name}.json"), **{**base, **values})
+
+
+def test_stage2_loss_decreases_and_output_is_a_checkpoint(tmp_path, tiny_dirs):
+    results = run("post_train", _stage2_config(tmp_path, tiny_dirs, "out", max_steps=12), DS_ZERO2)
+    assert results["eval_after"]["lm_loss"] < results["eval_before"]["lm_loss"] - 1.0
+    assert results["trainable_parameters"] > 0
+    loaded = RetroLM.from_pretrained(str(tmp_path / "out"))
+    assert hasattr(loaded.base_model, "peft_config"), "the LoRA adapter is part of the checkpoint"
+    ids = torch.from_numpy(np.load(str(tmp_path / "data" / "held_out.npy"))[:1].astype(np.int64))
+    base = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=16, top_k=2)
+    with torch.no_grad():
+        trained_loss = torch.nn.functional.cross_entropy(loaded(input_ids=ids).logits[0, :-1], ids[0, 1:])
+        base_loss = torch.nn.functional.cross_entropy(base(input_ids=ids).logits[0, :-1], ids[0, 1:])
+    assert trained_loss < base_loss - 1.0
+
+
+def test_resume_after_a_stop_reproduces_the_loss_curve(tmp_path, tiny_dirs):
+    run("post_train", _stage2_config(tmp_path, tiny_dirs, "straight"), DS_ZERO2)
+    assert run("post_train", _stage2_config(tmp_path, tiny_dirs, "resumed", stop_at_step=3), DS_ZERO2) is None
+    assert not os.path.exists(tmp_path / "resumed" / "retrolm_config.json"), "no checkpoint exported at a stop"
+    run("post_train", _stage2_config(tmp_path, tiny_dirs, "resumed"), DS_ZERO2)
+    straight = [r["loss"] for r in read_metrics(str(tmp_path / "straight")) if "loss" in r]
+    resumed = [r["loss"] for r in read_metrics(str(tmp_path / "resumed")) if "loss" in r]
+    assert len(straight) == len(resumed) == 6
+    np.testing.assert_allclose(resumed, straight, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ DeepSpeed launcher, 2 CPU processes
+def test_deepspeed_two_processes_run_both_stages(tmp_path, tiny_dirs):
+    deepspeed = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
+    assert deepspeed, "the deepspeed launcher is installed with the [train] extra"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in ("RANK", "WORLD_SIZE",
+                                                                                              "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=ROOT, HOME=str(tmp_path))  # no wandb key anywhere: logging must go offline by itself
+    data = _pattern_data(str(tmp_path / "data"))
+    stage1 = write_config(str(tmp_path / "s1.json"), model=tiny_dirs["qwen2"], data=data,
+                          output_dir=str(tmp_path / "s1"), retrolm={"page_size": 16, "top_k": 2}, max_steps=3,
+                          eval_sequences=2, report_to="wandb")
+    stage2 = write_config(str(tmp_path / "s2.json"), model=str(tmp_path / "s1"), data=data,
+                          output_dir=str(tmp_path / "s2"), max_steps=3, eval_sequences=2, report_to="none",
+                          learning_rate=1e-2, train_retriever=True)
+    for script, config, ds in (("train_retriever.py", stage1, DS_ZERO2), ("post_train.py", stage2, DS_ZERO3)):
+        done = subprocess.run([deepspeed, "--num_gpus", "2", os.path.join(ROOT, "train", script), "--config", config,
+                               "--deepspeed", ds], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage, name in (("retriever", "s1"), ("post_train", "s2")):
+        with open(tmp_path / name / "train_results.json") as f:
+            results = json.load(f)
+        assert results["stage"] == stage and results["world_size"] == 2 and results["steps"] == 3
+        losses = [r["loss"] for r in read_metrics(str(tmp_path / name)) if "loss" in r]
+        assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert results["zero_stage"] == 3 and "recall" in results["eval_after"]
+    assert any(d.startswith("offline-run") for d in os.listdir(tmp_path / "s1" / "wandb"))
+    loaded = RetroLM.from_pretrained(str(tmp_path / "s2"))
+    assert loaded.config.page_size == 16 and hasattr(loaded.base_model, "peft_config")
+    assert loaded.generate(input_ids=torch.randint(0, 256, (1, 70)), max_new_tokens=3).shape == (1, 73)
+
+
+# ------------------------------------------------------------------ bad configs fail before any compute
+def _data_dir(tmp_path, seq_len=64):
+    rows = np.zeros((4, seq_len), dtype=np.int32)
+    return write_packed(str(tmp_path / f"d{seq_len}"), rows[:3], rows[3:], 16)
+
+
+@pytest.mark.parametrize("values,ds,match", [
+    ({"no_such_key": 1}, None, "unknown key"),
+    ({"retrolm": {"page_size": 16, "top_kk": 3}}, None, "unknown RetroLM option"),
+    ({"max_steps": 0}, None, "max_steps"),
+    ({"finetune": "qlora"}, None, "finetune"),
+    ({"finetune": "none"}, None, "nothing to train"),
+    ({"retrolm": {"page_size": 24}}, None, "whole pages"),
+    ({"data": "/nonexistent/data"}, None, "prepare_data.py"),
+    ({}, {"train_micro_batch_size_per_gpu": 4}, "train_micro_batch_size_per_gpu"),
+    ({}, {"scheduler": {"type": "WarmupLR"}}, "scheduler"),
+    ({}, {"fp16": {"enabled": True}}, "fp16"),
+])
+def test_bad_configs_fail_before_any_compute(tmp_path, values, ds, match):
+    base = dict(model="/nonexistent/model", data=_data_dir(tmp_path), output_dir=str(tmp_path / "out"),
+                retrolm={"page_size": 16})
+    config = write_config(str(tmp_path / "c.json"), **{**base, **values})
+    ds_path = DS_ZERO2 if ds is None else write_config(str(tmp_path / "ds.json"), **ds)
+    with pytest.raises(RetroLMError, match=match):
+        run("post_train", config, ds_path)
+    assert not os.path.exists(tmp_path / "out"), "nothing written"
+
+
+def test_command_line_reports_config_errors_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train", "post_train.py"), "--config",
+                           str(tmp_path / "missing.json"), "--deepspeed", DS_ZERO2], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "training config" in done.stderr and "Traceback" not in done.stderr
