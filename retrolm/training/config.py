@@ -130,15 +130,19 @@ def parse_override(text: str) -> tuple[str, object]:
         return key, raw
 
 
-def load_train_config(path: str, stage: str, overrides: list[str] = ()) -> TrainConfig:
-    """Read a `TrainConfig` JSON, apply 'key=value' overrides, validate for `stage`."""
+def _read_json(path: str, missing: str) -> dict:
     if not os.path.isfile(path):
-        raise RetroLMError(f"training config {path!r} not found; see configs/ for examples.")
+        raise RetroLMError(missing)
     with open(path) as f:
         try:
-            values = json.load(f)
+            return json.load(f)
         except json.JSONDecodeError as error:
             raise RetroLMError(f"{path} is not valid JSON: {error}.") from error
+
+
+def load_train_config(path: str, stage: str, overrides: list[str] = ()) -> TrainConfig:
+    """Read a `TrainConfig` JSON, apply 'key=value' overrides, validate for `stage`."""
+    values = _read_json(path, f"training config {path!r} not found; see configs/ for examples.")
     values.update(parse_override(o) for o in overrides)
     config = _build(TrainConfig, values, path)
     config.validate(stage)
@@ -152,13 +156,7 @@ def load_deepspeed_config(path: str, config: TrainConfig, on_gpu: bool) -> dict:
     is 1 and the batch size comes from gradient accumulation and the number of processes. Values set to
     "auto" (or absent) are filled from `config`; a conflicting explicit value is an error.
     """
-    if not os.path.isfile(path):
-        raise RetroLMError(f"DeepSpeed config {path!r} not found; pass one of configs/ds_zero*.json.")
-    with open(path) as f:
-        try:
-            ds = json.load(f)
-        except json.JSONDecodeError as error:
-            raise RetroLMError(f"{path} is not valid JSON: {error}.") from error
+    ds = _read_json(path, f"DeepSpeed config {path!r} not found; pass one of configs/ds_zero*.json.")
     owned = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
