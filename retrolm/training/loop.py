@@ -57,7 +57,7 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
     client_optimizer = None
     if "optimizer" not in ds_config:
         client_optimizer = torch.optim.AdamW(groups, lr=train.learning_rate, weight_decay=train.weight_decay)
-    engine, optimizer, _, scheduler = deepspeed.initialize(
+    engine, _, _, scheduler = deepspeed.initialize(
         model=objective, optimizer=client_optimizer, model_parameters=None if client_optimizer else groups,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds_config)
     _restore_rotary(rotary)  # bf16 casting must not round RoPE frequencies
