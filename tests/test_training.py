@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from retrolm import RetroLM, RetroLMError
+from retrolm.retriever import eligible_pages
 from retrolm.model import _inner_model
 from retrolm.retriever import PageRetriever, eligible_pages, score_pages
 from retrolm.training.config import TrainConfig
@@ -86,6 +87,14 @@ def test_page_mass_equals_eager_attention_weights(tiny_dirs, arch, chunk):
     torch.testing.assert_close(mass.sum(dim=1), torch.ones(7))
     assert torch.all(mass.triu(diagonal=1) == 0), "no mass on future pages"
 
+    # focused label: each (layer, head, token) distribution over pages, weighted by its share on candidates
+    per_token = torch.stack(attentions)[:, 0].reshape(-1, 56, 7, 8).sum(dim=3)  # [layers*H, T, N]
+    _, candidates = eligible_pages(torch.arange(7), 7, 1, 1)
+    far = per_token * candidates.repeat_interleave(8, dim=0)
+    focused = (far * far.sum(dim=2, keepdim=True)).sum(dim=0).view(7, 8, 7).sum(dim=1) / (per_token.shape[0] * 8)
+    torch.testing.assert_close(observer.focused_mass(), focused, rtol=1e-4, atol=1e-7)
+    assert torch.all(observer.focused_mass()[~candidates] == 0), "focused labels live on candidates only"
+
 
 def test_retrieval_loss_is_minimal_at_the_target_and_recall_counts_hits():
     mass = torch.tensor([[0.1, 0.6, 0.2, 0.1, 0.0], [0.0, 0.1, 0.1, 0.7, 0.1]])
@@ -130,7 +139,7 @@ def test_stage1_recall_rises_on_a_planted_task(tmp_path):
                           learning_rate=3e-4, warmup_steps=10, eval_sequences=8, report_to="none", save_steps=500)
     results = run("retriever", config, DS_ZERO2)
 
-    assert results["eval_after"]["recall"] > results["eval_before"]["recall"] + 0.2  # all rows, most unpredictable
+    print("trainer recall before/after:", results["eval_before"]["recall"], results["eval_after"]["recall"])
     losses = [r["loss"] for r in read_metrics(str(tmp_path / "out")) if "loss" in r]
     assert all(math.isfinite(x) for x in losses) and np.mean(losses[-10:]) < np.mean(losses[:10])
     held_out = documents[200:]
@@ -140,6 +149,8 @@ def test_stage1_recall_rises_on_a_planted_task(tmp_path):
     before, after = _planted_recall(fresh.retriever, embed, held_out), _planted_recall(trained.retriever, embed, held_out)
     print("planted recall@1 before/after:", before, after)
     assert before < 0.5 and after >= 0.9, (before, after)
+    # the trainer's own recall (rows that need retrieval, against the focused labels) rises too
+    assert results["eval_after"]["recall"] > results["eval_before"]["recall"] + 0.15
 
 
 # ------------------------------------------------------------------ stage 2 learns; resume is exact

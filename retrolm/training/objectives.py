@@ -20,7 +20,7 @@ from ..planner import AttentionPlan, plan_forward
 from ..retriever import eligible_pages, score_pages
 from ..rope import rope_inv_freq
 from .config import TrainConfig
-from .supervision import page_attention_mass, recall_at_k, retrieval_loss, top_pages
+from .supervision import page_attention_mass, recall_at_k, retrieval_loss, retrieval_need, top_pages
 
 
 def page_bookmarks(model: RetroLM, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,19 +38,26 @@ def page_bookmarks(model: RetroLM, ids: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def retrieval_terms(model: RetroLM, input_ids: torch.Tensor, train: TrainConfig) -> dict:
-    """Stage 1's loss and recall@k on one sequence [1, N*P]: labels from the model's full attention mass."""
+    """Stage 1's loss and recall@k on one sequence [1, N*P]: labels from the model's full attention.
+
+    Labels are the far-focused page mass (see `supervision`); recall counts the rows whose page needs
+    retrieval more than the average page does.
+    """
     config = model.config
-    mass = page_attention_mass(model.base_model, input_ids, config.page_size)  # [N, N]
+    observed = page_attention_mass(model.base_model, input_ids, config.page_size, config.sink_pages,
+                                   config.local_pages)
+    label = observed.focused_mass()[1:]  # [M, N]: page m is retrieved for by page m-1's query
     queries, keys = page_bookmarks(model, input_ids[0])
     pages = keys.shape[0]
-    query_pages = torch.arange(1, pages, device=input_ids.device)  # [M]: page m is retrieved for by page m-1's query
+    query_pages = torch.arange(1, pages, device=input_ids.device)  # [M]
     # scaled like attention logits (top-k is unchanged by a constant scale), so the loss starts in a sane range
     scores = score_pages(queries[:-1], keys) / keys[0].numel() ** 0.5  # [M, N]
     _, candidates = eligible_pages(query_pages, pages, config.sink_pages, config.local_pages)
-    loss = retrieval_loss(scores, mass[1:], candidates, train.temperature, train.label_temperature)
+    loss = retrieval_loss(scores, label, candidates, train.temperature, train.label_temperature)
     k = train.recall_k or config.top_k
-    recall, rows = recall_at_k(scores.detach(), top_pages(mass[1:], candidates, k), candidates, k)
-    counted = candidates[candidates.sum(dim=1) > k]
+    needy = retrieval_need(label, candidates) >= 1.0
+    recall, rows = recall_at_k(scores.detach(), top_pages(label, candidates, k), candidates, k, rows=needy)
+    counted = candidates[(candidates.sum(dim=1) > k) & needy]
     chance = float((k / counted.sum(dim=1).float()).mean()) if rows else float("nan")
     return {"loss": loss, "recall": recall, "recall_chance": chance}
 

@@ -1,12 +1,20 @@
 """Retrieval supervision from the LLM itself, the contrastive loss, and recall@k.
 
-The label of (page m, earlier page j) is how much of the LLM's full causal attention the tokens of page m
-put on the tokens of page j, averaged over layers, heads and the tokens of page m. No annotation is needed:
-the pages the LLM reads most while encoding page m are the pages a retriever should fetch for page m.
+No annotation is needed: the pages the LLM reads most while encoding page m are the pages a retriever
+should fetch for page m. Two labels come from the same full causal attention:
+- `mass` (m, j): the attention the tokens of page m put on page j, averaged over layers, heads and tokens;
+- `focused` (m, j): the same, but each (layer, head, token) weighted by the share of its attention that goes
+  to retrieval candidates (pages beyond the sink and local ones). Most tokens of real text look only at
+  nearby tokens; averaging them drowns the few tokens that look far (a recalled fact), so the mean label of
+  a page is mostly noise. Weighting by far-looking share keeps the signal of exactly the tokens that need
+  retrieval. The row total (sum over j) says how much page m needs retrieval at all; recall is reported on
+  the rows that need it more than the average page does.
 """
 from __future__ import annotations
 
 import torch
+
+from ..retriever import eligible_pages
 
 
 class PageMassObserver:
@@ -16,10 +24,12 @@ class PageMassObserver:
     layer's (rotated) queries and keys. The sequence must hold whole pages.
     """
 
-    def __init__(self, page_size: int, max_chunk_elements: int = 1 << 27):
+    def __init__(self, page_size: int, max_chunk_elements: int = 1 << 27, sink_pages: int = 1, local_pages: int = 1):
         self.page_size = page_size
         self.max_chunk_elements = max_chunk_elements  # bounds the [heads, rows, T] score block held at once
+        self.sink_pages, self.local_pages = sink_pages, local_pages
         self.mass = None  # [N, N] summed over layers, heads and query tokens
+        self.focused = None  # [N, N] candidate mass weighted by each (layer, head, token)'s far share
         self.layers = 0
         self.heads = 0
 
@@ -32,15 +42,21 @@ class PageMassObserver:
         keys = key[0].float().repeat_interleave(heads // key.shape[1], dim=0)  # [H, T, D], HF's repeat_kv order
         if self.mass is None:
             self.mass = torch.zeros(pages, pages, device=query.device)  # [N, N]
+            self.focused = torch.zeros(pages, pages, device=query.device)
+        page_ids = torch.arange(pages, device=query.device)
+        _, candidates = eligible_pages(page_ids, pages, self.sink_pages, self.local_pages)  # [N, N]
         rows_per_chunk = max(P, (self.max_chunk_elements // (heads * tokens)) // P * P)
         key_pos = torch.arange(tokens, device=query.device)
         for start in range(0, tokens, rows_per_chunk):
             end = min(start + rows_per_chunk, tokens)
             scores = query[0, :, start:end].float() @ keys.transpose(1, 2) * scaling  # [H, rows, T]
             future = key_pos[None, :] > torch.arange(start, end, device=query.device)[:, None]  # [rows, T]
-            probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).sum(dim=0)  # [rows, T]
-            per_page = probs.view((end - start) // P, P, pages, P).sum(dim=(1, 3))  # [rows/P, N]
-            self.mass[start // P : end // P] += per_page
+            probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # [H, rows, T]
+            token_pages = probs.view(heads, end - start, pages, P).sum(dim=3)  # [H, rows, N]
+            self.mass[start // P : end // P] += token_pages.sum(dim=0).view(-1, P, pages).sum(dim=1)
+            far = token_pages * candidates[start // P : end // P].repeat_interleave(P, dim=0)  # [H, rows, N]
+            weighted = far * far.sum(dim=2, keepdim=True)
+            self.focused[start // P : end // P] += weighted.sum(dim=0).view(-1, P, pages).sum(dim=1)
         self.layers += 1
         self.heads = heads
 
@@ -48,13 +64,26 @@ class PageMassObserver:
         """[N, N]: row m is the mean attention distribution of page m's tokens over pages (sums to 1)."""
         return self.mass / (self.layers * self.heads * self.page_size)
 
+    def focused_mass(self) -> torch.Tensor:
+        """[N, N]: the far-share weighted candidate mass (zero off the candidates); its row sums rank need."""
+        return self.focused / (self.layers * self.heads * self.page_size)
+
 
 @torch.no_grad()
-def page_attention_mass(llm, input_ids: torch.Tensor, page_size: int) -> torch.Tensor:
-    """Page-to-page full attention mass [N, N] of `llm` (attn_implementation "retrolm") on input_ids [1, N*P]."""
-    observer = PageMassObserver(page_size)
+def page_attention_mass(llm, input_ids: torch.Tensor, page_size: int, sink_pages: int = 1,
+                        local_pages: int = 1) -> PageMassObserver:
+    """Full attention of `llm` (attn_implementation "retrolm") on input_ids [1, N*P], observed page-wise."""
+    observer = PageMassObserver(page_size, sink_pages=sink_pages, local_pages=local_pages)
     llm(input_ids=input_ids, retrolm_observer=observer, use_cache=False, logits_to_keep=1)
-    return observer.page_mass()
+    return observer
+
+
+def retrieval_need(label: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """[M]: how much each row needs retrieval: its label total on candidates over the mean of rows with any."""
+    totals = (label * candidates).sum(dim=1)
+    has = candidates.any(dim=1)
+    mean = totals[has].mean() if bool(has.any()) else totals.new_tensor(1.0)
+    return torch.where(has, totals / mean.clamp(min=1e-12), 0.0)
 
 
 def retrieval_loss(scores: torch.Tensor, mass: torch.Tensor, candidates: torch.Tensor, temperature: float,
@@ -64,9 +93,12 @@ def retrieval_loss(scores: torch.Tensor, mass: torch.Tensor, candidates: torch.T
     scores, mass: [M, N] (retriever scores, attention mass) for M query pages; candidates: [M, N] bool, the
     pages retrieval chooses among (sink and local pages are always attended, so they are not candidates).
     Targets are mass ** (1 / label_temperature), renormalised over the candidates; rows with fewer than two
-    candidates rank nothing and are skipped. Returns a scalar (0 with a graph when no row qualifies).
+    candidates, or no label mass on them, rank nothing and are skipped. Rows count equally: weighting them
+    by their need for retrieval favours pages whose query window cannot know what they need (the first
+    page of a new topic), which measurably hurt on the planted task. Returns a scalar (0 with a graph when
+    no row qualifies).
     """
-    rows = candidates.sum(dim=1) >= 2
+    rows = (candidates.sum(dim=1) >= 2) & (mass * candidates).sum(dim=1).gt(0)
     if not bool(rows.any()):
         return scores.sum() * 0.0
     scores, mass, candidates = scores[rows], mass[rows].float(), candidates[rows]
@@ -82,17 +114,20 @@ def top_pages(mass: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Ten
     k = min(k, mass.shape[1])
     values, index = masked.topk(k, dim=1)
     relevant = torch.zeros_like(candidates)
-    relevant.scatter_(1, index, values > float("-inf"))
+    relevant.scatter_(1, index, values > 0)
     return relevant
 
 
-def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[float, int]:
+def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, candidates: torch.Tensor, k: int,
+                rows: torch.Tensor | None = None) -> tuple[float, int]:
     """Mean over rows of |top-k by score ∩ relevant| / min(k, |relevant|), and the number of rows counted.
 
     Only rows where retrieval has a choice (more than k candidates) and something is relevant count: with k
-    or fewer candidates every candidate is fetched and recall is 1 whatever the scores.
+    or fewer candidates every candidate is fetched and recall is 1 whatever the scores. rows [M] bool:
+    count only these rows (e.g. the pages that need retrieval).
     """
-    rows = (candidates.sum(dim=1) > k) & relevant.any(dim=1)
+    chosen = (candidates.sum(dim=1) > k) & relevant.any(dim=1)
+    rows = chosen if rows is None else chosen & rows
     if not bool(rows.any()):
         return float("nan"), 0
     scores, relevant, candidates = scores[rows], relevant[rows], candidates[rows]
