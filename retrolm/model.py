@@ -44,6 +44,11 @@ def _inner_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _weights_without_lora(inner) -> dict:
+    """The plain model's state dict of a (possibly peft-wrapped) model: LoRA tensors dropped, names restored."""
+    return {k.replace(".base_layer.", "."): v for k, v in inner.state_dict().items() if "lora_" not in k}
+
+
 def check_architecture(model_type: str) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise RetroLMError(
@@ -122,8 +127,9 @@ class RetroLM(nn.Module):
         try:
             config = self.config.replace()
             inner = _inner_model(self.base_model)
-            if save_base_model:
-                inner.save_pretrained(os.path.join(staging, BASE_DIR))
+            if save_base_model:  # a complete HF model directory: weights (without LoRA) and tokenizer
+                inner.save_pretrained(os.path.join(staging, BASE_DIR), state_dict=_weights_without_lora(inner))
+                self.tokenizer.save_pretrained(os.path.join(staging, BASE_DIR))
                 config.base_model_name_or_path = BASE_DIR
             if hasattr(self.base_model, "peft_config"):
                 self.base_model.save_pretrained(os.path.join(staging, ADAPTER_DIR))

@@ -44,7 +44,8 @@ def test_config_json_round_trip():
     assert RetroLMConfig.from_dict(config.to_dict()) == config
 
 
-def test_lora_adapter_round_trip(tiny_dirs, tmp_path):
+@pytest.mark.parametrize("save_base", [False, True])
+def test_lora_adapter_round_trip(tiny_dirs, tmp_path, save_base):
     from peft import LoraConfig, get_peft_model
 
     model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=2)
@@ -57,8 +58,15 @@ def test_lora_adapter_round_trip(tiny_dirs, tmp_path):
     ids = torch.randint(0, 256, (1, 40))
     with torch.no_grad():
         expected = model(input_ids=ids).logits
-    model.save_pretrained(str(tmp_path / "lora"))
+    model.save_pretrained(str(tmp_path / "lora"), save_base_model=save_base)
     assert os.path.isdir(tmp_path / "lora" / "adapter")
     loaded = RetroLM.from_pretrained(str(tmp_path / "lora"))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, expected)
+    if save_base:  # base/ is the plain model: no LoRA tensors, loads as a HF model equal to the original base
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "lora" / "base"))
+        original = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"])
+        assert base.state_dict().keys() == original.state_dict().keys()
+        assert all(torch.equal(base.state_dict()[k], v) for k, v in original.state_dict().items())

@@ -1,0 +1,184 @@
+"""Quality proof of the default model: RULER through the eval harness, six methods, 1x to 64x its window.
+
+    python bench/default_model_quality.py --stage1-retriever work/default-model/stage1/retriever.safetensors
+
+Methods (one `python -m eval.ruler` run per method and task, `--jobs` at a time):
+- retrolm: the shipped model (trained retriever + post-training);
+- retrolm_untrained_retriever: the shipped model with its retriever reset to the untrained initialisation;
+- retrolm_no_post_training: the pretrained base LLM (no LoRA) with the stage-1 retriever;
+- full: the base LLM with full attention over its window (longer prompts cut in the middle, RULER's way);
+- rag: the base LLM reading the chunks a faiss index ranks highest (offline LLM-embedding embedder);
+- streaming: the shipped LLM with a sink page and the most recent pages (RetroLM with top_k=0).
+Writes <assets>/quality.json, quality.md and quality.png (score vs context length, one panel per task).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from eval.ruler import parse_lengths  # noqa: E402
+from eval.ruler_tasks import TASKS  # noqa: E402
+from retrolm.model import BASE_DIR, RetroLM  # noqa: E402
+from retrolm.retriever import PageRetriever  # noqa: E402
+
+METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "full", "rag", "streaming")
+DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
+
+
+def variant_models(model: str, stage1_retriever: str, work: str) -> dict[str, tuple[str, str, list[str]]]:
+    """{method name: (model directory, eval method, extra eval options)}, building the two ablation checkpoints."""
+    untrained, no_post = os.path.join(work, "untrained_retriever"), os.path.join(work, "no_post_training")
+    if not os.path.isdir(untrained):
+        shipped = RetroLM.from_pretrained(model)
+        inner_hidden = shipped.retriever.input_proj.in_features
+        shipped.retriever = PageRetriever(shipped.config.retriever, inner_hidden, shipped.config.page_size)
+        shipped.save_pretrained(untrained, save_base_model=True)
+    if not os.path.isdir(no_post):
+        shipped = RetroLM.from_pretrained(model)
+        knobs = {k: v for k, v in shipped.config.to_dict().items() if k != "base_model_name_or_path"}
+        plain = RetroLM.from_pretrained(os.path.join(model, BASE_DIR), **knobs)
+        plain.retriever.load_state_dict(load_file(stage1_retriever))
+        plain.save_pretrained(no_post, save_base_model=True)
+    base = os.path.join(model, BASE_DIR)
+    return {
+        "retrolm": (model, "retrolm", []),
+        "retrolm_untrained_retriever": (untrained, "retrolm", []),
+        "retrolm_no_post_training": (no_post, "retrolm", []),
+        "full": (base, "full", []),
+        "rag": (base, "rag", ["--rag-embedder", "llm-input-embeddings", "--rag-chunk-tokens", "128"]),
+        "streaming": (model, "streaming", []),
+    }
+
+
+def shortest_prompt(task: str) -> int:
+    """RULER's smallest sample of `task` in byte tokens (vt carries a one-shot example of ~1.4K tokens)."""
+    from eval.errors import EvalError
+    from eval.ruler_tasks import Generator
+
+    try:
+        Generator(task, lambda text: len(text.encode("utf-8")) + 1).sample(1, 0)
+    except EvalError as error:
+        return int(str(error).split("has ")[1].split(" tokens")[0])
+    return 1
+
+
+def run_one(name, model, method, extra, task, lengths, args, out) -> dict:
+    log = os.path.join(out, "log.txt")
+    command = [sys.executable, "-m", "eval.ruler", "--model", model, "--method", method, "--tasks", task,
+               "--lengths", ",".join(str(x) for x in lengths), "--num-samples", str(args.num_samples),
+               "--seed", str(args.seed), "--out", out] + extra + (["--device", args.device] if args.device else [])
+    started = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    with open(log, "a") as f:
+        done = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    seconds = time.perf_counter() - started
+    scores_path = os.path.join(out, "scores.json")
+    scores = json.load(open(scores_path))["scores"].get(task, {}) if os.path.isfile(scores_path) else {}
+    print(f"{name:>28} {task:<16} rc={done.returncode} {seconds:6.0f} s  {scores}", flush=True)
+    return {"method": name, "task": task, "returncode": done.returncode, "seconds": round(seconds, 1),
+            "scores": scores}
+
+
+def plot(table: dict, lengths: list[int], window: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(next(iter(table.values())))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), sharey=True)
+    for ax, task in zip(axes, tasks):
+        for name, per_task in table.items():
+            points = [(n // window, per_task[task].get(str(n))) for n in lengths]
+            points = [(x, y) for x, y in points if y is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name, linewidth=2.2 if name == "retrolm" else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([n // window for n in lengths], [f"{n // window}x" for n in lengths])
+        ax.set_title(task)
+        ax.set_xlabel(f"context (x {window}-token window)")
+        ax.set_ylim(-3, 103)
+    axes[0].set_ylabel("score (%)")
+    axes[-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=os.path.join(ROOT, "assets", "retrolm-byte-llama"))
+    parser.add_argument("--stage1-retriever", required=True, help="stage 1's retriever.safetensors")
+    parser.add_argument("--tasks", default=DEFAULT_TASKS)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
+    parser.add_argument("--num-samples", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--jobs", type=int, default=8, help="eval processes at once")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per process")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--work", default=os.path.join(ROOT, "work", "quality"))
+    parser.add_argument("--assets", default=os.path.join(ROOT, "assets"))
+    args = parser.parse_args()
+    with open(os.path.join(args.model, BASE_DIR, "config.json")) as f:
+        window = json.load(f)["max_position_embeddings"]
+    lengths = [window * int(x) for x in args.factors.split(",")]
+    variants = variant_models(args.model, args.stage1_retriever, args.work)
+    methods = [m for m in args.methods.split(",") if m]
+    tasks = [t for t in args.tasks.split(",") if t]
+    jobs, skipped = [], {}
+    for name in methods:
+        model, method, extra = variants[name]
+        for task in tasks:
+            fits = [n for n in lengths if n >= shortest_prompt(task) + TASKS[task].tokens_to_generate]
+            skipped[task] = [n for n in lengths if n not in fits]
+            out = os.path.join(args.work, name, task)
+            jobs.append((name, model, method, extra, task, fits, args, out))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(lambda job: run_one(*job), jobs))
+    table = {name: {task: {} for task in tasks} for name in methods}
+    for r in runs:
+        table[r["method"]][r["task"]] = r["scores"]
+    record = {"window": window, "lengths": lengths, "num_samples": args.num_samples, "seed": args.seed,
+              "scores": table, "not_run": {t: v for t, v in skipped.items() if v},
+              "runs": runs, "wall_s": round(time.perf_counter() - started, 1),
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "environment": environment()}
+    write_json(os.path.join(args.assets, "quality.json"), record)
+    rows = []
+    for task in tasks:
+        for name in methods:
+            row = {"task": task, "method": name}
+            for n in lengths:
+                value = table[name][task].get(str(n))
+                row[f"{n // window}x ({n // 1024}K)"] = "n/a" if value is None else f"{value:.0f}"
+            rows.append(row)
+    columns = ["task", "method"] + [f"{n // window}x ({n // 1024}K)" for n in lengths]
+    notes = "".join(f"\nn/a for {t} at {', '.join(f'{n // window}x' for n in v)}: RULER's shortest {t} prompt has "
+                    f"{shortest_prompt(t)} byte tokens.\n" for t, v in record["not_run"].items())
+    write_text(os.path.join(args.assets, "quality.md"),
+               f"RULER scores (%), {args.num_samples} samples per cell, seed {args.seed}, window {window} tokens, "
+               f"{record['device']}.\n\n" + markdown_table(rows, columns) + notes)
+    plot(table, lengths, window, os.path.join(args.assets, "quality.png"))
+    print(open(os.path.join(args.assets, "quality.md")).read())
+
+
+if __name__ == "__main__":
+    main()

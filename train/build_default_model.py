@@ -1,0 +1,142 @@
+"""Build the default model from nothing: corpus, base LM pretraining, stage 1, stage 2, export to assets/.
+
+    python train/build_default_model.py                  # on one GPU: about 10 minutes on an H100
+    python train/build_default_model.py --smoke --work /tmp/dm --out /tmp/dm/model   # minutes on a CPU
+
+Every phase writes its output atomically and is skipped when that output exists, so an interrupted build
+resumes where it stopped. Configs: configs/default_model/ (pretrain.json, train_retriever.json,
+post_train.json) and configs/ds_zero2.json. Outputs, besides the model: <work>/build_results.json (the
+numbers of every phase) and <work>/stage1/retriever.safetensors (the retriever before post-training, for
+the quality proof's ablations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # runs from a checkout without `pip install -e .` too
+
+import torch  # noqa: E402
+
+from retrolm.model import RetroLM  # noqa: E402
+from retrolm.tiny import byte_tokenizer  # noqa: E402
+from retrolm.training.data import prepare_packed_data  # noqa: E402
+from retrolm.training.pretrain import load_pretrain_config, pretrain  # noqa: E402
+from train.corpus import write_documents  # noqa: E402
+
+CONFIGS = os.path.join(ROOT, "configs", "default_model")
+DEFAULT_OUT = os.path.join(ROOT, "assets", "retrolm-byte-llama")
+STAGE_SEED = 10_000_000  # long documents draw from seeds disjoint from the pretraining documents'
+
+# (pretraining documents, long documents, long-document length) and config overrides: full run and smoke test
+SIZES = {
+    "full": dict(pretrain_docs=96_000, long_docs=1_200, long_len=8192, pretrain=[], stage=[]),
+    "smoke": dict(pretrain_docs=256, long_docs=24, long_len=1024,
+                  pretrain=["max_steps=20", "batch_size=8", "warmup_steps=2", "eval_sequences=8",
+                            'model={"vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, '
+                            '"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, '
+                            '"head_dim": 16, "max_position_embeddings": 256, "bos_token_id": 256, '
+                            '"eos_token_id": 257, "pad_token_id": 258, "tie_word_embeddings": true}',
+                            "max_position=1024"],
+                  stage=["max_steps=4", "warmup_steps=1", "eval_sequences=2",
+                         'retrolm={"page_size": 64, "top_k": 2, "sink_pages": 1, "local_pages": 1, '
+                         '"retriever": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, '
+                         '"intermediate_size": 64, "score_dim": 16}}']),
+}
+
+
+def _phase(name: str, output: str, results: dict, work) -> None:
+    """Run `work()` unless `output` exists; record its seconds."""
+    if os.path.exists(output):
+        print(f"[{name}] {output} exists: skipped")
+        return
+    print(f"[{name}] ...", flush=True)
+    started = time.perf_counter()
+    value = work()
+    results.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
+    if isinstance(value, dict):
+        results[name] = value
+
+
+def _stage(script: str, config: str, overrides: list[str]) -> dict:
+    sets = sum((["--set", o] for o in overrides), [])
+    subprocess.run([sys.executable, os.path.join(ROOT, "train", script), "--config", os.path.join(CONFIGS, config),
+                    "--deepspeed", os.path.join(ROOT, "configs", "ds_zero2.json")] + sets, check=True, cwd=ROOT)
+    output_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+    with open(os.path.join(output_dir, "train_results.json")) as f:
+        return json.load(f)
+
+
+def _export(stage2: str, out: str) -> dict:
+    """The post-trained checkpoint made self-contained (base weights in bf16) at `out`."""
+    model = RetroLM.from_pretrained(stage2, dtype=torch.bfloat16)
+    model.retriever.float()  # small; scores are computed in float32 anyway
+    model.save_pretrained(out, save_base_model=True)
+    sizes = {}
+    for directory, _, files in os.walk(out):
+        for name in files:
+            path = os.path.join(directory, name)
+            sizes[os.path.relpath(path, out)] = os.path.getsize(path)
+    return {"files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", default=os.path.join(ROOT, "work", "default-model"), help="intermediate outputs")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="where the finished model goes")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline end to end on a CPU")
+    parser.add_argument("--workers", type=int, default=None, help="processes generating documents")
+    args = parser.parse_args(argv)
+    size = SIZES["smoke" if args.smoke else "full"]
+    work = os.path.abspath(args.work)
+    os.makedirs(work, exist_ok=True)
+    paths = {k: os.path.join(work, k) for k in ("pretrain.jsonl", "long.jsonl", "pretrain-data", "long-data",
+                                                  "base", "stage1", "stage2")}
+    results_path = os.path.join(work, "build_results.json")
+    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    pretrain_config = load_pretrain_config(os.path.join(CONFIGS, "pretrain.json"), size["pretrain"] + [
+        f"data={paths['pretrain-data']}", f"output_dir={paths['base']}"])
+    window = pretrain_config.model["max_position_embeddings"]
+    tokenizer = byte_tokenizer()
+    page = 64 if args.smoke else 128
+
+    def save_results():
+        with open(results_path + ".tmp", "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(results_path + ".tmp", results_path)
+
+    _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
+        paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
+        min_task_tokens=window // 3, workers=args.workers))
+    _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
+        paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
+        min_task_tokens=size["long_len"] // 2, workers=args.workers))
+    _phase("pretrain_data", paths["pretrain-data"], results, lambda: prepare_packed_data(
+        paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))
+    _phase("long_data", paths["long-data"], results, lambda: prepare_packed_data(
+        paths["long.jsonl"], tokenizer, paths["long-data"], size["long_len"], page, held_out=16))
+    save_results()
+    _phase("pretrain", paths["base"], results, lambda: pretrain(pretrain_config))
+    save_results()
+    common = [f"data={paths['long-data']}"] + size["stage"]
+    _phase("stage1", os.path.join(paths["stage1"], "train_results.json"), results, lambda: _stage(
+        "train_retriever.py", "train_retriever.json",
+        [f"model={paths['base']}", f"output_dir={paths['stage1']}"] + common))
+    save_results()
+    stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
+    _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
+        "post_train.py", "post_train.json", [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets))
+    save_results()
+    _phase("export", os.path.join(args.out, "retrolm_config.json"), results, lambda: _export(paths["stage2"], args.out))
+    save_results()
+    print(f"default model: {args.out}\nbuild results: {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Training documents of the default model: offline English text and synthetic long-context tasks.
+
+Text: the docstrings of the running Python's standard library (PSF License 2.0), the English prose every
+Python installation carries, so no download is needed. Tasks: RULER's templates from `eval.ruler_tasks`
+(NIAH variants and variable tracking), drawn from seeds the evaluation never uses (evaluation: seed 42 by
+default, indices 0..N-1; training: seeds from TRAIN_SEED_BASE on), with the answer written after the prompt.
+
+Every document is ASCII and exactly `length` characters, which is `length` tokens for the byte-level
+tokenizer: prepare_data packs [bos] + document + [eos], so a document of seq_len - 2 characters is exactly
+one training sequence and no task is ever cut across two sequences. The task sits at the end of the
+document, after as much text as is needed to fill it.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import sysconfig
+from functools import lru_cache
+from multiprocessing import Pool
+
+from eval.errors import EvalError
+from eval.ruler_tasks import TASKS, Generator
+
+TRAIN_SEED_BASE = 1_000_000
+TASK_MIX = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+            "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt")
+SKIPPED_STDLIB_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "__pycache__"}
+
+
+def byte_count(text: str) -> int:
+    """Tokens of `text` for the byte-level tokenizer, the bos token included."""
+    return len(text.encode("utf-8")) + 1
+
+
+@lru_cache(maxsize=1)
+def stdlib_docstrings(min_chars: int = 120) -> tuple[str, ...]:
+    """Module, class and function docstrings of the running Python's standard library, ASCII only, sorted by file."""
+    root = sysconfig.get_paths()["stdlib"]
+    texts = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_STDLIB_DIRS)
+        for name in sorted(f for f in files if f.endswith(".py")):
+            try:
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node)
+                    if doc and len(doc) >= min_chars and doc.isascii():
+                        texts.append(doc.strip())
+    if not texts:
+        raise RuntimeError(f"no docstrings found under {root}: this Python has no standard library sources.")
+    return tuple(texts)
+
+
+def text_filler(rng: random.Random, chars: int) -> str:
+    """`chars` characters of consecutive docstrings from a random starting point, blank-line separated."""
+    docs = stdlib_docstrings()
+    i, pieces, size = rng.randrange(len(docs)), [], -2  # size: length of the joined text so far
+    while size < chars:
+        pieces.append(docs[i % len(docs)])
+        size += len(pieces[-1]) + 2
+        i += 1
+    return "\n\n".join(pieces)[:chars]
+
+
+def answer_text(task: str, outputs: list[str]) -> str:
+    """The answer as the prompt's prefix expects it to continue (RULER's few-shot format for vt)."""
+    if TASKS[task].kind == "vt":
+        return " ".join(outputs)
+    return " " + (outputs[0] if len(outputs) == 1 else ", ".join(outputs[:-1]) + ", and " + outputs[-1]) + "."
+
+
+@lru_cache(maxsize=None)
+def _generator(task: str) -> Generator:
+    return Generator(task, byte_count)
+
+
+def _short_vt(max_tokens: int, seed: int, index: int):
+    """A vt sample under RULER's shortest one (1,424 byte tokens, most of it the one-shot example): the same
+    template and chains without the example, so variable tracking is trained inside a short window too."""
+    generator = _generator("vt")
+    noise = max(1, (max_tokens - 450) // 90)  # ~90 characters per noise sentence, ~450 of template and chains
+    sample = generator.build(noise, random.Random(f"vt/{TRAIN_SEED_BASE + seed}/{index}"), index, None, max_tokens)
+    sample.input = sample.input[sample.input.index("Memorize", 1):]
+    return sample
+
+
+def task_text(task: str, max_tokens: int, seed: int, index: int) -> str:
+    """A RULER task prompt + answer prefix + answer of at most `max_tokens` byte tokens.
+
+    Raises EvalError when the task's shortest prompt does not fit (vt falls back to its short form).
+    """
+    config = TASKS[task]
+    try:
+        # the generator sizes prompt + prefix + tokens_to_generate; the answer replaces the generation budget
+        sample = _generator(task).sample(max_tokens + config.tokens_to_generate - 64, TRAIN_SEED_BASE + seed, index)
+    except EvalError:
+        if task != "vt":
+            raise
+        sample = _short_vt(max_tokens, seed, index)
+    text = sample.input + sample.answer_prefix + answer_text(task, sample.outputs)
+    if byte_count(text) - 1 > max_tokens:
+        raise EvalError(f"{task}: the shortest sample has {byte_count(text) - 1} tokens, over {max_tokens}")
+    return text
+
+
+def document(spec: tuple[int, int, float, int]) -> str:
+    """One training document from (seed, length, text_fraction, min_task_tokens): text, or text then a task."""
+    seed, length, text_fraction, min_task = spec
+    rng = random.Random(f"doc/{seed}")
+    if rng.random() < text_fraction:
+        return text_filler(rng, length)
+    task = rng.choice(TASK_MIX)
+    try:
+        text = task_text(task, rng.randint(min(min_task, length), length), seed, 0)
+    except EvalError:  # this task's shortest prompt is longer than the draw: give it the whole document
+        try:
+            text = task_text(task, length, seed, 0)
+        except EvalError:  # longer than the document itself (tiny test windows): text only
+            return text_filler(rng, length)
+    lead = length - len(text)
+    return (text_filler(rng, lead - 2) + "\n\n" if lead >= 2 else " " * lead) + text
+
+
+def write_documents(path: str, count: int, length: int, seed: int, text_fraction: float, min_task_tokens: int,
+                    workers: int | None = None) -> str:
+    """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically."""
+    stdlib_docstrings()  # read once in the parent: forked workers inherit it
+    specs = [(seed + i, length, text_fraction, min_task_tokens) for i in range(count)]
+    tmp = path + ".tmp"
+    with Pool(workers or os.cpu_count()) as pool, open(tmp, "w") as f:
+        for text in pool.imap(document, specs, chunksize=64):
+            if len(text) != length or not text.isascii():
+                raise ValueError(f"document of {len(text)} characters (want {length}, ASCII)")
+            f.write(json.dumps({"text": text}) + "\n")
+    os.replace(tmp, path)
+    return path
