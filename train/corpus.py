@@ -110,8 +110,13 @@ def task_text(task: str, max_tokens: int, seed: int, index: int) -> str:
 
 
 def document(spec: tuple[int, int, float, int]) -> str:
-    """One training document from (seed, length, text_fraction, min_task_tokens): text, or text then a task."""
-    seed, length, text_fraction, min_task = spec
+    """One training document from (seed, length, text_fraction, min_task_tokens): text, or text then a task.
+
+    Non-ASCII characters (a few word-list entries) become '?', keeping one character = one token."""
+    return _document(*spec).encode("ascii", "replace").decode("ascii")
+
+
+def _document(seed: int, length: int, text_fraction: float, min_task: int) -> str:
     rng = random.Random(f"doc/{seed}")
     if rng.random() < text_fraction:
         return text_filler(rng, length)
