@@ -75,7 +75,18 @@ def shortest_prompt(task: str) -> int:
     return 1
 
 
+def collected(name, task, out) -> dict:
+    """What the eval run of (method, task) under `out` has scored so far, and its error line if it failed."""
+    scores_path, log = os.path.join(out, "scores.json"), os.path.join(out, "log.txt")
+    scores = json.load(open(scores_path))["scores"].get(task, {}) if os.path.isfile(scores_path) else {}
+    errors = [line.strip() for line in open(log)] if os.path.isfile(log) else []
+    errors = [line for line in errors if line.startswith("error:")]
+    return {"method": name, "task": task, "scores": scores, "error": errors[-1] if errors else None}
+
+
 def run_one(name, model, method, extra, task, lengths, args, out) -> dict:
+    if args.collect_only:
+        return collected(name, task, out)
     log = os.path.join(out, "log.txt")
     command = [sys.executable, "-m", "eval.ruler", "--model", model, "--method", method, "--tasks", task,
                "--lengths", ",".join(str(x) for x in lengths), "--num-samples", str(args.num_samples),
@@ -86,11 +97,9 @@ def run_one(name, model, method, extra, task, lengths, args, out) -> dict:
         done = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     seconds = time.perf_counter() - started
-    scores_path = os.path.join(out, "scores.json")
-    scores = json.load(open(scores_path))["scores"].get(task, {}) if os.path.isfile(scores_path) else {}
-    print(f"{name:>28} {task:<16} rc={done.returncode} {seconds:6.0f} s  {scores}", flush=True)
-    return {"method": name, "task": task, "returncode": done.returncode, "seconds": round(seconds, 1),
-            "scores": scores}
+    result = collected(name, task, out)
+    print(f"{name:>28} {task:<16} rc={done.returncode} {seconds:6.0f} s  {result['scores']}", flush=True)
+    return {**result, "returncode": done.returncode, "seconds": round(seconds, 1)}
 
 
 def plot(table: dict, lengths: list[int], window: int, path: str) -> None:
@@ -100,7 +109,8 @@ def plot(table: dict, lengths: list[int], window: int, path: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(next(iter(table.values())))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, task in zip(axes, tasks):
         for name, per_task in table.items():
             points = [(n // window, per_task[task].get(str(n))) for n in lengths]
@@ -124,7 +134,8 @@ def plot(table: dict, lengths: list[int], window: int, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=os.path.join(ROOT, "assets", "retrolm-byte-llama"))
-    parser.add_argument("--stage1-retriever", required=True, help="stage 1's retriever.safetensors")
+    parser.add_argument("--stage1-retriever", help="stage 1's retriever.safetensors",
+                        default=os.path.join(ROOT, "work", "default-model", "stage1", "retriever.safetensors"))
     parser.add_argument("--tasks", default=DEFAULT_TASKS)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
@@ -135,11 +146,14 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "quality"))
     parser.add_argument("--assets", default=os.path.join(ROOT, "assets"))
+    parser.add_argument("--collect-only", action="store_true",
+                        help="run nothing: tabulate the scores already under --work (runs made elsewhere)")
     args = parser.parse_args()
     with open(os.path.join(args.model, BASE_DIR, "config.json")) as f:
         window = json.load(f)["max_position_embeddings"]
     lengths = [window * int(x) for x in args.factors.split(",")]
-    variants = variant_models(args.model, args.stage1_retriever, args.work)
+    variants = (variant_models(args.model, args.stage1_retriever, args.work) if not args.collect_only
+                else {name: (None, None, None) for name in METHODS})
     methods = [m for m in args.methods.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
     jobs, skipped = [], {}
@@ -173,6 +187,7 @@ def main() -> None:
     columns = ["task", "method"] + [f"{n // window}x ({n // 1024}K)" for n in lengths]
     notes = "".join(f"\nn/a for {t} at {', '.join(f'{n // window}x' for n in v)}: RULER's shortest {t} prompt has "
                     f"{shortest_prompt(t)} byte tokens.\n" for t, v in record["not_run"].items())
+    notes += "".join(f"\nn/a for {r['method']} on {r['task']}: {r['error']}\n" for r in runs if r["error"])
     write_text(os.path.join(args.assets, "quality.md"),
                f"RULER scores (%), {args.num_samples} samples per cell, seed {args.seed}, window {window} tokens, "
                f"{record['device']}.\n\n" + markdown_table(rows, columns) + notes)
