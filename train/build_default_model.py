@@ -35,7 +35,7 @@ STAGE_SEED = 10_000_000  # long documents draw from seeds disjoint from the pret
 
 # (pretraining documents, long documents, long-document length) and config overrides: full run and smoke test
 SIZES = {
-    "full": dict(pretrain_docs=96_000, long_docs=1_200, long_len=8192, pretrain=[], stage=[]),
+    "full": dict(pretrain_docs=96_000, long_docs=2_400, long_len=8192, pretrain=[], stage=[]),
     "smoke": dict(pretrain_docs=256, long_docs=24, long_len=1024,
                   pretrain=["max_steps=20", "batch_size=8", "warmup_steps=2", "eval_sequences=8",
                             'model={"vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, '
@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the finished model goes")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline end to end on a CPU")
     parser.add_argument("--workers", type=int, default=None, help="processes generating documents")
+    parser.add_argument("--base", default=None,
+                        help="an already pretrained base LM directory: skip the pretraining corpus and pretraining")
     args = parser.parse_args(argv)
     size = SIZES["smoke" if args.smoke else "full"]
     work = os.path.abspath(args.work)
@@ -110,13 +112,16 @@ def main(argv=None) -> int:
             json.dump(results, f, indent=2)
         os.replace(results_path + ".tmp", results_path)
 
-    _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
+    if args.base:
+        paths["base"] = os.path.abspath(args.base)
+        results["base"] = paths["base"]
+    _phase("documents", paths["base"] if args.base else paths["pretrain.jsonl"], results, lambda: write_documents(
         paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
         min_task_tokens=window // 3, workers=args.workers))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, workers=args.workers))
-    _phase("pretrain_data", paths["pretrain-data"], results, lambda: prepare_packed_data(
+    _phase("pretrain_data", paths["base"] if args.base else paths["pretrain-data"], results, lambda: prepare_packed_data(
         paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))
     _phase("long_data", paths["long-data"], results, lambda: prepare_packed_data(
         paths["long.jsonl"], tokenizer, paths["long-data"], size["long_len"], page, held_out=16))
