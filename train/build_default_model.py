@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         min_task_tokens=window // 3, workers=args.workers))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
-        min_task_tokens=size["long_len"] // 2, workers=args.workers))
+        min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers))
     _phase("pretrain_data", paths["base"] if args.base else paths["pretrain-data"], results, lambda: prepare_packed_data(
         paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))
     _phase("long_data", paths["long-data"], results, lambda: prepare_packed_data(

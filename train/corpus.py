@@ -21,7 +21,7 @@ from functools import lru_cache
 from multiprocessing import Pool
 
 from eval.errors import EvalError
-from eval.ruler_tasks import TASKS, Generator
+from eval.ruler_tasks import NOISE, TASKS, Generator, essay_words, random_key_word, split_sentences
 
 TRAIN_SEED_BASE = 1_000_000
 TASK_MIX = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
@@ -109,17 +109,43 @@ def task_text(task: str, max_tokens: int, seed: int, index: int) -> str:
     return text
 
 
-def document(spec: tuple[int, int, float, int]) -> str:
-    """One training document from (seed, length, text_fraction, min_task_tokens): text, or text then a task.
+def dense_recall_text(rng: random.Random, length: int, gap: int) -> str:
+    """About `length` characters of RULER-style haystack with needles, and a question + answer about each needle
+    at least `gap` characters after it: many retrieval lessons per document, in RULER's own phrasing."""
+    essay = rng.random() < 0.7
+    words = essay_words(None)
+    start = rng.randrange(len(words))
+    filler = split_sentences(" ".join(words[start:start + length // 5])) if essay else [NOISE] * (length // 88 + 1)
+    pieces, size, pending = [], 0, []  # pending: (ready at size, key, value) for questions to ask
+    while size < length:
+        if rng.random() < 0.08:
+            key, value = random_key_word(rng), str(rng.randint(10 ** 6, 10 ** 7 - 1))
+            pieces.append(f"One of the special magic numbers for {key} is: {value}.")
+            pending.append((size + gap, key, value))
+        elif pending and pending[0][0] <= size and rng.random() < 0.3:
+            _, key, value = pending.pop(rng.randrange(sum(1 for p in pending if p[0] <= size)))
+            pieces.append(f"What is the special magic number for {key} mentioned in the provided text? The special "
+                          f"magic number for {key} mentioned in the provided text is {value}.")
+        else:
+            pieces.append(filler[len(pieces) % len(filler)])
+        size += len(pieces[-1]) + 1
+    return (" " if essay else "\n").join(pieces)
+
+
+def document(spec: tuple) -> str:
+    """One training document from (seed, length, text_fraction, min_task_tokens, dense_fraction): text, a dense
+    recall text (`dense_recall_text`), or text then a RULER task.
 
     Non-ASCII characters (a few word-list entries) become '?', keeping one character = one token."""
     return _document(*spec).encode("ascii", "replace").decode("ascii")
 
 
-def _document(seed: int, length: int, text_fraction: float, min_task: int) -> str:
+def _document(seed: int, length: int, text_fraction: float, min_task: int, dense_fraction: float = 0.0) -> str:
     rng = random.Random(f"doc/{seed}")
     if rng.random() < text_fraction:
         return text_filler(rng, length)
+    if rng.random() < dense_fraction:
+        return dense_recall_text(rng, length + 200, gap=min(2048, length // 4))[-length:]
     task = rng.choice(TASK_MIX)
     try:
         text = task_text(task, rng.randint(min(min_task, length), length), seed, 0)
@@ -133,10 +159,10 @@ def _document(seed: int, length: int, text_fraction: float, min_task: int) -> st
 
 
 def write_documents(path: str, count: int, length: int, seed: int, text_fraction: float, min_task_tokens: int,
-                    workers: int | None = None) -> str:
+                    dense_fraction: float = 0.0, workers: int | None = None) -> str:
     """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically."""
     stdlib_docstrings()  # read once in the parent: forked workers inherit it
-    specs = [(seed + i, length, text_fraction, min_task_tokens) for i in range(count)]
+    specs = [(seed + i, length, text_fraction, min_task_tokens, dense_fraction) for i in range(count)]
     tmp = path + ".tmp"
     with Pool(workers or os.cpu_count()) as pool, open(tmp, "w") as f:
         for text in pool.imap(document, specs, chunksize=64):
