@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
@@ -78,10 +77,12 @@ def shortest_prompt(task: str) -> int:
 def collected(name, task, out) -> dict:
     """What the eval run of (method, task) under `out` has scored so far, and its error line if it failed."""
     scores_path, log = os.path.join(out, "scores.json"), os.path.join(out, "log.txt")
-    scores = json.load(open(scores_path))["scores"].get(task, {}) if os.path.isfile(scores_path) else {}
+    record = json.load(open(scores_path)) if os.path.isfile(scores_path) else {}
+    scores = record.get("scores", {}).get(task, {})
+    device = record.get("method_options", {}).get("device") or None
     errors = [line.strip() for line in open(log)] if os.path.isfile(log) else []
     errors = [line for line in errors if line.startswith("error:")]
-    return {"method": name, "task": task, "scores": scores, "error": errors[-1] if errors else None}
+    return {"method": name, "task": task, "scores": scores, "device": device, "error": errors[-1] if errors else None}
 
 
 def run_one(name, model, method, extra, task, lengths, args, out) -> dict:
@@ -109,22 +110,25 @@ def plot(table: dict, lengths: list[int], window: int, path: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(next(iter(table.values())))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), sharey=True, squeeze=False)
+    colors = {name: f"C{i}" for i, name in enumerate(METHODS)}  # one colour per method in every panel
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.6), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, task in zip(axes, tasks):
-        for name, per_task in table.items():
-            points = [(n // window, per_task[task].get(str(n))) for n in lengths]
+        for name in sorted(table, key=lambda n: n == "retrolm"):  # RetroLM drawn last, on top
+            points = [(n // window, table[name][task].get(str(n))) for n in lengths]
             points = [(x, y) for x, y in points if y is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=name, linewidth=2.2 if name == "retrolm" else 1.2)
+                ax.plot(*zip(*points), marker="o", color=colors.get(name), label=name,
+                        linewidth=2.6 if name == "retrolm" else 1.2, zorder=3 if name == "retrolm" else 2)
         ax.set_xscale("log", base=2)
         ax.set_xticks([n // window for n in lengths], [f"{n // window}x" for n in lengths])
         ax.set_title(task)
         ax.set_xlabel(f"context (x {window}-token window)")
         ax.set_ylim(-3, 103)
     axes[0].set_ylabel("score (%)")
-    axes[-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colors.get(n), marker="o", label=n) for n in table]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -146,6 +150,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "quality"))
     parser.add_argument("--assets", default=os.path.join(ROOT, "assets"))
+    parser.add_argument("--note", default="", help="a line for the table's header (e.g. where the runs ran)")
     parser.add_argument("--collect-only", action="store_true",
                         help="run nothing: tabulate the scores already under --work (runs made elsewhere)")
     args = parser.parse_args()
@@ -173,7 +178,8 @@ def main() -> None:
     record = {"window": window, "lengths": lengths, "num_samples": args.num_samples, "seed": args.seed,
               "scores": table, "not_run": {t: v for t, v in skipped.items() if v},
               "runs": runs, "wall_s": round(time.perf_counter() - started, 1),
-              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "devices": {name: sorted({str(r["device"]) for r in runs if r["method"] == name}) for name in methods},
+              "note": args.note,
               "environment": environment()}
     write_json(os.path.join(args.assets, "quality.json"), record)
     rows = []
@@ -189,8 +195,8 @@ def main() -> None:
                     f"{shortest_prompt(t)} byte tokens.\n" for t, v in record["not_run"].items())
     notes += "".join(f"\nn/a for {r['method']} on {r['task']}: {r['error']}\n" for r in runs if r["error"])
     write_text(os.path.join(args.assets, "quality.md"),
-               f"RULER scores (%), {args.num_samples} samples per cell, seed {args.seed}, window {window} tokens, "
-               f"{record['device']}.\n\n" + markdown_table(rows, columns) + notes)
+               f"RULER scores (%), {args.num_samples} samples per cell, seed {args.seed}, window {window} tokens. "
+               f"{args.note}\n\n" + markdown_table(rows, columns) + notes)
     plot(table, lengths, window, os.path.join(args.assets, "quality.png"))
     print(open(os.path.join(args.assets, "quality.md")).read())
 
