@@ -1,4 +1,16 @@
+import os
+
 from setuptools import find_packages, setup
+
+
+def default_model_files() -> list[tuple[str, list[str]]]:
+    """The embedded default model, installed under <prefix>/share/retrolm/ (RetroLM.from_pretrained() finds it)."""
+    entries = []
+    for directory, _, files in sorted(os.walk(os.path.join("assets", "retrolm-byte-llama"))):
+        target = os.path.join("share", "retrolm", os.path.relpath(directory, "assets"))
+        entries.append((target, sorted(os.path.join(directory, name) for name in files)))
+    return entries
+
 
 setup(
     name="retrolm",
@@ -23,5 +35,6 @@ setup(
         "eval": ["datasets>=3.0", "faiss-cpu>=1.8", "matplotlib>=3.7", "jieba>=0.42", "wonderwords>=2.2,<4"],
         "dev": ["pytest>=8"],
     },
+    data_files=default_model_files(),
     entry_points={"console_scripts": ["retrolm=retrolm.cli:main"]},
 )

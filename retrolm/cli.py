@@ -23,7 +23,8 @@ def _generate(args) -> int:
     if not context.strip():
         raise RetroLMError(f"input file {args.input!r} is empty; pass a file with the text to read.")
     knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k)) if v is not None}
-    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], **knobs)
+    dtype = DTYPES[args.dtype] if args.dtype else None  # None: the checkpoint's (float32 for the default on CPU)
+    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=dtype, **knobs)
     ids = build_prompt_ids(model.tokenizer, context, args.question)
     out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, do_sample=False, progress=True)
     answer = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
@@ -41,7 +42,8 @@ def _generate(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(model_path=args.model, window=args.window, factor=args.factor, num_facts=args.facts, seed=args.seed)
+    run_demo(model_path=args.model, factor=args.factor, num_facts=args.facts, seed=args.seed,
+             compare=not args.no_compare)
     return 0
 
 
@@ -49,21 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retrolm", description="Long-context LLM inference by KV page retrieval.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="answer a question about a long text file")
-    gen.add_argument("--model", required=True, help="RetroLM checkpoint or HF model (hub name or directory)")
+    gen.add_argument("--model", default=None,
+                     help="RetroLM checkpoint or HF model (hub name or directory); default: the embedded default model")
     gen.add_argument("--input", required=True, help="text file holding the long context")
     gen.add_argument("--question", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--page-size", type=int)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    gen.add_argument("--dtype", default="auto", choices=sorted(DTYPES))
+    gen.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                     help="default: the checkpoint's (the embedded default model runs float32 on the CPU)")
     gen.set_defaults(run=_generate)
     demo = commands.add_parser("demo", help="facts hidden in a long haystack, found by page retrieval")
-    demo.add_argument("--model", help="model directory (default: a tiny model built locally)")
-    demo.add_argument("--window", type=int, default=512, help="the model's trained window, in tokens")
-    demo.add_argument("--factor", type=int, default=32, help="haystack length as a multiple of the window")
-    demo.add_argument("--facts", type=int, default=3)
+    demo.add_argument("--model", help="RetroLM checkpoint (default: the embedded default model)")
+    demo.add_argument("--factor", type=int, default=32, help="haystack length as a multiple of the trained window")
+    demo.add_argument("--facts", type=int, default=3, help="questions, each over its own haystack")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-compare", action="store_true", help="skip the full-attention comparison")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     try:

@@ -1,141 +1,184 @@
-"""The demo: facts hidden in a haystack many times the model's window, answered by RetroLM.
+"""The demo: facts hidden far beyond the model's window, found by page retrieval, against full attention.
 
-Prints, per fact, the answer, the pages retrieved at the first decode step and whether the fact's page is
-among them; then the same input through full attention for time and memory. Until the trained default
-model ships, the demo builds a tiny random model locally, so its answers are noise; the pipeline, the
-retrieval bookkeeping and the measurements are real.
+    retrolm demo            # the embedded default model, 32x its 1024-token window, on the CPU
+
+Each fact is a RULER-style needle ("One of the special magic numbers for KEY is: VALUE.") hidden at its own
+depth in a haystack of filler sentences 32 times the model's trained window; each question is asked over its
+own haystack. Prints the answer, the pages retrieved for it (and whether the needle's page is among them),
+and the time; then runs the same input through the plain model with full attention, in a separate process
+each, for time and peak memory.
 """
 from __future__ import annotations
 
-import os
+import multiprocessing
 import random
+import resource
 import time
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from .model import RetroLM
-from .prompt import build_prompt_ids, describe_pages
-from .tiny import build_tiny_model
+from .model import RetroLM, default_model_path
+from .prompt import describe_pages
 
-WORDS = ("river", "stone", "lantern", "harbor", "meadow", "copper", "window", "orchard", "signal", "garden",
-         "winter", "market", "thunder", "compass", "violet", "bridge", "canyon", "ember", "falcon", "marble")
-NAMES = ("Alder", "Brina", "Corvin", "Dalia", "Emric", "Fenna", "Galen", "Hesper")
+FILLER = ("The {a} {b} of the {c} is never quite what the {d} expects.",
+          "Most people who think about {a} end up thinking about {b} instead.",
+          "If you want to understand {a}, watch how a {b} deals with a {c}.",
+          "That is why the {a} and the {b} keep changing places.",
+          "A {a} is only as good as the {b} it was built for.")
+NOUNS = ("river", "stone", "lantern", "harbor", "meadow", "copper", "window", "orchard", "signal", "garden", "winter",
+         "market", "thunder", "compass", "violet", "bridge", "canyon", "ember", "falcon", "marble", "ledger", "basket",
+         "engine", "pocket", "ladder", "candle", "forest", "mirror", "saddle", "tunnel")
+ADJECTIVES = ("quiet", "amber", "brisk", "hollow", "gentle", "crimson", "rapid", "frozen", "silent", "golden")
+PROMPT = ("A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you "
+          "about the number afterwards.\n{context}\nWhat is the special magic number for {key} mentioned in the "
+          "provided text? The special magic number for {key} mentioned in the provided text is")
 
 
 @dataclass
 class Fact:
-    name: str
-    value: int
-    char_start: int  # where the fact sentence starts in the haystack text
+    key: str
+    value: str
+    depth: float  # where the needle sits in the haystack, as a fraction of it
 
     @property
-    def sentence(self) -> str:
-        return f" The secret number of {self.name} is {self.value}."
-
-    @property
-    def question(self) -> str:
-        return f"What is the secret number of {self.name}?"
+    def needle(self) -> str:
+        return f"One of the special magic numbers for {self.key} is: {self.value}."
 
 
-def build_haystack(tokenizer, target_tokens: int, num_facts: int, seed: int) -> tuple[str, list[Fact]]:
-    """Filler text of about `target_tokens` tokens with `num_facts` facts at evenly spread depths."""
+def haystack_prompt(tokenizer, fact: Fact, target_tokens: int, seed: int) -> tuple[torch.Tensor, int]:
+    """Prompt ids [1, T] of about `target_tokens` tokens with `fact` hidden at its depth, and the needle's token."""
     rng = random.Random(seed)
-    sentences, tokens = [], 0
-    while tokens < target_tokens:
-        sentence = " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 12))).capitalize() + "."
-        sentences.append(sentence)
-        tokens += len(tokenizer(sentence, add_special_tokens=False).input_ids)
-    facts = [Fact(NAMES[i % len(NAMES)], rng.randint(1000, 9999), 0) for i in range(num_facts)]
-    depths = [int(len(sentences) * (i + 0.5) / num_facts) for i in range(num_facts)]
-    for fact, depth in sorted(zip(facts, depths), key=lambda pair: -pair[1]):
-        sentences.insert(depth, fact.sentence)
-    text = "".join(sentences)
-    for fact in facts:
-        fact.char_start = text.index(fact.sentence)
-    return text, facts
+    sentences, size = [], 0
+    while size < target_tokens:
+        sentences.append(rng.choice(FILLER).format(**{k: rng.choice(NOUNS) for k in "abcd"}))
+        size += len(tokenizer(sentences[-1] + " ", add_special_tokens=False).input_ids)
+    sentences.insert(int(len(sentences) * fact.depth), fact.needle)
+    context = " ".join(sentences)
+    text = PROMPT.format(context=context, key=fact.key)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    needle_token = len(tokenizer(text[: text.index(fact.needle)]).input_ids)
+    return ids, needle_token
 
 
-def default_demo_model() -> str:
-    """Directory of the demo's tiny random Llama model, built on first use (no network needed)."""
-    home = os.environ.get("RETROLM_HOME", os.path.join(os.path.expanduser("~"), ".cache", "retrolm"))
-    directory = os.path.join(home, "demo-tiny-llama")
-    if not os.path.isfile(os.path.join(directory, "config.json")):
-        print(f"building a tiny random Llama model in {directory} (random weights: answers will be noise)")
-        build_tiny_model(directory, "llama", seed=0)
-    return directory
+def make_facts(count: int, seed: int) -> list[Fact]:
+    rng = random.Random(seed)
+    keys = rng.sample([f"{a}-{n}" for a in ADJECTIVES for n in NOUNS], count)
+    return [Fact(key, str(rng.randint(10 ** 6, 10 ** 7 - 1)), (i + 1) / (count + 1)) for i, key in enumerate(keys)]
 
 
-def _full_attention(base_model, ids: torch.Tensor, max_new_tokens: int, chunk: int) -> dict:
-    """Plain model, full attention, same input: chunked prefill into a DynamicCache, then greedy decode."""
-    cache = DynamicCache()
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process (MiB) since the last `_reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: peak since start (KiB)
+
+
+def _reset_peak_rss() -> float:
+    """Restart the peak count at the current resident size (Linux: clear_refs 5), so that loading the model's
+    transient copies do not count; returns the resident size (MiB) it starts from."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
+def _answer_text(tokenizer, ids: torch.Tensor) -> str:
+    """The generated text up to its first sentence end (the model may run on after answering)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return text.split(".")[0].strip() if "." in text else text
+
+
+def _measure(kind: str, model_path: str | None, ids: torch.Tensor, max_new_tokens: int, queue) -> None:
+    """In a fresh process: answer with RetroLM or with full attention; report time, peak memory and KV bytes."""
+    torch.set_grad_enabled(False)
+    model = RetroLM.from_pretrained(model_path)
+    loaded_rss = _reset_peak_rss()
     started = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, ids.shape[1] - 1, chunk):
-            base_model(input_ids=ids[:, s : min(s + chunk, ids.shape[1] - 1)], past_key_values=cache, use_cache=True,
-                       logits_to_keep=1)
-        encoded = time.perf_counter()
-        out = base_model.generate(input_ids=ids, past_key_values=cache, max_new_tokens=max_new_tokens,
-                                  do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0)
-    return {"encode_s": encoded - started, "decode_s": time.perf_counter() - encoded,
-            "new_tokens": out.shape[1] - ids.shape[1],
-            "kv_bytes": sum(k.numel() * k.element_size() * 2 for k, _ in
-                            ((layer.keys, layer.values) for layer in cache.layers))}
+    if kind == "retrolm":
+        out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False)
+        kv_bytes = model.last_cache.memory_bytes()
+    else:  # the plain model, full causal attention over the whole input, KV in a DynamicCache
+        cache, chunk = DynamicCache(), model.config.prefill_chunk_pages * model.config.page_size
+        for start in range(0, ids.shape[1] - 1, chunk):  # chunked prefill: no T x T score matrix at once
+            model.base_model(input_ids=ids[:, start:min(start + chunk, ids.shape[1] - 1)], past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        out = model.base_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                                        max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=model.tokenizer.pad_token_id)
+        kv_bytes = sum(2 * layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
+    queue.put({"seconds": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib(),
+               "rss_over_loaded_mib": _peak_rss_mib() - loaded_rss, "kv_mib": kv_bytes / 2 ** 20,
+               "answer": _answer_text(model.tokenizer, out[0, ids.shape[1]:])})
 
 
-def run_demo(model_path: str | None = None, window: int = 512, factor: int = 32, num_facts: int = 3,
-             max_new_tokens: int = 12, seed: int = 0, page_size: int = 64, top_k: int = 4) -> dict:
-    """Run the demo; returns the measured numbers (also printed)."""
-    model_path = model_path or default_demo_model()
-    model = RetroLM.from_pretrained(model_path, page_size=page_size, top_k=top_k)
-    tokenizer = model.tokenizer
-    haystack, facts = build_haystack(tokenizer, window * factor, num_facts, seed)
-    print(f"model: {model_path}\nhaystack: {factor}x a {window}-token window, {num_facts} facts hidden; "
-          f"RetroLM page_size={page_size}, top_k={top_k}, sink={model.config.sink_pages}, "
-          f"local={model.config.local_pages}, positions={model.config.position_mode}\n")
+def _in_process(kind: str, model_path: str | None, ids: torch.Tensor, max_new_tokens: int) -> dict:
+    context = multiprocessing.get_context("spawn")  # a fresh process: its peak memory is this run's alone
+    queue = context.Queue()
+    process = context.Process(target=_measure, args=(kind, model_path, ids, max_new_tokens, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def run_demo(model_path: str | None = None, factor: int = 32, num_facts: int = 3, max_new_tokens: int = 12,
+             seed: int = 0, compare: bool = True, window: int | None = None) -> dict:
+    """Run the demo; returns the measured numbers (also printed). window: default the model's trained window
+    (its config's max_position_embeddings)."""
+    torch.set_grad_enabled(False)
+    model = RetroLM.from_pretrained(model_path)
+    path = model_path or default_model_path()
+    window = window or model.base_model.config.max_position_embeddings
+    P = model.config.page_size
+    print(f"model: {path}\ntrained window: {window} tokens; haystacks: {factor}x = {factor * window} tokens; RetroLM "
+          f"page_size={P}, top_k={model.config.top_k}, sink={model.config.sink_pages}, "
+          f"local={model.config.local_pages}\n")
     results = []
-    for fact in facts:
-        ids = build_prompt_ids(tokenizer, haystack, fact.question)
-        fact_token = len(tokenizer(haystack[: fact.char_start], add_special_tokens=False).input_ids)
-        fact_page = (fact_token + 1) // page_size
-        out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, progress=True)
-        answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    for i, fact in enumerate(make_facts(num_facts, seed)):
+        ids, needle_token = haystack_prompt(model.tokenizer, fact, factor * window, seed * 1000 + i)
+        needle_pages = {needle_token // P, (needle_token + len(fact.needle)) // P}
+        started = time.perf_counter()
+        out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False)
+        seconds = time.perf_counter() - started
+        answer = _answer_text(model.tokenizer, out[0, ids.shape[1]:])
         log = model.last_cache.selection_log
         pages = log[0][1] if log else []
-        timings = model.last_timings
-        found = fact_page in pages
-        results.append({"question": fact.question, "expected": str(fact.value), "answer": answer,
-                        "correct": str(fact.value) in answer, "fact_page": fact_page, "pages": pages,
-                        "fact_page_retrieved": found, **timings})
-        print(f"Q: {fact.question}\nA: {answer!r}  (expected {fact.value}: "
-              f"{'correct' if results[-1]['correct'] else 'wrong'})")
-        print(f"pages retrieved ({len(pages)} of {ids.shape[1] // page_size + 1}); fact is on page {fact_page}: "
-              f"{'retrieved' if found else 'NOT retrieved'}")
-        print("\n".join(describe_pages(tokenizer, ids[0], pages, page_size, width=50)))
-        print(f"time: encode {timings['encode_s']:.2f} s, decode {1e3 * timings['decode_s'] / max(1, timings['new_tokens']):.1f} "
-              f"ms/token over {timings['prompt_tokens']} prompt tokens\n")
-
-    # compare on the last question: by then RetroLM's one-off start-up costs are behind it
-    ids = build_prompt_ids(tokenizer, haystack, facts[-1].question)
-    full = _full_attention(model.base_model, ids, max_new_tokens, chunk=model.config.prefill_chunk_pages * page_size)
-    retro = results[-1]
-    attended = len(retro["pages"]) + 1
-    summary = {
-        "prompt_tokens": ids.shape[1],
-        "retrolm": {"encode_s": retro["encode_s"], "decode_ms_per_token": 1e3 * retro["decode_s"] / max(1, retro["new_tokens"]),
-                    "keys_read_per_token": attended * page_size, "kv_bytes": model.last_cache.memory_bytes()},
-        "full": {"encode_s": full["encode_s"], "decode_ms_per_token": 1e3 * full["decode_s"] / max(1, full["new_tokens"]),
-                 "keys_read_per_token": ids.shape[1], "kv_bytes": full["kv_bytes"]},
-        "facts_correct": sum(r["correct"] for r in results), "fact_pages_retrieved": sum(r["fact_page_retrieved"] for r in results),
-        "facts": results,
-    }
-    r, f = summary["retrolm"], summary["full"]
-    print(f"same input ({ids.shape[1]} tokens)          RetroLM     full attention")
-    print(f"  encode (s)                      {r['encode_s']:>9.2f}  {f['encode_s']:>13.2f}")
-    print(f"  decode (ms/token)               {r['decode_ms_per_token']:>9.1f}  {f['decode_ms_per_token']:>13.1f}")
-    print(f"  keys attended per new token     {r['keys_read_per_token']:>9d}  {f['keys_read_per_token']:>13d}")
-    print(f"  KV cache (MiB)                  {r['kv_bytes'] / 2**20:>9.1f}  {f['kv_bytes'] / 2**20:>13.1f}")
-    print(f"answers correct: {summary['facts_correct']}/{num_facts}; fact pages retrieved: "
-          f"{summary['fact_pages_retrieved']}/{num_facts}")
+        found = needle_pages <= set(pages)
+        results.append({"key": fact.key, "expected": fact.value, "answer": answer, "correct": fact.value in answer,
+                        "depth": fact.depth, "needle_pages": sorted(needle_pages), "pages": pages,
+                        "needle_page_retrieved": found, "prompt_tokens": ids.shape[1], "seconds": seconds})
+        print(f"Q{i + 1}: the special magic number for {fact.key}? (hidden at {fact.depth:.0%} depth of "
+              f"{ids.shape[1]} tokens)\nA: {answer!r}, expected {fact.value}: "
+              f"{'correct' if results[-1]['correct'] else 'WRONG'}  ({seconds:.1f} s)")
+        got = len(needle_pages & set(pages))
+        print(f"pages retrieved for the answer ({len(pages)} of {ids.shape[1] // P + 1}); the needle is on page(s) "
+              f"{sorted(needle_pages)}: {'retrieved' if found else f'{got} of {len(needle_pages)} retrieved'}")
+        print("\n".join(describe_pages(model.tokenizer, ids[0], pages, P, width=60)) + "\n")
+    summary = {"model": path, "window": window, "factor": factor, "facts": results,
+               "correct": sum(r["correct"] for r in results)}
+    print(f"answers correct: {summary['correct']}/{num_facts}; needles retrieved whole: "
+          f"{sum(r['needle_page_retrieved'] for r in results)}/{num_facts}\n")
+    if compare:
+        print(f"same input ({ids.shape[1]} tokens, the last question) in separate processes: RetroLM, then the plain "
+              "model with full attention (slow on a CPU: every token attends to every earlier one)...")
+        retro = _in_process("retrolm", model_path, ids, max_new_tokens)
+        full = _in_process("full", model_path, ids, max_new_tokens)
+        summary["compare"] = {"prompt_tokens": ids.shape[1], "retrolm": retro, "full": full}
+        print(f"{'':<34}{'RetroLM':>12}{'full attention':>16}")
+        print(f"{'answer':<34}{retro['answer'][:11]!r:>12}{full['answer'][:13]!r:>16}")
+        print(f"{'time, prefill + answer (s)':<34}{retro['seconds']:>12.1f}{full['seconds']:>16.1f}")
+        print(f"{'peak memory over the model (MiB)':<34}{retro['rss_over_loaded_mib']:>12.0f}"
+              f"{full['rss_over_loaded_mib']:>16.0f}")
+        print(f"{'KV cache (MiB)':<34}{retro['kv_mib']:>12.1f}{full['kv_mib']:>16.1f}")
+        print(f"(full attention reads {ids.shape[1]} tokens, {ids.shape[1] // window}x the {window}-token window the "
+              "model was trained on; RetroLM attends to at most "
+              f"{(model.config.max_attended_pages + 1) * P} per token. Both keep every page's K/V: RetroLM reads few "
+              "of them; offload_kv=True moves the rest to host memory on a GPU.)")
     return summary

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -42,6 +43,27 @@ BASE_DIR = "base"
 def _inner_model(model):
     """The HF CausalLM under an optional peft wrapper."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+DEFAULT_MODEL_NAME = "retrolm-byte-llama"
+
+
+def default_model_candidates() -> list[str]:
+    """Where the embedded default model may be: the checkout's assets/, then the install's share/retrolm/."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.join(checkout, "assets", DEFAULT_MODEL_NAME),
+            os.path.join(sys.prefix, "share", "retrolm", DEFAULT_MODEL_NAME)]
+
+
+def default_model_path() -> str:
+    """Directory of the embedded default model (the first of `default_model_candidates` that holds it)."""
+    candidates = default_model_candidates()
+    for path in candidates:
+        if os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            return path
+    raise RetroLMError(f"the embedded default model is not installed (looked in {' and '.join(candidates)}); "
+                       "install RetroLM from its repository (pip install -e .) or pass a model name, e.g. "
+                       "RetroLM.from_pretrained('mistralai/Mistral-7B-Instruct-v0.2').")
 
 
 def _weights_without_lora(inner) -> dict:
@@ -83,12 +105,16 @@ class RetroLM(nn.Module):
     def from_pretrained(cls, name_or_path: str | None = None, *, device=None, dtype=None, **knobs) -> "RetroLM":
         """Load a RetroLM checkpoint, or wrap a plain HF model (hub name or local dir) with a fresh retriever.
 
+        With no name: the embedded default model (`default_model_path()`), a small byte-level Llama trained
+        for this project (assets/retrolm-byte-llama/README.md), loaded in float32 on the CPU.
+
         knobs: any `RetroLMConfig` field (page_size, top_k, sink_pages, local_pages, position_mode, ...);
         they override what a checkpoint saved. device: e.g. "cuda"; dtype: e.g. torch.bfloat16 or "auto".
         """
         if name_or_path is None:
-            raise RetroLMError("no model given: pass a hub name or a local directory, e.g. "
-                               "RetroLM.from_pretrained('mistralai/Mistral-7B-Instruct-v0.2').")
+            name_or_path = default_model_path()
+            if dtype in (None, "auto") and (device is None or torch.device(device).type == "cpu"):
+                dtype = torch.float32  # shipped in bf16 to stay small; CPUs run float32 several times faster
         is_checkpoint = os.path.isfile(os.path.join(str(name_or_path), CONFIG_NAME))
         if is_checkpoint:
             config = RetroLMConfig.load(name_or_path).replace(**knobs)

@@ -57,8 +57,11 @@ def test_missing_model_directory(tmp_path):
         RetroLM.from_pretrained(str(tmp_path / "does-not-exist"))
 
 
-def test_no_model_given():
-    with pytest.raises(RetroLMError, match="no model given"):
+def test_no_model_given_without_the_embedded_default(monkeypatch, tmp_path):
+    import retrolm.model as model_module
+
+    monkeypatch.setattr(model_module, "default_model_candidates", lambda: [str(tmp_path / "assets")])
+    with pytest.raises(RetroLMError, match="embedded default model is not installed"):
         RetroLM.from_pretrained()
 
 

@@ -1,0 +1,28 @@
+"""The embedded default model on the CPU: a planted needle at 16x its trained window, found only by retrieval."""
+import torch
+
+from retrolm import RetroLM
+from retrolm.demo import Fact, haystack_prompt
+
+
+def test_default_model_answers_a_needle_at_16x_its_window_and_fails_without_retrieval():
+    torch.manual_seed(0)
+    model = RetroLM.from_pretrained()  # no name: the embedded default model, float32 on the CPU
+    window = model.base_model.config.max_position_embeddings
+    assert window == 1024 and model.base_model.dtype == torch.float32
+    fact = Fact("amber-harbor", "4817305", depth=0.4)
+    ids, needle_token = haystack_prompt(model.tokenizer, fact, 16 * window, seed=11)
+    assert ids.shape[1] >= 16 * window
+
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+    answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    retrieved = model.last_cache.selection_log[0][1]
+    assert fact.value in answer, answer
+    assert needle_token // model.config.page_size in retrieved, (needle_token, retrieved)
+
+    model.config = model.config.replace(top_k=0)  # retrieval off: sink and local pages only
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+    blind = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert fact.value not in blind, blind
