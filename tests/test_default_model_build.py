@@ -1,0 +1,109 @@
+"""The default model's pipeline pieces: offline documents, from-scratch pretraining, the whole build at toy size."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from retrolm import RetroLM, RetroLMError
+from retrolm.training.pretrain import load_pretrain_config, pretrain, skipped_positions
+from train import corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_documents_are_exact_ascii_and_end_with_an_answered_task():
+    for seed in range(40):
+        text = corpus.document((seed, 1022, 0.0, 300, 0.0))
+        assert len(text) == 1022 and text.isascii()
+        assert "special magic" in text or "VAR " in text, "every non-text document holds a task"
+    text = corpus.task_text("niah_single_2", 1000, seed=3, index=0)
+    value = text.rsplit(" is ", 1)[1].rstrip(".")
+    assert value.isdigit() and text.count(value) == 2, "the answer repeats the needle's value"
+    vt = corpus.task_text("vt", 800, seed=1, index=0)  # under RULER's shortest vt: the short form
+    assert len(vt) <= 800 and vt.startswith("Memorize") and vt.count("Memorize") == 1
+
+
+def test_dense_recall_asks_each_question_long_after_its_needle():
+    text = corpus.dense_recall_text(random.Random(5), 20000, gap=2048)
+    asked = text.split("What is the special magic number for ")[1:]
+    assert len(asked) >= 3
+    for question in asked:
+        key = question.split(" mentioned")[0]
+        value = question.split("provided text is ")[1].split(".")[0]
+        needle = f"One of the special magic numbers for {key} is: {value}."
+        question_at = text.index(f"What is the special magic number for {key} ")
+        assert text.index(needle) + 2048 <= question_at
+
+
+def test_stdlib_docstrings_are_offline_english():
+    docs = corpus.stdlib_docstrings()
+    assert len(docs) > 500 and all(d.isascii() and len(d) >= 120 for d in docs)
+
+
+def test_skipped_positions_stay_increasing_and_below_the_limit():
+    generator = torch.Generator().manual_seed(0)
+    positions = skipped_positions(256, 64, 1000, 0.5, generator)
+    steps = positions[:, 1:] - positions[:, :-1]
+    assert torch.all(steps >= 1) and int(positions.max()) < 1000
+    jumped = (steps > 1).any(dim=1)
+    assert 0.3 < float(jumped.float().mean()) < 0.7, "about half of the rows skip"
+    assert torch.all((steps > 1).sum(dim=1) <= 1), "one jump per row at most"
+    assert torch.equal(skipped_positions(4, 64, 64, 1.0, generator), torch.arange(64).expand(4, 64))
+
+
+def test_pretraining_config_errors_are_clear(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": {}, "max_steps": 0}))
+    with pytest.raises(RetroLMError, match="needs 'data'"):
+        load_pretrain_config(str(config))
+    with pytest.raises(RetroLMError, match="max_steps must be an integer >= 1"):
+        load_pretrain_config(str(config), ["data=x", "output_dir=y"])
+    with pytest.raises(RetroLMError, match="unknown key"):
+        load_pretrain_config(str(config), ["data=x", "output_dir=y", "max_steps=3", "batch=2"])
+
+
+def test_pretraining_learns_and_saves_a_loadable_model(tmp_path):
+    from training_toys import write_packed
+
+    rows = np.tile(np.arange(64, dtype=np.int32) % 7 + 60, (40, 1))  # a repeating pattern: learnable fast
+    data = write_packed(str(tmp_path / "data"), rows[:32], rows[32:], 16)
+    model = {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 64,
+             "bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258}
+    config = tmp_path / "p.json"
+    config.write_text(json.dumps({"model": model, "data": data, "output_dir": str(tmp_path / "base"),
+                                  "batch_size": 8, "max_steps": 60, "learning_rate": 1e-2, "warmup_steps": 5,
+                                  "max_position": 256, "logging_steps": 10, "eval_sequences": 8}))
+    results = pretrain(load_pretrain_config(str(config)))
+    assert results["train_loss_last_50"] < results["train_loss_first_50"] / 3  # from 4.4 nats to near 0
+    assert results["held_out_loss"] < 0.5
+    loaded = RetroLM.from_pretrained(str(tmp_path / "base"))
+    assert loaded.base_model.config.max_position_embeddings == 64
+    assert sorted(os.listdir(tmp_path)) == ["base", "data", "p.json"], "no staging directory left behind"
+
+
+def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
+    """Every phase of train/build_default_model.py on a CPU, then the output answers through RetroLM."""
+    out = tmp_path / "model"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
+                           "--work", str(tmp_path / "work"), "--out", str(out), "--workers", "2"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.load(open(tmp_path / "work" / "build_results.json"))
+    for phase in ("documents", "long_documents", "pretrain_data", "long_data", "pretrain", "stage1", "stage2",
+                  "export"):
+        assert phase in results["seconds"], phase
+    assert results["stage2"]["steps"] == 4
+    model = RetroLM.from_pretrained(str(out))
+    assert os.path.isdir(out / "adapter") and os.path.isdir(out / "base")
+    ids = model.tokenizer("hello " * 50, return_tensors="pt").input_ids
+    assert model.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    rerun = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
+                            "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
+                           cwd=ROOT)
+    assert rerun.returncode == 0 and rerun.stdout.count("exists: skipped") == 8, "a finished build resumes as done"
