@@ -95,9 +95,9 @@ def _answer_text(tokenizer, ids: torch.Tensor) -> str:
     return text.split(".")[0].strip() if "." in text else text
 
 
+@torch.no_grad()
 def _measure(kind: str, model_path: str | None, ids: torch.Tensor, max_new_tokens: int, queue) -> None:
     """In a fresh process: answer with RetroLM or with full attention; report time, peak memory and KV bytes."""
-    torch.set_grad_enabled(False)
     model = RetroLM.from_pretrained(model_path)
     loaded_rss = _reset_peak_rss()
     started = time.perf_counter()
@@ -128,11 +128,11 @@ def _in_process(kind: str, model_path: str | None, ids: torch.Tensor, max_new_to
     return result
 
 
+@torch.no_grad()
 def run_demo(model_path: str | None = None, factor: int = 32, num_facts: int = 3, max_new_tokens: int = 12,
              seed: int = 0, compare: bool = True, window: int | None = None) -> dict:
     """Run the demo; returns the measured numbers (also printed). window: default the model's trained window
     (its config's max_position_embeddings)."""
-    torch.set_grad_enabled(False)
     model = RetroLM.from_pretrained(model_path)
     path = model_path or default_model_path()
     window = window or model.base_model.config.max_position_embeddings

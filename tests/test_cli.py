@@ -1,5 +1,6 @@
 """The command line and the demo, end to end on tiny models."""
 import pytest
+import torch
 
 from retrolm.cli import main
 from retrolm.demo import Fact, haystack_prompt, run_demo
@@ -40,3 +41,4 @@ def test_demo_runs_and_measures(tiny_dirs, capsys):
     assert compare["retrolm"]["kv_mib"] > 0 and compare["full"]["kv_mib"] > 0
     assert compare["retrolm"]["seconds"] > 0 and compare["full"]["peak_rss_mib"] > 0
     assert "full attention" in capsys.readouterr().out
+    assert torch.is_grad_enabled(), "the demo must not switch gradients off for its caller"
