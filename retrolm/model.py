@@ -12,6 +12,7 @@ only acts when the forward's cache is a `PagedKVCache`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -69,6 +70,25 @@ def default_model_path() -> str:
 def _weights_without_lora(inner) -> dict:
     """The plain model's state dict of a (possibly peft-wrapped) model: LoRA tensors dropped, names restored."""
     return {k.replace(".base_layer.", "."): v for k, v in inner.state_dict().items() if "lora_" not in k}
+
+
+class _NoWindowWarning(logging.Filter):
+    """Drops transformers' warning that a sequence outgrew `max_position_embeddings`: in contiguous mode RetroLM
+    re-packs attended pages, so its positions stay inside the window however long the input."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "predefined maximum length" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _window_warning_silenced():
+    logger = logging.getLogger("transformers.generation.stopping_criteria")
+    silencer = _NoWindowWarning()
+    logger.addFilter(silencer)
+    try:
+        yield
+    finally:
+        logger.removeFilter(silencer)
 
 
 def check_architecture(model_type: str) -> None:
@@ -266,8 +286,10 @@ class RetroLM(nn.Module):
         cache.selection = None  # the first decode step retrieves afresh, from a window holding the prompt's end
         encoded = time.perf_counter()
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        output = self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                          past_key_values=cache, max_new_tokens=max_new_tokens, **generate_kwargs)
+        quiet = _window_warning_silenced() if self.config.position_mode == "contiguous" else contextlib.nullcontext()
+        with quiet:
+            output = self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                              past_key_values=cache, max_new_tokens=max_new_tokens, **generate_kwargs)
         self.last_cache = cache  # for inspection: cache.selection_log lists the pages each decode step retrieved
         self.last_timings = {"encode_s": encoded - started, "decode_s": time.perf_counter() - encoded,
                              "prompt_tokens": input_ids.shape[1], "new_tokens": output.shape[1] - input_ids.shape[1]}

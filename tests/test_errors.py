@@ -85,3 +85,18 @@ def test_failed_save_leaves_nothing(model, tmp_path, monkeypatch):
 def test_beam_search_rejected(model):
     with pytest.raises(RetroLMError, match="beam search"):
         model.generate(input_ids=torch.randint(0, 256, (1, 30)), max_new_tokens=3, num_beams=2)
+
+
+def test_window_warning_is_dropped_only_inside_retrolm_generation():
+    import logging
+
+    from retrolm.model import _window_warning_silenced
+
+    logger = logging.getLogger("transformers.generation.stopping_criteria")
+    warning = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "This is a friendly reminder - the "
+                                "current text generation call has exceeded the model's predefined maximum length "
+                                "(1024).", (), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "another warning", (), None)
+    with _window_warning_silenced():
+        assert not logger.filter(warning) and logger.filter(other)
+    assert logger.filter(warning), "the filter is removed afterwards"
