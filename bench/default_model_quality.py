@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,10 +27,10 @@ sys.path.insert(0, ROOT)
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
-from eval.ruler import parse_lengths  # noqa: E402
-from eval.ruler_tasks import TASKS  # noqa: E402
+from eval.ruler_tasks import Generator  # noqa: E402
 from retrolm.model import BASE_DIR, RetroLM  # noqa: E402
 from retrolm.retriever import PageRetriever  # noqa: E402
+from train.corpus import byte_count  # noqa: E402
 
 METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "full", "rag", "streaming")
 DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
@@ -40,14 +39,14 @@ DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
 def variant_models(model: str, stage1_retriever: str, work: str) -> dict[str, tuple[str, str, list[str]]]:
     """{method name: (model directory, eval method, extra eval options)}, building the two ablation checkpoints."""
     untrained, no_post = os.path.join(work, "untrained_retriever"), os.path.join(work, "no_post_training")
-    if not os.path.isdir(untrained):
+    if not os.path.isdir(untrained) or not os.path.isdir(no_post):
         shipped = RetroLM.from_pretrained(model)
+        knobs = {k: v for k, v in shipped.config.to_dict().items() if k != "base_model_name_or_path"}
+    if not os.path.isdir(untrained):
         inner_hidden = shipped.retriever.input_proj.in_features
         shipped.retriever = PageRetriever(shipped.config.retriever, inner_hidden, shipped.config.page_size)
         shipped.save_pretrained(untrained, save_base_model=True)
     if not os.path.isdir(no_post):
-        shipped = RetroLM.from_pretrained(model)
-        knobs = {k: v for k, v in shipped.config.to_dict().items() if k != "base_model_name_or_path"}
         plain = RetroLM.from_pretrained(os.path.join(model, BASE_DIR), **knobs)
         plain.retriever.load_state_dict(load_file(stage1_retriever))
         plain.save_pretrained(no_post, save_base_model=True)
@@ -62,16 +61,10 @@ def variant_models(model: str, stage1_retriever: str, work: str) -> dict[str, tu
     }
 
 
-def shortest_prompt(task: str) -> int:
-    """RULER's smallest sample of `task` in byte tokens (vt carries a one-shot example of ~1.4K tokens)."""
-    from eval.errors import EvalError
-    from eval.ruler_tasks import Generator
-
-    try:
-        Generator(task, lambda text: len(text.encode("utf-8")) + 1).sample(1, 0)
-    except EvalError as error:
-        return int(str(error).split("has ")[1].split(" tokens")[0])
-    return 1
+def shortest_length(task: str) -> int:
+    """RULER's smallest sample of `task` in byte tokens, generation budget included (vt carries a one-shot
+    example of ~1.4K tokens)."""
+    return Generator(task, byte_count).shortest_length()
 
 
 def collected(name, task, out) -> dict:
@@ -162,10 +155,11 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
     jobs, skipped = [], {}
+    shortest = {task: shortest_length(task) for task in tasks}
     for name in methods:
         model, method, extra = variants[name]
         for task in tasks:
-            fits = [n for n in lengths if n >= shortest_prompt(task) + TASKS[task].tokens_to_generate]
+            fits = [n for n in lengths if n >= shortest[task]]
             skipped[task] = [n for n in lengths if n not in fits]
             out = os.path.join(args.work, name, task)
             jobs.append((name, model, method, extra, task, fits, args, out))
@@ -191,8 +185,8 @@ def main() -> None:
                 row[f"{n // window}x ({n // 1024}K)"] = "n/a" if value is None else f"{value:.0f}"
             rows.append(row)
     columns = ["task", "method"] + [f"{n // window}x ({n // 1024}K)" for n in lengths]
-    notes = "".join(f"\nn/a for {t} at {', '.join(f'{n // window}x' for n in v)}: RULER's shortest {t} prompt has "
-                    f"{shortest_prompt(t)} byte tokens.\n" for t, v in record["not_run"].items())
+    notes = "".join(f"\nn/a for {t} at {', '.join(f'{n // window}x' for n in v)}: RULER's shortest {t} sample has "
+                    f"{shortest[t]} byte tokens (generation budget included).\n" for t, v in record["not_run"].items())
     notes += "".join(f"\nn/a for {r['method']} on {r['task']}: {r['error']}\n" for r in runs if r["error"])
     write_text(os.path.join(args.assets, "quality.md"),
                f"RULER scores (%), {args.num_samples} samples per cell, seed {args.seed}, window {window} tokens. "

@@ -27,6 +27,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Callable
 
+from retrolm.filler import ESSAY_SHAPES
+
 from .errors import EvalError
 
 NIAH_TEMPLATE = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize "
@@ -138,14 +140,9 @@ def essay_words(essay_path: str | None) -> tuple[str, ...]:
         return tuple(re.sub(r"\s+", " ", text).split(" "))
     rng = random.Random(1234)  # fixed: the built-in essay is the same text for every run and seed
     nouns, words = plain_words(), []
-    shapes = ("The {a} {b} of the {c} is never quite what the {d} expects.",
-              "Most people who think about {a} end up thinking about {b} instead.",
-              "If you want to understand {a}, watch how a {b} deals with a {c}.",
-              "That is why the {a} and the {b} keep changing places.",
-              "A {a} is only as good as the {b} it was built for.")
     for _ in range(4000):
         fill = {k: rng.choice(nouns) for k in "abcd"}
-        words += rng.choice(shapes).format(**fill).split(" ")
+        words += rng.choice(ESSAY_SHAPES).format(**fill).split(" ")
     return tuple(words)
 
 
@@ -206,6 +203,10 @@ class Generator:
             raise EvalError(f"RULER {self.task}: even the smallest sample has {best.length} tokens, over the "
                             f"requested {length}; ask for a longer --lengths value.")
         return best
+
+    def shortest_length(self, seed: int = 0) -> int:
+        """Tokens (prompt + prefix + tokens to generate) of this task's smallest sample: the least --lengths."""
+        return self._measure(self.build(1, random.Random(f"{self.task}/{seed}/0"), 0, None, 1))
 
     def _measure(self, s: RulerSample) -> int:
         return self.count(s.input + s.answer_prefix) + self.config.tokens_to_generate

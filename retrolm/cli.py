@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .errors import RetroLMError
+from .errors import RetroLMError, exit_code
 
 DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-compare", action="store_true", help="skip the full-attention comparison")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except RetroLMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -19,14 +19,10 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .filler import ESSAY_SHAPES
 from .model import RetroLM, default_model_path
 from .prompt import describe_pages
 
-FILLER = ("The {a} {b} of the {c} is never quite what the {d} expects.",
-          "Most people who think about {a} end up thinking about {b} instead.",
-          "If you want to understand {a}, watch how a {b} deals with a {c}.",
-          "That is why the {a} and the {b} keep changing places.",
-          "A {a} is only as good as the {b} it was built for.")
 NOUNS = ("river", "stone", "lantern", "harbor", "meadow", "copper", "window", "orchard", "signal", "garden", "winter",
          "market", "thunder", "compass", "violet", "bridge", "canyon", "ember", "falcon", "marble", "ledger", "basket",
          "engine", "pocket", "ladder", "candle", "forest", "mirror", "saddle", "tunnel")
@@ -52,7 +48,7 @@ def haystack_prompt(tokenizer, fact: Fact, target_tokens: int, seed: int) -> tup
     rng = random.Random(seed)
     sentences, size = [], 0
     while size < target_tokens:
-        sentences.append(rng.choice(FILLER).format(**{k: rng.choice(NOUNS) for k in "abcd"}))
+        sentences.append(rng.choice(ESSAY_SHAPES).format(**{k: rng.choice(NOUNS) for k in "abcd"}))
         size += len(tokenizer(sentences[-1] + " ", add_special_tokens=False).input_ids)
     sentences.insert(int(len(sentences) * fact.depth), fact.needle)
     context = " ".join(sentences)

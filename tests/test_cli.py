@@ -1,5 +1,4 @@
 """The command line and the demo, end to end on tiny models."""
-import pytest
 import torch
 
 from retrolm.cli import main

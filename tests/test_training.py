@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from retrolm import RetroLM, RetroLMError
-from retrolm.retriever import eligible_pages
 from retrolm.model import _inner_model
 from retrolm.retriever import PageRetriever, eligible_pages, score_pages
 from retrolm.training.config import TrainConfig

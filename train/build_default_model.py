@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.tiny import byte_tokenizer  # noqa: E402
+from retrolm.training.config import load_train_config  # noqa: E402
 from retrolm.training.data import prepare_packed_data  # noqa: E402
 from retrolm.training.pretrain import load_pretrain_config, pretrain  # noqa: E402
 from train.corpus import write_documents  # noqa: E402
@@ -100,42 +101,49 @@ def main(argv=None) -> int:
     paths = {k: os.path.join(work, k) for k in ("pretrain.jsonl", "long.jsonl", "pretrain-data", "long-data",
                                                   "base", "stage1", "stage2")}
     results_path = os.path.join(work, "build_results.json")
-    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    results = {}
+    if os.path.isfile(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+    if args.base:
+        paths["base"] = results["base"] = os.path.abspath(args.base)
+    # both configs are read (and checked) before any work; the page size is stage 1's
     pretrain_config = load_pretrain_config(os.path.join(CONFIGS, "pretrain.json"), size["pretrain"] + [
         f"data={paths['pretrain-data']}", f"output_dir={paths['base']}"])
+    common = [f"data={paths['long-data']}"] + size["stage"]
+    stage1_sets = [f"model={paths['base']}", f"output_dir={paths['stage1']}"] + common
+    page = load_train_config(os.path.join(CONFIGS, "train_retriever.json"), "retriever",
+                             stage1_sets).retrolm_config().page_size
     window = pretrain_config.model["max_position_embeddings"]
     tokenizer = byte_tokenizer()
-    page = 64 if args.smoke else 128
 
     def save_results():
         with open(results_path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
         os.replace(results_path + ".tmp", results_path)
 
-    if args.base:
-        paths["base"] = os.path.abspath(args.base)
-        results["base"] = paths["base"]
-    _phase("documents", paths["base"] if args.base else paths["pretrain.jsonl"], results, lambda: write_documents(
-        paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
-        min_task_tokens=window // 3, workers=args.workers))
+    if not args.base:
+        _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
+            paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
+            min_task_tokens=window // 3, workers=args.workers))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers))
-    _phase("pretrain_data", paths["base"] if args.base else paths["pretrain-data"], results, lambda: prepare_packed_data(
-        paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))
+    if not args.base:
+        _phase("pretrain_data", paths["pretrain-data"], results, lambda: prepare_packed_data(
+            paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))
     _phase("long_data", paths["long-data"], results, lambda: prepare_packed_data(
         paths["long.jsonl"], tokenizer, paths["long-data"], size["long_len"], page, held_out=16))
     save_results()
-    _phase("pretrain", paths["base"], results, lambda: pretrain(pretrain_config))
+    _phase("pretrain", paths["base"], results, lambda: pretrain(pretrain_config))  # skipped when --base exists
     save_results()
-    common = [f"data={paths['long-data']}"] + size["stage"]
     _phase("stage1", os.path.join(paths["stage1"], "train_results.json"), results, lambda: _stage(
-        "train_retriever.py", "train_retriever.json",
-        [f"model={paths['base']}", f"output_dir={paths['stage1']}"] + common))
+        "train_retriever.py", "train_retriever.json", stage1_sets))
     save_results()
     stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
+    stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets
     _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
-        "post_train.py", "post_train.json", [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets))
+        "post_train.py", "post_train.json", stage2_sets))
     save_results()
     _phase("export", os.path.join(args.out, "retrolm_config.json"), results, lambda: _export(paths["stage2"], args.out))
     save_results()

@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transformers import AutoTokenizer  # noqa: E402
 
-from retrolm.errors import RetroLMError  # noqa: E402
+from retrolm.errors import RetroLMError, exit_code  # noqa: E402
 from retrolm.training.data import prepare_packed_data  # noqa: E402
 
 
@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-doc-tokens", type=int, default=0, help="drop documents shorter than this")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
+
+    def work():
         try:
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         except (OSError, ValueError) as error:
@@ -41,12 +42,10 @@ def main(argv=None) -> int:
                                    held_out=args.held_out, text_field=args.text_field, split=args.split,
                                    max_documents=args.max_documents, min_doc_tokens=args.min_doc_tokens,
                                    progress=not args.quiet)
-    except RetroLMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{args.out}: {meta['num_train']} train + {meta['num_held_out']} held-out sequences of {meta['seq_len']} "
-          f"tokens, from {meta['num_documents']} documents ({meta['num_tokens']} tokens)")
-    return 0
+        print(f"{args.out}: {meta['num_train']} train + {meta['num_held_out']} held-out sequences of "
+              f"{meta['seq_len']} tokens, from {meta['num_documents']} documents ({meta['num_tokens']} tokens)")
+
+    return exit_code(work)
 
 
 if __name__ == "__main__":

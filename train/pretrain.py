@@ -9,7 +9,7 @@ import sys
 
 # Runs from a checkout without `pip install -e .` too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from retrolm.errors import RetroLMError  # noqa: E402
+from retrolm.errors import exit_code  # noqa: E402
 from retrolm.training.pretrain import load_pretrain_config, pretrain  # noqa: E402
 
 
@@ -19,14 +19,13 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set max_steps=100 (repeatable)")
     args = parser.parse_args(argv)
-    try:
+
+    def work():
         results = pretrain(load_pretrain_config(args.config, args.set))
-    except RetroLMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"pretrained {results['parameters']:,} parameters for {results['steps']} steps "
-          f"({results['tokens_per_s']:,} tokens/s): held-out loss {results['held_out_loss']:.4f} nats/token")
-    return 0
+        print(f"pretrained {results['parameters']:,} parameters for {results['steps']} steps "
+              f"({results['tokens_per_s']:,} tokens/s): held-out loss {results['held_out_loss']:.4f} nats/token")
+
+    return exit_code(work)
 
 
 if __name__ == "__main__":

@@ -140,11 +140,18 @@ def _read_json(path: str, missing: str) -> dict:
             raise RetroLMError(f"{path} is not valid JSON: {error}.") from error
 
 
+def load_json_config(cls, path: str, overrides: list[str], missing: str):
+    """An instance of dataclass `cls` from JSON file `path` with 'key=value' overrides applied; unknown keys
+    and a missing file (message `missing`) raise `RetroLMError`."""
+    values = _read_json(path, missing)
+    values.update(parse_override(o) for o in overrides)
+    return _build(cls, values, path)
+
+
 def load_train_config(path: str, stage: str, overrides: list[str] = ()) -> TrainConfig:
     """Read a `TrainConfig` JSON, apply 'key=value' overrides, validate for `stage`."""
-    values = _read_json(path, f"training config {path!r} not found; see configs/ for examples.")
-    values.update(parse_override(o) for o in overrides)
-    config = _build(TrainConfig, values, path)
+    config = load_json_config(TrainConfig, path, overrides,
+                              f"training config {path!r} not found; see configs/ for examples.")
     config.validate(stage)
     return config
 

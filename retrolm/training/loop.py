@@ -27,7 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import CONFIG_NAME
-from ..errors import RetroLMError
+from ..errors import RetroLMError, exit_code
 from ..model import BASE_DIR
 from .config import TrainConfig, load_deepspeed_config, load_train_config
 from .data import PackedSequences, check_fits_pages
@@ -53,7 +53,7 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
     objective = build_objective(train, stage, device)
     rotary = _rotary_buffers(objective)
     groups = _param_groups(objective, train)
-    schedule = _schedule(train)
+    schedule = warmup_cosine_schedule(train)
     client_optimizer = None
     if "optimizer" not in ds_config:
         client_optimizer = torch.optim.AdamW(groups, lr=train.learning_rate, weight_decay=train.weight_decay)
@@ -139,7 +139,6 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
 def main(stage: str, argv: list[str] | None = None) -> int:
     """Command line of train/train_retriever.py and train/post_train.py."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(description=f"RetroLM {stage} training under DeepSpeed.")
     parser.add_argument("--config", required=True, help="training config JSON (see configs/)")
@@ -148,12 +147,11 @@ def main(stage: str, argv: list[str] | None = None) -> int:
                         help="override a training config value, e.g. --set max_steps=10 (repeatable)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # from the launcher
     args = parser.parse_args(argv)
-    try:
+
+    def work():
         run(stage, args.config, args.deepspeed, args.set)
-    except RetroLMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(work)
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -201,8 +199,9 @@ def _param_groups(objective, train: TrainConfig) -> list[dict]:
     return groups
 
 
-def _schedule(train: TrainConfig):
-    """LR multiplier: linear warm-up, then cosine down to min_lr_ratio at max_steps."""
+def warmup_cosine_schedule(train):
+    """LR multiplier of step: linear warm-up, then cosine down to min_lr_ratio at max_steps (any config with
+    warmup_steps, max_steps and min_lr_ratio)."""
     def factor(step: int) -> float:
         if step < train.warmup_steps:
             return (step + 1) / (train.warmup_steps + 1)

@@ -28,9 +28,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..errors import RetroLMError
 from ..tiny import byte_tokenizer
-from .config import _build, _read_json, parse_override
+from .config import load_json_config
 from .data import PackedSequences
-from .loop import _schedule
+from .loop import warmup_cosine_schedule
 
 RESULTS_FILE = "pretrain_results.json"
 
@@ -70,9 +70,8 @@ class PretrainConfig:
 
 
 def load_pretrain_config(path: str, overrides: list[str] = ()) -> PretrainConfig:
-    values = _read_json(path, f"pretraining config {path!r} not found; see configs/default_model/pretrain.json.")
-    values.update(parse_override(o) for o in overrides)
-    config = _build(PretrainConfig, values, path)
+    config = load_json_config(PretrainConfig, path, overrides,
+                              f"pretraining config {path!r} not found; see configs/default_model/pretrain.json.")
     config.validate()
     return config
 
@@ -138,7 +137,7 @@ def pretrain(config: PretrainConfig) -> dict:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=config.learning_rate,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_schedule(config))
     use_bf16 = config.bf16 and device.type == "cuda"
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
     generator = torch.Generator().manual_seed(config.seed)
