@@ -6,7 +6,11 @@
 #   make test-matrix the core tests on every transformers release between the two ends (.ci/transformers_matrix.sh)
 PYTHON ?= python3
 EXTRAS := dev,eval,train,cpu
-PYTEST := -m pytest -q -p no:cacheprovider tests
+# A hung test fails after 20 minutes with its stack instead of stalling the run. DeepSpeed JIT-builds its
+# CPU shared-memory op on first use: each venv keeps its own build, so no lock or build is shared between them.
+PYTEST := -m pytest -q -p no:cacheprovider --timeout=1200 tests
+EXTENSIONS = TORCH_EXTENSIONS_DIR=$(CURDIR)/$(1)/torch_extensions
+VERSIONS := -c "import torch, transformers, peft; print('testing with torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 
 .PHONY: demo test test-lowest test-newest test-dev test-matrix install clean
 
@@ -39,13 +43,16 @@ demo: .venv/.installed
 test: test-lowest test-newest
 
 test-lowest: .venv-lowest/.installed
-	.venv-lowest/bin/python $(PYTEST)
+	.venv-lowest/bin/python $(VERSIONS)
+	$(call EXTENSIONS,.venv-lowest) .venv-lowest/bin/python $(PYTEST)
 
 test-newest: .venv-newest/.installed
-	.venv-newest/bin/python $(PYTEST)
+	.venv-newest/bin/python $(VERSIONS)
+	$(call EXTENSIONS,.venv-newest) .venv-newest/bin/python $(PYTEST)
 
 test-dev: .venv/.installed
-	.venv/bin/python $(PYTEST)
+	.venv/bin/python $(VERSIONS)
+	$(call EXTENSIONS,.venv) .venv/bin/python $(PYTEST)
 
 test-matrix:
 	.ci/transformers_matrix.sh

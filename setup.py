@@ -3,12 +3,14 @@ import os
 from setuptools import find_packages, setup
 
 
-def default_model_files() -> list[tuple[str, list[str]]]:
-    """The embedded default model, installed under <prefix>/share/retrolm/ (RetroLM.from_pretrained() finds it)."""
+def shipped_files() -> list[tuple[str, list[str]]]:
+    """The embedded default model and the configs, installed under <prefix>/share/retrolm/ (retrolm/resources.py
+    finds them there: RetroLM.from_pretrained() with no name, `retrolm train-retriever --preset`)."""
     entries = []
-    for directory, _, files in sorted(os.walk(os.path.join("assets", "retrolm-byte-llama"))):
-        target = os.path.join("share", "retrolm", os.path.relpath(directory, "assets"))
-        entries.append((target, sorted(os.path.join(directory, name) for name in files)))
+    for root in (os.path.join("assets", "retrolm-byte-llama"), "configs"):
+        for directory, _, files in sorted(os.walk(root)):
+            target = os.path.join("share", "retrolm", directory)
+            entries.append((target, sorted(os.path.join(directory, name) for name in files)))
     return entries
 
 
@@ -24,7 +26,7 @@ setup(
     # Each range admits only releases `make test` runs: the lowest end pinned in .ci/lowest.txt, the newest
     # end as pip resolves it today (README, "Tested versions"). Raise an upper bound only with a green run.
     install_requires=[
-        "torch>=2.11,<2.15",
+        "torch>=2.13,<2.15",  # 2.13.0 is the floor CI tests (its CPU wheel)
         "transformers>=5.17,<5.25",  # 5.24 renamed past_key_values -> cache; retrolm/compat.py handles both
         "peft>=0.18,<0.22",  # 0.17 cannot import with transformers 5
         "safetensors>=0.8,<1",
@@ -38,8 +40,8 @@ setup(
         # faiss: one of the two (both install the module `faiss`; never both)
         "cpu": ["faiss-cpu>=1.9,<1.16"],
         "gpu": ["faiss-gpu-cu12>=1.9,<1.15"],  # CUDA 12 hosts; pulls the CUDA runtime and cuBLAS wheels it needs
-        "dev": ["pytest>=8,<10"],
+        "dev": ["pytest>=8,<10", "pytest-timeout>=2.2,<3"],
     },
-    data_files=default_model_files(),
+    data_files=shipped_files(),
     entry_points={"console_scripts": ["retrolm=retrolm.cli:main"]},
 )
