@@ -19,6 +19,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .planner import AttentionPlan
 from .rope import shift_keys
+from .scorer import select_for_layer
 
 ATTENTION_NAME = "retrolm"
 
@@ -102,6 +103,8 @@ def retrolm_attention(module, query, key, value, attention_mask, scaling=None, d
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     plan.attention_calls += 1
+    if plan.attended is None:  # the training-free scorer: this layer chooses its pages with its own queries
+        plan = select_for_layer(plan, module.layer_idx, query, key, scaling)
     return BACKENDS[plan.backend](plan, query, key, value, scaling), None
 
 

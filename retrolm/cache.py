@@ -15,6 +15,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .errors import RetroLMError
+from .scorer import LayerSummaries
 
 
 def _grow(tensor: torch.Tensor, dim: int, needed: int) -> torch.Tensor:
@@ -41,6 +42,7 @@ class PagedLayer(CacheLayerMixin):
         self.page_size = page_size
         self.capacity_pages = max(1, -(-capacity_tokens // page_size))  # allocated at first update
         self.length = 0  # tokens written
+        self.summaries = LayerSummaries()  # the training-free scorer's state for this layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, kv_heads, _, head_dim = key_states.shape
@@ -135,8 +137,31 @@ class PagedKVCache(Cache):
         self.num_complete_pages = 0
         # The selection in force for the page being decoded: (page, attended [A], position it was made at).
         self.selection: tuple[int, torch.Tensor, int] | None = None
-        self.selection_log: list[tuple[int, list[int]]] = []  # (position, pages) of each decode-time retrieval
+        # (position, selection) of each decode-time retrieval: the attended pages [A] (trained scorer), or the
+        # list of each layer's [A] (attention scorer); kept on the device, read with `retrievals()`
+        self.selection_log: list[tuple[int, torch.Tensor | list[torch.Tensor]]] = []
         self.plan = None  # AttentionPlan of the forward in flight
+
+    def retrievals(self) -> list[tuple[int, list[int]]]:
+        """(position, pages) of each decode-time retrieval, pages in ascending order. Under the attention scorer
+        (a selection per layer) the pages are those most layers chose, as many as one layer attends to."""
+        out = []
+        for position, selection in self.selection_log:
+            if isinstance(selection, list):  # per layer: rank pages by how many layers chose them
+                chosen = torch.cat(selection)
+                chosen = chosen[chosen >= 0]
+                votes = torch.bincount(chosen, minlength=1)
+                width = max(int((s >= 0).sum()) for s in selection) if selection else 0
+                order = torch.argsort(votes, descending=True, stable=True)[:width]
+                pages = sorted(p for p in order.tolist() if votes[p] > 0)
+            else:
+                pages = [p for p in selection.tolist() if p >= 0]
+            out.append((position, pages))
+        return out
+
+    def layer_summaries(self) -> list:
+        """Each layer's training-free scorer state (`scorer.LayerSummaries`)."""
+        return [layer.summaries for layer in self.layers]
 
     def append_tokens(self, ids: torch.Tensor) -> None:
         """Record the ids of the tokens about to be encoded (the retriever reads windows of them)."""

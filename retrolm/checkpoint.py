@@ -101,7 +101,7 @@ def save_into(directory: str, write_entries) -> None:
     directory, which are then moved in, `retrolm_config.json` last.
 
     Other files in `directory` are never touched. Entries of an earlier checkpoint that this one lacks
-    (`adapter/`, `base/`) are removed, since they would be loaded with it. A same-named directory RetroLM did
+    (`adapter/`, `base/`, retriever weights) are removed, since they would be loaded with it. A same-named directory RetroLM did
     not write is refused before anything changes.
     """
     directory = os.path.abspath(directory)
@@ -122,9 +122,12 @@ def save_into(directory: str, write_entries) -> None:
                                    "(RetroLM never deletes files it did not write).")
         if was_checkpoint:  # from here until the new config lands, the directory is not a checkpoint
             os.remove(os.path.join(directory, CONFIG_NAME))
-            for stale in (ADAPTER_DIR, BASE_DIR):
-                if stale not in entries and os.path.isdir(os.path.join(directory, stale)):
-                    shutil.rmtree(os.path.join(directory, stale))
+            for stale in (ADAPTER_DIR, BASE_DIR, RETRIEVER_WEIGHTS):
+                path = os.path.join(directory, stale)
+                if stale not in entries and os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif stale not in entries and os.path.isfile(path):
+                    os.remove(path)
         for name in entries:
             _move_replacing(os.path.join(staging, name), os.path.join(directory, name), staging)
     finally:

@@ -36,7 +36,8 @@ def _generate(args) -> int:
     out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, do_sample=False, progress=True)
     answer = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     t = model.last_timings
-    pages = model.last_cache.selection_log[0][1] if model.last_cache.selection_log else []
+    retrievals = model.last_cache.retrievals()
+    pages = retrievals[0][1] if retrievals else []
     print(f"answer: {answer}")
     print(f"pages retrieved for the question ({len(pages)}):")
     print("\n".join(describe_pages(model.tokenizer, ids[0], pages, model.config.page_size)))
@@ -51,6 +52,14 @@ def _demo(args) -> int:
 
     run_demo(model_path=args.model, factor=args.factor, num_facts=args.facts, seed=args.seed,
              compare=not args.no_compare)
+    return 0
+
+
+def _train_retriever(args) -> int:
+    from .training.recipe import train_retriever
+
+    train_retriever(args.model, args.data, args.out, preset=args.preset, overrides=args.set,
+                    text_field=args.text_field, split=args.split, push_to_hub=args.push_to_hub)
     return 0
 
 
@@ -76,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-compare", action="store_true", help="skip the full-attention comparison")
     demo.set_defaults(run=_demo)
+    train = commands.add_parser("train-retriever", help="train a page retriever for a model (stage 1, LLM frozen)")
+    train.add_argument("--model", required=True, help="HF model (hub name or directory) to train a retriever for")
+    train.add_argument("--data", required=True,
+                       help="corpus: a hub dataset (name, owner/name, name:config) or local jsonl/json/parquet/txt")
+    train.add_argument("--out", required=True, help="output directory: data/, checkpoints, the RetroLM checkpoint")
+    train.add_argument("--preset", default="8b", help="8b (7-8B model, one 80 GB GPU), small, or a recipe JSON")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set max_steps=300 --set seq_len=4096 (repeatable)")
+    train.add_argument("--text-field", default="text", help="column holding the text")
+    train.add_argument("--split", default="train", help="split of a hub dataset")
+    train.add_argument("--push-to-hub", metavar="REPO", help="upload the trained checkpoint to this hub repo")
+    train.set_defaults(run=_train_retriever)
     args = parser.parse_args(argv)
     return exit_code(lambda: args.run(args))
 

@@ -11,6 +11,7 @@ from .files import read_json_object, write_json_atomic
 CONFIG_NAME = "retrolm_config.json"
 POSITION_MODES = ("contiguous", "original")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "triton")
+SCORERS = ("auto", "attention", "trained")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -58,6 +59,11 @@ class RetroLMConfig:
     """All RetroLM knobs. Saved as `retrolm_config.json` next to the retriever weights."""
 
     page_size: int = 128
+    # How pages are ranked: "trained" (the page retriever; needs its trained weights), "attention" (training-free,
+    # from the LLM's own queries and keys, chosen per layer), "auto" (trained when the checkpoint carries
+    # retriever weights, attention otherwise). A loaded model's config holds the resolved choice.
+    scorer: str = "auto"
+    scorer_query_tokens: int = 16  # attention scorer: queries of this many tokens score a page's candidates
     top_k: int = 16  # retrieved pages per query page, on top of the always-kept sink and local pages
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
@@ -80,7 +86,8 @@ class RetroLMConfig:
 
     def validate(self) -> None:
         """Raise `RetroLMError` naming the fix for any out-of-range knob."""
-        for name in ("page_size", "prefill_chunk_pages", "refresh_interval", "max_context_tokens"):
+        for name in ("page_size", "prefill_chunk_pages", "refresh_interval", "max_context_tokens",
+                     "scorer_query_tokens"):
             _check_int("", name, getattr(self, name), 1)
         for name in ("top_k", "sink_pages", "local_pages"):
             _check_int("", name, getattr(self, name), 0)
@@ -90,6 +97,8 @@ class RetroLMConfig:
             raise RetroLMError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}."
             )
+        if self.scorer not in SCORERS:
+            raise RetroLMError(f"scorer must be one of {SCORERS}, got {self.scorer!r}.")
         if not isinstance(self.offload_kv, bool):
             raise RetroLMError(f"offload_kv must be true or false, got {self.offload_kv!r}.")
         if not isinstance(self.bookmark_token, str) or not self.bookmark_token.strip():

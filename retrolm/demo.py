@@ -145,7 +145,7 @@ def run_demo(model_path: str | None = None, factor: int = 32, num_facts: int = 3
         out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False)
         seconds = time.perf_counter() - started
         answer = _answer_text(model.tokenizer, out[0, ids.shape[1]:])
-        log = model.last_cache.selection_log
+        log = model.last_cache.retrievals()
         pages = log[0][1] if log else []
         found = needle_pages <= set(pages)
         results.append({"key": fact.key, "expected": fact.value, "answer": answer, "correct": fact.value in answer,

@@ -16,7 +16,7 @@ import contextlib
 import importlib.util
 import logging
 import os
-import sys
+import tempfile
 import time
 
 import torch
@@ -36,7 +36,9 @@ from .files import read_safetensors, write_safetensors_atomic
 from .hooks import PlanningHooks
 from .inputs import (check_attention_mask, check_generation, check_input_ids, check_max_new_tokens,
                      resolve_device, resolve_dtype)
+from .logs import logger
 from .pager import add_bookmark_token
+from .resources import shipped_candidates
 from .planner import plan_forward
 from .retriever import PageRetriever
 from .rope import rope_inv_freq
@@ -55,9 +57,7 @@ def _inner_model(model):
 
 def default_model_candidates() -> list[str]:
     """Where the embedded default model may be: the checkout's assets/, then the install's share/retrolm/."""
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.join(checkout, "assets", DEFAULT_MODEL_NAME),
-            os.path.join(sys.prefix, "share", "retrolm", DEFAULT_MODEL_NAME)]
+    return shipped_candidates("assets", DEFAULT_MODEL_NAME)
 
 
 def default_model_path() -> str:
@@ -131,9 +131,15 @@ class RetroLM(nn.Module):
             raise RetroLMError("partial rotary embeddings are unsupported; use a model with full-width RoPE.")
         if config.attention_backend == "triton":
             _check_triton_available(inner.device)
-        if retriever is None:
-            retriever = PageRetriever(config.retriever, inner.config.hidden_size, config.page_size)
-        self.retriever = retriever.to(inner.device)
+        if config.scorer == "auto":
+            config.scorer = "trained" if retriever is not None else "attention"
+        if config.scorer == "trained" and retriever is None:
+            raise RetroLMError(_NO_TRAINED_RETRIEVER)
+        if config.scorer == "attention" and config.offload_kv:
+            raise RetroLMError("offload_kv=True needs the trained scorer (pages chosen before the forward, so only "
+                               "they are copied in); the training-free scorer chooses per layer. Use scorer='trained' "
+                               "with a trained retriever, or keep the KV resident (offload_kv=False).")
+        self.retriever = retriever.to(inner.device) if config.scorer == "trained" else None
         if not config.base_model_fingerprint:  # identity of the base weights as loaded, saved with checkpoints
             config.base_model_fingerprint = weights_fingerprint(_weights_without_lora(inner)) or ""
         inner.set_attn_implementation(register_attention())
@@ -143,13 +149,19 @@ class RetroLM(nn.Module):
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, name_or_path: str | None = None, *, device=None, dtype=None, **knobs) -> "RetroLM":
-        """Load a RetroLM checkpoint, or wrap a plain HF model (hub name or local dir) with a fresh retriever.
+    def from_pretrained(cls, name_or_path: str | None = None, *, device=None, dtype=None, init_retriever: bool = False,
+                        **knobs) -> "RetroLM":
+        """Load a RetroLM checkpoint, or wrap a plain HF model (hub name or local dir).
 
         With no name: the embedded default model (`default_model_path()`), a small byte-level Llama trained
         for this project (assets/retrolm-byte-llama/README.md), loaded in float32 on the CPU.
 
-        knobs: any `RetroLMConfig` field (page_size, top_k, sink_pages, local_pages, position_mode, ...);
+        The page scorer (`scorer` knob, default "auto"): a checkpoint's trained retriever when it carries one,
+        else the training-free attention scorer; one log line says which. A random, untrained retriever is
+        never used unless asked for: init_retriever=True builds a fresh one when the model has none (to train
+        it, or as a baseline).
+
+        knobs: any `RetroLMConfig` field (page_size, top_k, sink_pages, local_pages, position_mode, scorer, ...);
         they override what a checkpoint saved. device: e.g. "cuda"; dtype: e.g. torch.bfloat16, "bfloat16", "auto".
         """
         device, dtype = resolve_device(device), resolve_dtype(dtype)
@@ -177,9 +189,16 @@ class RetroLM(nn.Module):
         tokenizer = _load_tokenizer(tokenizer_path)
         if is_checkpoint and os.path.isdir(os.path.join(name_or_path, ADAPTER_DIR)):
             base_model = _load_adapter(base_model, os.path.join(name_or_path, ADAPTER_DIR), base_path)
-        model = cls(base_model, tokenizer, config)
-        if is_checkpoint:
-            model._load_retriever(os.path.join(name_or_path, RETRIEVER_WEIGHTS))
+        weights = os.path.join(name_or_path, RETRIEVER_WEIGHTS) if is_checkpoint else None
+        has_weights = weights is not None and os.path.exists(weights)
+        config.scorer, why = _resolve_scorer(config.scorer, has_weights, init_retriever)
+        retriever = None
+        if config.scorer == "trained":
+            retriever = PageRetriever(config.retriever, _inner_model(base_model).config.hidden_size, config.page_size)
+        model = cls(base_model, tokenizer, config, retriever)
+        if config.scorer == "trained" and has_weights:
+            model._load_retriever(weights)
+        logger.info(f"page scorer: {config.scorer} ({why})")
         return model.eval()
 
     def _load_retriever(self, path: str) -> None:
@@ -222,10 +241,32 @@ class RetroLM(nn.Module):
                 with quiet_peft():
                     self.base_model.save_pretrained(os.path.join(staging, ADAPTER_DIR))
             self.tokenizer.save_pretrained(staging)
-            write_safetensors_atomic(os.path.join(staging, RETRIEVER_WEIGHTS), self.retriever.state_dict())
+            if self.retriever is not None:
+                write_safetensors_atomic(os.path.join(staging, RETRIEVER_WEIGHTS), self.retriever.state_dict())
             config.save(staging)
 
         save_into(directory, write)
+
+    def push_to_hub(self, repo_id: str, save_base_model: bool = False, private: bool = False,
+                    commit_message: str = "Upload RetroLM checkpoint") -> str:
+        """Upload this checkpoint (what `save_pretrained` writes) to the Hugging Face Hub; returns the repo URL.
+
+        Without save_base_model, the checkpoint names its base model, which must then be a hub id (a local
+        directory would not exist for whoever downloads it).
+        """
+        from huggingface_hub import HfApi
+
+        if not save_base_model and os.path.isabs(self.config.base_model_name_or_path):
+            raise RetroLMError(f"the base model is the local directory {self.config.base_model_name_or_path}, which "
+                               "others cannot download: push with save_base_model=True, or load the base model by "
+                               "its hub id before pushing.")
+        with tempfile.TemporaryDirectory(prefix="retrolm-push-") as scratch:
+            folder = os.path.join(scratch, "checkpoint")
+            self.save_pretrained(folder, save_base_model=save_base_model)
+            api = HfApi()
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        return str(url)
 
     # ------------------------------------------------------------------ running
     @property
@@ -325,10 +366,31 @@ class RetroLM(nn.Module):
             output = self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                               max_new_tokens=max_new_tokens,
                                               **{cache_argument(self.base_model): cache}, **generate_kwargs)
-        self.last_cache = cache  # for inspection: cache.selection_log lists the pages each decode step retrieved
+        self.last_cache = cache  # for inspection: cache.retrievals() lists the pages each decode step retrieved
         self.last_timings = {"encode_s": encoded - started, "decode_s": time.perf_counter() - encoded,
                              "prompt_tokens": input_ids.shape[1], "new_tokens": output.shape[1] - input_ids.shape[1]}
         return output
+
+
+_NO_TRAINED_RETRIEVER = (
+    "scorer='trained' needs trained page retriever weights, and this model has none. Use scorer='attention' "
+    "(training-free, the default for plain models), or train a retriever for this model with one command: "
+    "python train/train_retriever.py --preset 8b --model MODEL --data DATASET --out DIR (docs/training.md), then "
+    "RetroLM.from_pretrained(DIR). init_retriever=True builds an untrained one (for training it, or as a baseline)."
+)
+
+
+def _resolve_scorer(requested: str, has_weights: bool, init_retriever: bool) -> tuple[str, str]:
+    """The scorer a model loads with, and why (for the log line); never an untrained retriever unless asked."""
+    if requested == "attention":
+        return "attention", "asked for: training-free, from the model's own queries and keys"
+    if has_weights:
+        return "trained", "the checkpoint's trained page retriever"
+    if init_retriever:
+        return "trained", "a freshly initialised, untrained retriever, as asked (init_retriever=True)"
+    if requested == "trained":
+        raise RetroLMError(_NO_TRAINED_RETRIEVER)
+    return "attention", "training-free, from the model's own queries and keys: the model carries no trained retriever"
 
 
 def _triton_installed() -> bool:

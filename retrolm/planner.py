@@ -1,12 +1,15 @@
 """Planning one forward: which pages each new token attends to, and at which positions.
 
-Runs before the LLM sees the tokens (a forward pre-hook), because retrieval needs only token ids:
-1. record the new ids; compute bookmark (query, key) for every page this forward completes;
-2. group the new tokens by page; each group's query is the retriever's view of the `page_size` tokens
-   before the group's first token (for a group starting on a page boundary that is simply the previous
-   page's bookmark query); decode groups reuse their selection until `refresh_interval` tokens passed;
-3. select sink + local + top-k earlier pages per group (never a future page);
-4. assign positions: original, or contiguous (attended pages re-packed at 0, P, 2P, ... in page order,
+Runs before the LLM sees the tokens (a forward pre-hook):
+1. record the new ids; with the trained scorer, compute bookmark (query, key) for every page this forward
+   completes (retrieval needs only token ids);
+2. group the new tokens by page; with the trained scorer each group's query is the retriever's view of the
+   `page_size` tokens before the group's first token (for a group starting on a page boundary that is simply
+   the previous page's bookmark query); decode groups reuse their selection until `refresh_interval` tokens
+   passed; select sink + local + top-k earlier pages per group (never a future page). With the
+   training-free scorer the pages are chosen later, per layer, from the layer's own queries (scorer.py); the
+   plan fixes how many each group attends to, which is all the positions need;
+3. assign positions: original, or contiguous (attended pages re-packed at 0, P, 2P, ... in page order,
    the group's own page right after), and the key shift that moves each attended page there.
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from .cache import PagedKVCache
 from .config import RetroLMConfig
 from .pager import page_windows
-from .retriever import PageRetriever, score_pages, select_pages
+from .retriever import PageRetriever, eligible_pages, score_pages, select_pages
 
 
 @dataclass
@@ -27,7 +30,7 @@ class AttentionPlan:
 
     page_size: int
     query_pages: torch.Tensor  # [G] page index of each group
-    attended: torch.Tensor  # [G, A] earlier pages per group, ascending, -1 padded
+    attended: torch.Tensor | None  # [G, A] earlier pages per group, ascending, -1 padded (None: chosen per layer)
     key_shift: torch.Tensor | None  # [G, A] position shift for each attended page's keys; None: no shift
     q_group: torch.Tensor  # [q] group of each new token
     q_row: torch.Tensor  # [q] row of each new token inside its group's query block
@@ -42,6 +45,17 @@ class AttentionPlan:
     resident_pages: torch.Tensor | None = None  # offload: pages copied in for this forward; page ids above are slots
     new_tokens: tuple[int, int] = (0, 0)  # [start, end) positions of the tokens this forward encodes
     attention_calls: int = 0  # layers whose attention ran with this plan (checked after the forward)
+    # the training-free scorer (scorer.select_for_layer) chooses `attended` per layer from these:
+    scorer: str = "trained"
+    rope_inv_freq: torch.Tensor | None = None  # the model's rotary frequencies (keys/queries made RoPE-free)
+    page_starts: torch.Tensor | None = None  # [pages] position each page's keys were encoded at
+    layer_states: list | None = None  # per-layer `LayerSummaries` (None: no cache, summarise from the keys given)
+    sink_pages: int = 0
+    local_pages: int = 0
+    top_k: int = 0
+    scorer_window: int = 0
+    contiguous: bool = False
+    log_selection: list | None = None  # per-layer selections of a decode step, for cache.selection_log
 
 
 def _window_bookmarks(cache, retriever, embed, ends, page_size):
@@ -74,17 +88,25 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
     cache.append_tokens(new_ids)
     t1 = cache.num_tokens
     device = cache.token_ids.device
+    trained = retriever is not None and config.scorer != "attention"
 
     done_before, done_after = t0 // P, t1 // P
-    if done_after > done_before:
+    if trained and done_after > done_before:
         ends = torch.arange(done_before + 1, done_after + 1, device=device) * P
         queries, keys = _window_bookmarks(cache, retriever, embed, ends, P)
         cache.store_bookmarks(done_before, queries.to(device), keys.to(device))
+    cache.num_complete_pages = done_after
 
     first_page, last_page = t0 // P, (t1 - 1) // P
     query_pages = torch.arange(first_page, last_page + 1, device=device)  # [G]
     group_starts = torch.clamp(query_pages * P, min=t0)  # first new token of each group
-    attended = _select(cache, retriever, embed, config, query_pages, group_starts)
+    if trained:
+        attended = _select(cache, retriever, embed, config, query_pages, group_starts)
+        count = (attended >= 0).sum(dim=1)  # [G] attended pages: the group's own page is packed right after them
+    else:
+        attended = None
+        always, candidates = eligible_pages(query_pages, int(last_page), config.sink_pages, config.local_pages)
+        count = always.sum(dim=1) + candidates.sum(dim=1).clamp(max=config.top_k)  # what select_pages will pick
 
     positions = torch.arange(t0, t1, device=device)
     q_group = positions // P - first_page
@@ -93,22 +115,28 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
     q_row = q_offset - first_offset[q_group]
     rows = min(t1, (first_page + 1) * P) - t0 if first_page == last_page else P  # most tokens in one group
     row_offsets = first_offset[:, None] + torch.arange(rows, device=device)[None, :]  # [G, R]
-
     decode_token = (t0 // P, t0 % P) if t1 - t0 == 1 else None
-    if config.position_mode == "original":
-        cache.set_page_starts(query_pages, query_pages * P)
-        return AttentionPlan(P, query_pages, attended, None, q_group, q_row, q_offset, rows, row_offsets,
-                             positions[None, :], None, decode_token=decode_token, new_tokens=(t0, t1))
 
-    valid = attended >= 0
-    count = valid.sum(dim=1)  # [G] attended pages: the group's own page is packed right after them
-    cache.set_page_starts(query_pages, count * P)
-    rank = torch.arange(attended.shape[1], device=device)[None, :]
-    stored = cache.page_starts[attended.clamp(min=0)]
-    key_shift = torch.where(valid, rank * P - stored, 0)  # [G, A]
-    position_ids = (count[q_group] * P + q_offset)[None, :]
-    return AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
-                         position_ids, inv_freq, decode_token=decode_token, new_tokens=(t0, t1))
+    contiguous = config.position_mode == "contiguous"
+    cache.set_page_starts(query_pages, count * P if contiguous else query_pages * P)
+    position_ids = (count[q_group] * P + q_offset)[None, :] if contiguous else positions[None, :]
+    key_shift = None
+    if contiguous and trained:
+        rank = torch.arange(attended.shape[1], device=device)[None, :]
+        stored = cache.page_starts[attended.clamp(min=0)]
+        key_shift = torch.where(attended >= 0, rank * P - stored, 0)  # [G, A]
+    plan = AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
+                         position_ids, inv_freq if contiguous else None, decode_token=decode_token,
+                         new_tokens=(t0, t1))
+    if not trained:
+        plan.scorer, plan.rope_inv_freq, plan.page_starts = "attention", inv_freq, cache.page_starts
+        plan.layer_states = cache.layer_summaries() or None
+        plan.sink_pages, plan.local_pages, plan.top_k = config.sink_pages, config.local_pages, config.top_k
+        plan.scorer_window, plan.contiguous = config.scorer_query_tokens, contiguous
+        if t0 % P != 0 and t1 - t0 == 1 and int(last_page) > 0:  # a decode step mid-page: log what it retrieves
+            plan.log_selection = []
+            cache.selection_log.append((t0, plan.log_selection))
+    return plan
 
 
 def _to_resident_slots(plan: AttentionPlan) -> AttentionPlan:
@@ -151,5 +179,5 @@ def _select(cache, retriever, embed, config, query_pages, group_starts):
     last_start = int(group_starts[-1])
     cache.selection = (int(query_pages[-1]), attended[-1], last_start)
     if last_start % P != 0:
-        cache.selection_log.append((last_start, [p for p in attended[-1].tolist() if p >= 0]))
+        cache.selection_log.append((last_start, attended[-1]))
     return attended

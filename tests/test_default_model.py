@@ -17,7 +17,7 @@ def test_default_model_answers_a_needle_at_16x_its_window_and_fails_without_retr
     with torch.no_grad():
         out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
     answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    retrieved = model.last_cache.selection_log[0][1]
+    retrieved = model.last_cache.retrievals()[0][1]
     assert fact.value in answer, answer
     assert needle_token // model.config.page_size in retrieved, (needle_token, retrieved)
 

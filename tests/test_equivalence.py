@@ -6,13 +6,18 @@ from transformers import AutoModelForCausalLM
 from retrolm import RetroLM
 
 
+SCORERS = {"attention": {}, "trained": {"init_retriever": True}}
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 @pytest.mark.parametrize("length", [1, 7, 32, 45])
 @pytest.mark.parametrize("mode", ["original", "contiguous"])
-def test_logits_equal_base_model(tiny_dirs, arch, length, mode):
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_logits_equal_base_model(tiny_dirs, arch, length, mode, scorer):
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch]).eval()
     model = RetroLM.from_pretrained(tiny_dirs[arch], page_size=8, top_k=64, position_mode=mode,
-                                    prefill_chunk_pages=2, attention_backend="reference")
+                                    prefill_chunk_pages=2, attention_backend="reference", **SCORERS[scorer])
+    assert model.config.scorer == scorer
     ids = torch.randint(0, 256, (1, length))
     with torch.no_grad():
         expected = base(input_ids=ids).logits
@@ -23,10 +28,11 @@ def test_logits_equal_base_model(tiny_dirs, arch, length, mode):
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
-def test_greedy_generate_equals_base_model(tiny_dirs, arch, backend):
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_greedy_generate_equals_base_model(tiny_dirs, arch, backend, scorer):
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch]).eval()
     model = RetroLM.from_pretrained(tiny_dirs[arch], page_size=8, top_k=64, attention_backend=backend,
-                                    refresh_interval=3)
+                                    refresh_interval=3, **SCORERS[scorer])
     ids = torch.randint(0, 256, (1, 37))
     expected = base.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
     got = model.generate(input_ids=ids, max_new_tokens=24, do_sample=False, eos_token_id=None)
@@ -45,10 +51,12 @@ def test_sampling_generates_and_is_seeded(tiny_dirs):
     assert torch.equal(first[:, :50], ids)
 
 
-def test_sparse_attention_changes_logits(tiny_dirs):
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_sparse_attention_changes_logits(tiny_dirs, scorer):
     """A small top_k must really drop pages: logits of late tokens differ from full attention."""
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]).eval()
-    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=1, position_mode="original")
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=1, position_mode="original",
+                                    **SCORERS[scorer])
     ids = torch.randint(0, 256, (1, 80))
     with torch.no_grad():
         diff = (model(input_ids=ids).logits - base(input_ids=ids).logits).abs()
@@ -59,7 +67,8 @@ def test_sparse_attention_changes_logits(tiny_dirs):
 @pytest.mark.parametrize("mode", ["original", "contiguous"])
 def test_offloaded_kv_gives_identical_outputs(tiny_dirs, mode):
     """offload_kv keeps pages in host memory and copies in only attended ones: same numbers, exactly."""
-    knobs = dict(page_size=8, top_k=2, position_mode=mode, prefill_chunk_pages=3, refresh_interval=4)
+    knobs = dict(page_size=8, top_k=2, position_mode=mode, prefill_chunk_pages=3, refresh_interval=4,
+                 init_retriever=True)
     resident = RetroLM.from_pretrained(tiny_dirs["mistral"], **knobs)
     offloaded = RetroLM.from_pretrained(tiny_dirs["mistral"], offload_kv=True, **knobs)
     ids = torch.randint(0, 256, (1, 77))
@@ -72,7 +81,7 @@ def test_offloaded_kv_gives_identical_outputs(tiny_dirs, mode):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton decode kernel); run on the GPU host")
 def test_offloaded_kv_with_triton_decode_on_gpu(tiny_dirs):
-    knobs = dict(page_size=16, top_k=2, device="cuda", dtype=torch.float32)
+    knobs = dict(page_size=16, top_k=2, device="cuda", dtype=torch.float32, init_retriever=True)
     resident = RetroLM.from_pretrained(tiny_dirs["llama"], **knobs)
     offloaded = RetroLM.from_pretrained(tiny_dirs["llama"], offload_kv=True, **knobs)
     ids = torch.randint(0, 256, (1, 300))

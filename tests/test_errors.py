@@ -66,9 +66,9 @@ def test_no_model_given_without_the_embedded_default(monkeypatch, tmp_path):
 
 
 def test_checkpoint_missing_retriever_weights(tiny_dirs, tmp_path):
-    RetroLM.from_pretrained(tiny_dirs["llama"]).save_pretrained(str(tmp_path / "c"))
+    RetroLM.from_pretrained(tiny_dirs["llama"], init_retriever=True).save_pretrained(str(tmp_path / "c"))
     os.remove(tmp_path / "c" / "retriever.safetensors")
-    with pytest.raises(RetroLMError, match="retriever.safetensors is missing"):
+    with pytest.raises(RetroLMError, match="needs trained page retriever weights"):
         RetroLM.from_pretrained(str(tmp_path / "c"))
 
 
@@ -76,7 +76,7 @@ def test_failed_save_leaves_nothing(model, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("retrolm.files.save_file", broken)
+    monkeypatch.setattr("retrolm.config.write_json_atomic", broken)
     with pytest.raises(OSError):
         model.save_pretrained(str(tmp_path / "c"))
     assert os.listdir(tmp_path) == []

@@ -9,7 +9,8 @@ from retrolm import RetroLM, RetroLMConfig
 
 @pytest.mark.parametrize("save_base", [False, True])
 def test_round_trip_reproduces_outputs(tiny_dirs, tmp_path, save_base):
-    model = RetroLM.from_pretrained(tiny_dirs["qwen2"], page_size=8, top_k=2, retriever={"seed": 7})
+    model = RetroLM.from_pretrained(tiny_dirs["qwen2"], page_size=8, top_k=2, retriever={"seed": 7},
+                                    init_retriever=True)
     with torch.no_grad():  # make the retriever's weights differ from any fresh one
         for p in model.retriever.parameters():
             p.add_(torch.randn_like(p) * 0.1)

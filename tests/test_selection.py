@@ -37,7 +37,8 @@ def test_score_is_sum_of_head_dot_products():
 
 def test_planted_page_is_retrieved(tiny_dirs):
     """Plant a page whose bookmark key equals the decode query: it must be in the attended set."""
-    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=1, sink_pages=1, local_pages=1)
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=1, sink_pages=1, local_pages=1,
+                                    init_retriever=True)
     ids = torch.randint(0, 256, (1, 100))
     cache, _ = model.encode(ids[:, :-1], logits_to_keep=1)
     planted = 5

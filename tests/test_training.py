@@ -33,9 +33,12 @@ def _config(**values) -> TrainConfig:
 # ------------------------------------------------------------------ the stage-2 forward is RetroLM's own path
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("mode", ["contiguous", "original"])
-def test_training_forward_equals_inference_and_checkpointing_keeps_gradients(tiny_dirs, arch, mode):
+@pytest.mark.parametrize("scorer", ["attention", "trained"])
+def test_training_forward_equals_inference_and_checkpointing_keeps_gradients(tiny_dirs, arch, mode, scorer):
+    """Stage 2's one-pass forward is RetroLM's chunked inference, under either page scorer."""
     train = _config(model=tiny_dirs[arch], retrolm=dict(page_size=8, top_k=2, position_mode=mode,
-                                                        prefill_chunk_pages=3))
+                                                        prefill_chunk_pages=3, scorer=scorer),
+                    train_retriever=scorer == "trained")
     objective = build_objective(train, "post_train", torch.device("cpu"))
     ids = torch.randint(0, 256, (1, 96))
     objective.eval()
@@ -58,7 +61,7 @@ def test_training_forward_equals_inference_and_checkpointing_keeps_gradients(tin
 
 
 def test_page_bookmarks_are_the_vectors_inference_stores(tiny_dirs):
-    model = RetroLM.from_pretrained(tiny_dirs["mistral"], page_size=8, top_k=2)
+    model = RetroLM.from_pretrained(tiny_dirs["mistral"], page_size=8, top_k=2, init_retriever=True)
     ids = torch.randint(0, 256, (1, 64))
     with torch.no_grad():
         cache, _ = model.encode(ids)
@@ -142,7 +145,7 @@ def test_stage1_recall_rises_on_a_planted_task(tmp_path):
     losses = [r["loss"] for r in read_metrics(str(tmp_path / "out")) if "loss" in r]
     assert all(math.isfinite(x) for x in losses) and np.mean(losses[-10:]) < np.mean(losses[:10])
     held_out = documents[200:]
-    fresh = RetroLM.from_pretrained(llm, page_size=PAGE, top_k=1, retriever=small)
+    fresh = RetroLM.from_pretrained(llm, page_size=PAGE, top_k=1, retriever=small, init_retriever=True)
     trained = RetroLM.from_pretrained(str(tmp_path / "out"))
     embed = fresh.base_model.get_input_embeddings()
     before, after = _planted_recall(fresh.retriever, embed, held_out), _planted_recall(trained.retriever, embed, held_out)

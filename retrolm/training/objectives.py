@@ -156,9 +156,13 @@ def build_objective(train: TrainConfig, stage: str, device: torch.device) -> _Ob
     here because the training forward never writes a cache.
     """
     dtype = torch.bfloat16 if device.type == "cuda" and train.bf16 else torch.float32
-    model = RetroLM.from_pretrained(train.model, device=str(device), dtype=dtype, **train.retrolm)
+    trains_retriever = stage == "retriever" or train.train_retriever
+    knobs = {**train.retrolm, "scorer": "trained"} if trains_retriever else train.retrolm
+    # training a retriever starts from the checkpoint's, or from a fresh one when the model has none
+    model = RetroLM.from_pretrained(train.model, device=str(device), dtype=dtype, init_retriever=trains_retriever,
+                                    **knobs)
     model.requires_grad_(False)
-    if stage == "retriever" or train.train_retriever:
+    if trains_retriever:
         model.retriever.requires_grad_(True)
     if stage == "post_train":
         if train.finetune == "full":

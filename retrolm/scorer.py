@@ -1,0 +1,134 @@
+"""The training-free page scorer: pages ranked by the LLM's own queries against a summary of their keys.
+
+Works on any Hugging Face model, before any retriever is trained (`scorer="attention"`). Per layer:
+- each complete page is summarised once by the per-channel bounds of its keys (Quest, Tang et al. 2024),
+  stored as centre c = (max + min) / 2 and radius r = (max - min) / 2 of its RoPE-free keys. The largest
+  logit any key of the page can give query q is then  q.c + |q|.r  (two matrix products);
+- a group of new tokens (one page of a prefill chunk, or a decode token) is scored with the queries of the
+  `scorer_query_tokens` tokens before it (a decode token: the ones up to and including itself), so no
+  token's selection depends on a later token, as with the trained retriever;
+- each (token, head) spreads one unit of estimated attention over the pages it may attend to (softmax of
+  the bounds over the always-kept and candidate pages), and a page's score is the share it gets from all of
+  them: pages the layer would attend to most rank first. The top-k candidates are selected per layer,
+  with the same rule as the trained scorer (sink + local + top-k, never the future).
+
+Keys and queries are compared without RoPE (rotated back to position 0), so scores do not depend on where
+pages were encoded, in either position mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .retriever import eligible_pages, select_pages
+from .rope import shift_keys
+
+
+@dataclasses.dataclass
+class LayerSummaries:
+    """Per-layer scorer state kept in the paged cache: key bounds of complete pages, recent RoPE-free queries."""
+
+    center: torch.Tensor | None = None  # [pages, kv_heads, D]
+    radius: torch.Tensor | None = None  # [pages, kv_heads, D]
+    pages: int = 0  # pages summarised so far
+    recent_queries: torch.Tensor | None = None  # [W, H, D], the last W tokens' queries before this forward
+
+    def extend(self, center: torch.Tensor, radius: torch.Tensor) -> None:
+        if self.center is None or self.center.shape[0] < self.pages + center.shape[0]:
+            capacity = max(self.pages + center.shape[0], 2 * (0 if self.center is None else self.center.shape[0]))
+            grown = [center.new_zeros(capacity, *center.shape[1:]) for _ in range(2)]
+            if self.center is not None:
+                grown[0][: self.pages], grown[1][: self.pages] = self.center[: self.pages], self.radius[: self.pages]
+            self.center, self.radius = grown
+        self.center[self.pages : self.pages + center.shape[0]] = center
+        self.radius[self.pages : self.pages + center.shape[0]] = radius
+        self.pages += center.shape[0]
+
+
+def page_bounds(key_pool: torch.Tensor, pages: torch.Tensor, page_starts: torch.Tensor, inv_freq: torch.Tensor,
+                page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, radius) [n, kv_heads, D] of the RoPE-free keys of complete `pages` [n] of a pool [1, kvh, T, D]."""
+    offsets = torch.arange(page_size, device=key_pool.device)
+    rows = (pages[:, None] * page_size + offsets).flatten()  # [n*P]
+    keys = key_pool[0][:, rows].view(key_pool.shape[1], pages.numel(), page_size, -1)  # [kvh, n, P, D]
+    positions = (page_starts[pages][:, None] + offsets).to(key_pool.device)  # [n, P] where each key was rotated
+    keys = shift_keys(keys, -positions[None], inv_freq).float()
+    high, low = keys.amax(dim=2), keys.amin(dim=2)  # [kvh, n, D]
+    return ((high + low) / 2).transpose(0, 1), ((high - low) / 2).transpose(0, 1)
+
+
+def query_windows(plan, queries: torch.Tensor, window: int, recent: torch.Tensor | None):
+    """The queries each group is scored with: rows [G, W, H, D] and their validity [G, W].
+
+    queries: this forward's RoPE-free queries [q, H, D]; recent: the W queries before it (or None).
+    A group's window is the W tokens before its first token, or up to and including it when the group is a
+    single new token (a decode step).
+    """
+    t0, t1 = plan.new_tokens
+    before = recent if recent is not None else queries.new_zeros(0, *queries.shape[1:])
+    rows = torch.cat([before, queries])  # positions [t0 - len(before), t1)
+    first = t0 - before.shape[0]
+    group_starts = plan.query_pages * plan.page_size
+    group_starts = torch.clamp(group_starts, min=t0)
+    counts = torch.bincount(plan.q_group, minlength=plan.query_pages.numel())
+    ends = group_starts + (counts == 1).long()  # [G] exclusive end of each window
+    positions = ends[:, None] - window + torch.arange(window, device=ends.device)  # [G, W]
+    valid = (positions >= max(first, 0)) & (positions < t1)
+    index = (positions - first).clamp(min=0, max=rows.shape[0] - 1)
+    return rows[index], valid
+
+
+def page_scores(rows: torch.Tensor, valid: torch.Tensor, center: torch.Tensor, radius: torch.Tensor,
+                always: torch.Tensor, candidates: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Estimated attention share [G, N] each candidate page gets from the query rows [G, W, H, D].
+
+    center, radius: [N, kv_heads, D]; always, candidates: [G, N] masks (`retriever.eligible_pages`).
+    """
+    groups, width, heads, dim = rows.shape
+    kv_heads, n = center.shape[1], center.shape[0]
+    per_kv = heads // kv_heads  # query heads sharing a KV head, HF's repeat_kv order
+    q = rows.float().reshape(groups, width, kv_heads, per_kv, dim).permute(2, 0, 1, 3, 4)
+    q = q.reshape(kv_heads, groups * width * per_kv, dim)  # [kvh, rows, D]
+    bound = q @ center.float().permute(1, 2, 0) + q.abs() @ radius.float().permute(1, 2, 0)  # [kvh, rows, N]
+    bound = (bound * scaling).view(kv_heads, groups, width, per_kv, n)
+    reachable = (always | candidates)[None, :, None, None, :]
+    share = bound.masked_fill(~reachable, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    share = share * valid[None, :, :, None, None]
+    return (share.sum(dim=(0, 2, 3)) * candidates).float()
+
+
+def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.Tensor, scaling: float):
+    """The plan of one layer under the training-free scorer: pages attended per group, chosen by this layer.
+
+    query: [1, H, q, D] (RoPE applied at plan.position_ids); key_pool: [1, kvh, T, D] this layer's keys.
+    Summaries of pages completed by this forward are added to the layer's state (inference) or computed
+    for all complete pages (no cache: training's one-pass forward).
+    """
+    P = plan.page_size
+    t0, t1 = plan.new_tokens
+    complete = t1 // P
+    state = plan.layer_states[layer_idx] if plan.layer_states else None
+    inv_freq = plan.rope_inv_freq
+    if state is None:
+        state = LayerSummaries()
+    if state.pages < complete:
+        new = torch.arange(state.pages, complete, device=key_pool.device)
+        state.extend(*page_bounds(key_pool, new, plan.page_starts, inv_freq, P))
+    queries = shift_keys(query[0].transpose(0, 1), -plan.position_ids[0][:, None], inv_freq)  # [q, H, D] RoPE-free
+    rows, valid = query_windows(plan, queries, plan.scorer_window, state.recent_queries)
+    state.recent_queries = torch.cat([x for x in (state.recent_queries, queries) if x is not None])[-plan.scorer_window:]
+    n = complete
+    always, candidates = eligible_pages(plan.query_pages, n, plan.sink_pages, plan.local_pages)
+    if n == 0:
+        scores = rows.new_zeros(plan.query_pages.numel(), 0, dtype=torch.float32)
+    else:
+        scores = page_scores(rows, valid, state.center[:n], state.radius[:n], always, candidates, scaling)
+    attended = select_pages(scores, plan.query_pages, plan.top_k, plan.sink_pages, plan.local_pages)
+    key_shift = None
+    if plan.contiguous:
+        rank = torch.arange(attended.shape[1], device=attended.device)[None, :]
+        key_shift = torch.where(attended >= 0, rank * P - plan.page_starts[attended.clamp(min=0)], 0)
+    if plan.log_selection is not None:
+        plan.log_selection.append(attended[-1])
+    return dataclasses.replace(plan, attended=attended, key_shift=key_shift, scratch={})

@@ -1,0 +1,153 @@
+"""The training-free page scorer against plain references, and the rule that no untrained retriever is ever
+used by accident."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import retrolm.retriever as retriever_module
+from retrolm import RetroLM, RetroLMError
+from retrolm.cli import main
+from retrolm.retriever import eligible_pages
+from retrolm.rope import shift_keys
+from retrolm.scorer import page_bounds, page_scores, query_windows
+
+
+def rope(dim):
+    return 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+
+
+@pytest.mark.parametrize("kv_heads, pages, page_size, dim", [(1, 3, 4, 8), (2, 7, 8, 16), (4, 5, 16, 32)])
+def test_page_bounds_are_the_channel_range_of_rope_free_keys(kv_heads, pages, page_size, dim):
+    torch.manual_seed(pages)
+    inv_freq = rope(dim)
+    starts = torch.randint(0, 5000, (pages + 2,))
+    raw = torch.randn(kv_heads, pages * page_size, dim)
+    positions = (starts[:pages, None] + torch.arange(page_size)).flatten()
+    pool = shift_keys(raw, positions[None], inv_freq)[None]  # as the cache holds them: rotated where encoded
+    chosen = torch.tensor([p for p in range(pages) if p % 2 == 0])
+    center, radius = page_bounds(pool, chosen, starts, inv_freq, page_size)
+    expected = raw.view(kv_heads, pages, page_size, dim)[:, chosen]  # [kvh, n, P, D]
+    torch.testing.assert_close(center + radius, expected.amax(2).transpose(0, 1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(center - radius, expected.amin(2).transpose(0, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_the_bound_is_never_below_the_best_key_of_a_page():
+    torch.manual_seed(0)
+    keys = torch.randn(6, 2, 8, 16)  # [pages, kvh, P, D]
+    center, radius = (keys.amax(2) + keys.amin(2)) / 2, (keys.amax(2) - keys.amin(2)) / 2
+    q = torch.randn(50, 2, 16)
+    bound = torch.einsum("qhd,nhd->qhn", q, center) + torch.einsum("qhd,nhd->qhn", q.abs(), radius)
+    best = torch.einsum("qhd,nhtd->qhnt", q, keys).amax(-1)
+    assert (bound >= best - 1e-5).all()
+
+
+def test_a_page_holding_what_the_queries_look_for_scores_highest():
+    torch.manual_seed(1)
+    pages, kv_heads, dim = 12, 2, 16
+    keys = torch.randn(pages, kv_heads, 8, dim)
+    target = torch.randn(dim)
+    keys[7, :, 3] = 6 * target  # one token of page 7 matches the queries strongly
+    center, radius = (keys.amax(2) + keys.amin(2)) / 2, (keys.amax(2) - keys.amin(2)) / 2
+    rows = target.expand(1, 4, 4, dim) + 0.1 * torch.randn(1, 4, 4, dim)  # [G, W, H, D], 2 heads per KV head
+    always, candidates = eligible_pages(torch.tensor([pages]), pages, 1, 1)
+    scores = page_scores(rows, torch.ones(1, 4, dtype=torch.bool), center, radius, always, candidates, dim ** -0.5)
+    assert int(scores.argmax()) == 7
+    assert (scores[~candidates] == 0).all()
+
+
+@pytest.mark.parametrize("t0, new, window", [(0, 64, 8), (21, 40, 16), (37, 1, 8), (40, 1, 4), (5, 3, 16)])
+def test_query_windows_never_reach_a_later_token(t0, new, window):
+    """Multi-token groups see the `window` tokens before their first token; a single new token sees itself too."""
+    P = 8
+    positions = torch.arange(t0, t0 + new)
+    first_page = t0 // P
+    plan = SimpleNamespace(new_tokens=(t0, t0 + new), page_size=P,
+                           query_pages=torch.arange(first_page, (t0 + new - 1) // P + 1),
+                           q_group=positions // P - first_page)
+    recent = torch.arange(max(0, t0 - window), t0).float()[:, None, None].expand(-1, 1, 1)
+    queries = positions.float()[:, None, None]  # each query row holds its own position
+    rows, valid = query_windows(plan, queries, window, recent if t0 else None)
+    for g, page in enumerate(plan.query_pages.tolist()):
+        start = max(page * P, t0)
+        single = int((plan.q_group == g).sum()) == 1
+        end = start + 1 if single else start
+        expected = list(range(max(0, end - window), end))
+        assert rows[g, valid[g], 0, 0].long().tolist() == expected
+
+
+@pytest.mark.parametrize("scorer", ["attention", "trained"])
+def test_no_token_is_encoded_with_help_from_a_later_one(tiny_dirs, scorer):
+    """Selections use only earlier tokens: changing the end of the input leaves earlier logits unchanged."""
+    model = RetroLM.from_pretrained(tiny_dirs["qwen2"], page_size=8, top_k=2, prefill_chunk_pages=3,
+                                    scorer=scorer, init_retriever=scorer == "trained")
+    ids = torch.randint(0, 250, (1, 150))
+    changed = ids.clone()
+    changed[0, 101:] = torch.randint(0, 250, (49,))
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, model(input_ids=changed).logits
+    torch.testing.assert_close(a[:, :101], b[:, :101], rtol=1e-5, atol=1e-5)
+    assert (a[:, 101:] - b[:, 101:]).abs().max() > 1e-3
+
+
+def test_attention_scorer_retrieves_different_pages_per_layer_on_long_inputs(tiny_dirs):
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=2)
+    model.generate(input_ids=torch.randint(0, 250, (1, 300)), max_new_tokens=4, do_sample=False)
+    first_step = model.last_cache.selection_log[0][1]
+    assert len(first_step) == 2  # one selection per layer
+    assert all(s.shape == (4,) and (s >= 0).all() for s in first_step)  # sink + local + top-2
+    pages = model.last_cache.retrievals()[0][1]
+    assert len(pages) == 4 and pages == sorted(pages) and max(pages) < 299 // 8
+
+
+# ------------------------------------------------------------------ never an untrained retriever by accident
+def test_a_plain_model_uses_the_training_free_scorer_and_says_so(tiny_dirs, capsys):
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8)
+    assert model.config.scorer == "attention" and model.retriever is None
+    assert "page scorer: attention (training-free" in capsys.readouterr().err
+
+
+def test_asking_for_the_trained_scorer_without_weights_says_how_to_train(tiny_dirs):
+    with pytest.raises(RetroLMError, match="train/train_retriever.py"):
+        RetroLM.from_pretrained(tiny_dirs["llama"], scorer="trained")
+
+
+def test_a_checkpoint_with_a_retriever_uses_it(tiny_dirs, tmp_path, capsys):
+    RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, init_retriever=True).save_pretrained(str(tmp_path / "c"))
+    loaded = RetroLM.from_pretrained(str(tmp_path / "c"))
+    assert loaded.config.scorer == "trained" and loaded.retriever is not None
+    assert "page scorer: trained (the checkpoint's trained page retriever)" in capsys.readouterr().err
+    assert RetroLM.from_pretrained(str(tmp_path / "c"), scorer="attention").retriever is None
+
+
+def test_attention_scorer_checkpoint_round_trip(tiny_dirs, tmp_path):
+    model = RetroLM.from_pretrained(tiny_dirs["mistral"], page_size=8, top_k=1)
+    model.save_pretrained(str(tmp_path / "c"))
+    assert not (tmp_path / "c" / "retriever.safetensors").exists()
+    loaded = RetroLM.from_pretrained(str(tmp_path / "c"))
+    ids = torch.randint(0, 250, (1, 90))
+    assert torch.equal(loaded.generate(input_ids=ids, max_new_tokens=5, do_sample=False),
+                       model.generate(input_ids=ids, max_new_tokens=5, do_sample=False))
+
+
+def test_no_code_path_builds_a_retriever_without_the_opt_in(tiny_dirs, tmp_path, monkeypatch):
+    built = []
+    original = retriever_module.PageRetriever.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(args)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(retriever_module.PageRetriever, "__init__", spy)
+    model = RetroLM.from_pretrained(tiny_dirs["qwen3"], page_size=8, top_k=2)
+    ids = torch.randint(0, 250, (1, 100))
+    model(input_ids=ids)
+    model.generate(input_ids=ids, max_new_tokens=3)
+    model.save_pretrained(str(tmp_path / "c"))
+    RetroLM.from_pretrained(str(tmp_path / "c")).generate(input_ids=ids, max_new_tokens=2)
+    (tmp_path / "doc.txt").write_text("The code is 12. " * 40)
+    assert main(["generate", "--model", tiny_dirs["qwen3"], "--input", str(tmp_path / "doc.txt"), "--question", "code?",
+                 "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    assert built == [], "an untrained retriever was built without init_retriever=True"
+    RetroLM.from_pretrained(tiny_dirs["qwen3"], init_retriever=True)
+    assert len(built) == 1
