@@ -47,7 +47,7 @@ def variant_models(model: str, stage1_retriever: str, work: str) -> dict[str, tu
         shipped.retriever = PageRetriever(shipped.config.retriever, inner_hidden, shipped.config.page_size)
         shipped.save_pretrained(untrained, save_base_model=True)
     if not os.path.isdir(no_post):
-        plain = RetroLM.from_pretrained(os.path.join(model, BASE_DIR), **knobs)
+        plain = RetroLM.from_pretrained(os.path.join(model, BASE_DIR), init_retriever=True, **knobs)
         plain.retriever.load_state_dict(load_file(stage1_retriever))
         plain.save_pretrained(no_post, save_base_model=True)
     base = os.path.join(model, BASE_DIR)
@@ -96,23 +96,24 @@ def run_one(name, model, method, extra, task, lengths, args, out) -> dict:
     return {**result, "returncode": done.returncode, "seconds": round(seconds, 1)}
 
 
-def plot(table: dict, lengths: list[int], window: int, path: str) -> None:
+def plot(table: dict, lengths: list[int], window: int, path: str, methods=METHODS, highlight="retrolm") -> None:
+    """Score vs context length, one panel per task; `highlight` drawn thick and on top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(next(iter(table.values())))
-    colors = {name: f"C{i}" for i, name in enumerate(METHODS)}  # one colour per method in every panel
+    colors = {name: f"C{i}" for i, name in enumerate(methods)}  # one colour per method in every panel
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.6), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, task in zip(axes, tasks):
-        for name in sorted(table, key=lambda n: n == "retrolm"):  # RetroLM drawn last, on top
+        for name in sorted(table, key=lambda n: n == highlight):  # drawn last, on top
             points = [(n // window, table[name][task].get(str(n))) for n in lengths]
             points = [(x, y) for x, y in points if y is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", color=colors.get(name), label=name,
-                        linewidth=2.6 if name == "retrolm" else 1.2, zorder=3 if name == "retrolm" else 2)
+                        linewidth=2.6 if name == highlight else 1.2, zorder=3 if name == highlight else 2)
         ax.set_xscale("log", base=2)
         ax.set_xticks([n // window for n in lengths], [f"{n // window}x" for n in lengths])
         ax.set_title(task)
@@ -133,19 +134,11 @@ def main() -> None:
     parser.add_argument("--model", default=os.path.join(ROOT, "assets", "retrolm-byte-llama"))
     parser.add_argument("--stage1-retriever", help="stage 1's retriever.safetensors",
                         default=os.path.join(ROOT, "work", "default-model", "stage1", "retriever.safetensors"))
-    parser.add_argument("--tasks", default=DEFAULT_TASKS)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
-    parser.add_argument("--num-samples", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--jobs", type=int, default=8, help="eval processes at once")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per process")
-    parser.add_argument("--device", default=None)
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "quality"))
     parser.add_argument("--assets", default=os.path.join(ROOT, "assets"))
-    parser.add_argument("--note", default="", help="a line for the table's header (e.g. where the runs ran)")
-    parser.add_argument("--collect-only", action="store_true",
-                        help="run nothing: tabulate the scores already under --work (runs made elsewhere)")
+    grid_arguments(parser)
     args = parser.parse_args()
     with open(os.path.join(args.model, BASE_DIR, "config.json")) as f:
         window = json.load(f)["max_position_embeddings"]
@@ -154,6 +147,25 @@ def main() -> None:
                 else {name: (None, None, None) for name in METHODS})
     methods = [m for m in args.methods.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
+    record = run_grid(variants, methods, tasks, lengths, args)
+    write_results(record, window, os.path.join(args.assets, "quality"), f"{args.note}", METHODS, "retrolm")
+
+
+def grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every RULER grid run shares (this script's and bench/scorer_quality.py's)."""
+    parser.add_argument("--tasks", default=DEFAULT_TASKS)
+    parser.add_argument("--num-samples", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--jobs", type=int, default=8, help="eval processes at once")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per process")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--note", default="", help="a line for the table's header (e.g. where the runs ran)")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="run nothing: tabulate the scores already under --work (runs made elsewhere)")
+
+
+def run_grid(variants: dict, methods: list[str], tasks: list[str], lengths: list[int], args) -> dict:
+    """Runs (or, with --collect-only, collects) every (method, task) at every length RULER's samples fit."""
     jobs, skipped = [], {}
     shortest = {task: shortest_length(task) for task in tasks}
     for name in methods:
@@ -169,16 +181,21 @@ def main() -> None:
     table = {name: {task: {} for task in tasks} for name in methods}
     for r in runs:
         table[r["method"]][r["task"]] = r["scores"]
-    record = {"window": window, "lengths": lengths, "num_samples": args.num_samples, "seed": args.seed,
-              "scores": table, "not_run": {t: v for t, v in skipped.items() if v},
-              "runs": runs, "wall_s": round(time.perf_counter() - started, 1),
-              "devices": {name: sorted({str(r["device"]) for r in runs if r["method"] == name}) for name in methods},
-              "note": args.note,
-              "environment": environment()}
-    write_json(os.path.join(args.assets, "quality.json"), record)
+    return {"lengths": lengths, "num_samples": args.num_samples, "seed": args.seed,
+            "scores": table, "not_run": {t: v for t, v in skipped.items() if v}, "shortest": shortest,
+            "runs": runs, "wall_s": round(time.perf_counter() - started, 1),
+            "devices": {name: sorted({str(r["device"]) for r in runs if r["method"] == name}) for name in methods},
+            "environment": environment()}
+
+
+def write_results(record: dict, window: int, prefix: str, note: str, palette, highlight: str) -> None:
+    """<prefix>.json, .md (one row per task and method, one column per length) and .png."""
+    record = {**record, "window": window, "note": note}
+    table, lengths, runs = record["scores"], record["lengths"], record["runs"]
+    write_json(prefix + ".json", record)
     rows = []
-    for task in tasks:
-        for name in methods:
+    for task in next(iter(table.values())):
+        for name in table:
             row = {"task": task, "method": name}
             for n in lengths:
                 value = table[name][task].get(str(n))
@@ -186,13 +203,13 @@ def main() -> None:
             rows.append(row)
     columns = ["task", "method"] + [f"{n // window}x ({n // 1024}K)" for n in lengths]
     notes = "".join(f"\nn/a for {t} at {', '.join(f'{n // window}x' for n in v)}: RULER's shortest {t} sample has "
-                    f"{shortest[t]} byte tokens (generation budget included).\n" for t, v in record["not_run"].items())
+                    f"{record['shortest'][t]} byte tokens (generation budget included).\n"
+                    for t, v in record["not_run"].items())
     notes += "".join(f"\nn/a for {r['method']} on {r['task']}: {r['error']}\n" for r in runs if r["error"])
-    write_text(os.path.join(args.assets, "quality.md"),
-               f"RULER scores (%), {args.num_samples} samples per cell, seed {args.seed}, window {window} tokens. "
-               f"{args.note}\n\n" + markdown_table(rows, columns) + notes)
-    plot(table, lengths, window, os.path.join(args.assets, "quality.png"))
-    print(open(os.path.join(args.assets, "quality.md")).read())
+    write_text(prefix + ".md", f"RULER scores (%), {record['num_samples']} samples per cell, seed {record['seed']}, "
+                               f"window {window} tokens. {note}\n\n" + markdown_table(rows, columns) + notes)
+    plot(table, lengths, window, prefix + ".png", palette, highlight)
+    print(open(prefix + ".md").read())
 
 
 if __name__ == "__main__":

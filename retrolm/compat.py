@@ -52,3 +52,17 @@ def quiet_peft():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def set_activation_checkpointing(model, enabled: bool) -> None:
+    """Turn activation (gradient) checkpointing on, without reentrant autograd, or off. transformers 5.24 renamed
+    `gradient_checkpointing_enable/disable` to `activation_checkpointing_enable/disable` (the old names warn)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enabled:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()

@@ -54,6 +54,7 @@ class AttentionPlan:
     local_pages: int = 0
     top_k: int = 0
     scorer_window: int = 0
+    refresh_interval: int = 1  # decode: a layer keeps its selection this many tokens within a page
     contiguous: bool = False
     log_selection: list | None = None  # per-layer selections of a decode step, for cache.selection_log
 
@@ -133,6 +134,7 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
         plan.layer_states = cache.layer_summaries() or None
         plan.sink_pages, plan.local_pages, plan.top_k = config.sink_pages, config.local_pages, config.top_k
         plan.scorer_window, plan.contiguous = config.scorer_query_tokens, contiguous
+        plan.refresh_interval = config.refresh_interval
         if t0 % P != 0 and t1 - t0 == 1 and int(last_page) > 0:  # a decode step mid-page: log what it retrieves
             plan.log_selection = []
             cache.selection_log.append((t0, plan.log_selection))

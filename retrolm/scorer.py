@@ -10,13 +10,16 @@ Works on any Hugging Face model, before any retriever is trained (`scorer="atten
 - each (token, head) spreads one unit of estimated attention over the pages it may attend to (softmax of
   the bounds over the always-kept and candidate pages), and a page's score is the share it gets from all of
   them: pages the layer would attend to most rank first. The top-k candidates are selected per layer,
-  with the same rule as the trained scorer (sink + local + top-k, never the future).
+  with the same rule as the trained scorer (sink + local + top-k, never the future). A decode step keeps
+  its layer's selection for `refresh_interval` tokens within a page, as the trained scorer does, so the
+  scoring cost of decoding is paid once per refresh rather than at every token.
 
 Keys and queries are compared without RoPE (rotated back to position 0), so scores do not depend on where
 pages were encoded, in either position mode.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -33,6 +36,8 @@ class LayerSummaries:
     radius: torch.Tensor | None = None  # [pages, kv_heads, D]
     pages: int = 0  # pages summarised so far
     recent_queries: torch.Tensor | None = None  # [W, H, D], the last W tokens' queries before this forward
+    decode_selection: tuple | None = None  # (page, attended, key shift, token) of the last fresh decode selection
+    pending_queries: list = dataclasses.field(default_factory=list)  # (query [1, H, D], position) of reused steps
 
     def extend(self, center: torch.Tensor, radius: torch.Tensor) -> None:
         if self.center is None or self.center.shape[0] < self.pages + center.shape[0]:
@@ -115,9 +120,15 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
     if state.pages < complete:
         new = torch.arange(state.pages, complete, device=key_pool.device)
         state.extend(*page_bounds(key_pool, new, plan.page_starts, inv_freq, P))
+    reused = _fresh_decode_selection(plan, state)
+    if reused is not None:  # nothing is computed: the query is kept as it is for the next scoring
+        state.pending_queries.append((query[0].transpose(0, 1), plan.position_ids[0]))
+        return _with_selection(plan, *reused)
+
+    rope_free = _rope_free_recent(state, inv_freq)
     queries = shift_keys(query[0].transpose(0, 1), -plan.position_ids[0][:, None], inv_freq)  # [q, H, D] RoPE-free
-    rows, valid = query_windows(plan, queries, plan.scorer_window, state.recent_queries)
-    state.recent_queries = torch.cat([x for x in (state.recent_queries, queries) if x is not None])[-plan.scorer_window:]
+    rows, valid = query_windows(plan, queries, plan.scorer_window, rope_free)
+    state.recent_queries = torch.cat([x for x in (rope_free, queries) if x is not None])[-plan.scorer_window:]
     n = complete
     always, candidates = eligible_pages(plan.query_pages, n, plan.sink_pages, plan.local_pages)
     if n == 0:
@@ -129,6 +140,38 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
     if plan.contiguous:
         rank = torch.arange(attended.shape[1], device=attended.device)[None, :]
         key_shift = torch.where(attended >= 0, rank * P - plan.page_starts[attended.clamp(min=0)], 0)
+    if plan.decode_token is not None:
+        state.decode_selection = (plan.decode_token[0], attended, key_shift, t0)
+    return _with_selection(plan, attended, key_shift)
+
+
+def _rope_free_recent(state: LayerSummaries, inv_freq: torch.Tensor) -> torch.Tensor | None:
+    """The layer's recent RoPE-free queries [<=W, H, D], with the queries of reused decode steps added."""
+    if state.pending_queries:
+        pending = torch.cat([q for q, _ in state.pending_queries])  # [n, H, D]
+        positions = torch.cat([p for _, p in state.pending_queries])
+        rope_free = shift_keys(pending, -positions[:, None], inv_freq)
+        state.recent_queries = rope_free if state.recent_queries is None else torch.cat([state.recent_queries,
+                                                                                         rope_free])
+        state.pending_queries = []
+    return state.recent_queries
+
+
+def _with_selection(plan, attended: torch.Tensor, key_shift: torch.Tensor | None):
+    """A copy of the shared plan carrying this layer's pages (a shallow copy: decode calls this per layer)."""
     if plan.log_selection is not None:
         plan.log_selection.append(attended[-1])
-    return dataclasses.replace(plan, attended=attended, key_shift=key_shift, scratch={})
+    layer_plan = copy.copy(plan)
+    layer_plan.attended, layer_plan.key_shift, layer_plan.scratch = attended, key_shift, {}
+    return layer_plan
+
+
+def _fresh_decode_selection(plan, state: LayerSummaries) -> tuple | None:
+    """A decode step's (attended pages [1, A], key shift) reused from this layer's last selection, as the trained scorer
+    does: within the same page and fewer than `refresh_interval` tokens after it was made; else None."""
+    if plan.decode_token is None or state.decode_selection is None or plan.decode_token[1] == 0:
+        return None
+    page, attended, key_shift, made_at = state.decode_selection
+    if page != plan.decode_token[0] or plan.new_tokens[0] - made_at >= plan.refresh_interval:
+        return None
+    return attended, key_shift

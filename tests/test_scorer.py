@@ -100,6 +100,39 @@ def test_attention_scorer_retrieves_different_pages_per_layer_on_long_inputs(tin
     assert len(pages) == 4 and pages == sorted(pages) and max(pages) < 299 // 8
 
 
+
+@pytest.mark.parametrize("interval", [1, 3, 16])
+def test_decode_keeps_each_layers_selection_for_the_refresh_interval_within_a_page(tiny_dirs, interval):
+    """As with the trained scorer: a decode step reuses its layer's pages until `refresh_interval` tokens have
+    passed or a new page starts, and scores afresh otherwise."""
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=2, refresh_interval=interval)
+    model.generate(input_ids=torch.randint(0, 250, (1, 300)), max_new_tokens=14, do_sample=False)
+    log = model.last_cache.selection_log  # [(position, [per-layer attended pages])], decode steps mid-page
+    assert len(log) >= 10
+    made_at, selection, previous = None, 0, None  # selection: which fresh selection a step uses
+    for position, layers in log:
+        if previous is not None and position // 8 != previous[0] // 8:
+            made_at, selection = position // 8 * 8, selection + 1  # the page's first token (not logged) selects
+        if made_at is None or position - made_at >= interval:
+            made_at, selection = position, selection + 1
+        if previous is not None:
+            same = [a.data_ptr() == b.data_ptr() for a, b in zip(layers, previous[1])]
+            assert same == [selection == previous[2]] * len(layers), (position, made_at)
+        previous = (position, layers, selection)
+
+
+def test_queries_of_reused_decode_steps_join_the_window_rope_free_in_order():
+    """Reused decode steps keep their RoPE'd queries aside; the next scoring sees them un-rotated, in order."""
+    from retrolm.scorer import LayerSummaries, _rope_free_recent
+
+    inv_freq = rope(16)
+    earlier = torch.randn(3, 4, 16)
+    steps = [(torch.randn(1, 4, 16), torch.tensor([p])) for p in (40, 41, 42)]
+    state = LayerSummaries(recent_queries=earlier, pending_queries=list(steps))
+    expected = torch.cat([earlier] + [shift_keys(q, -p[:, None], inv_freq) for q, p in steps])
+    torch.testing.assert_close(_rope_free_recent(state, inv_freq), expected)
+    assert state.pending_queries == [] and state.recent_queries is not None
+
 # ------------------------------------------------------------------ never an untrained retriever by accident
 def test_a_plain_model_uses_the_training_free_scorer_and_says_so(tiny_dirs, capsys):
     model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from retrolm import RetroLM, RetroLMError
+from retrolm.compat import set_activation_checkpointing
 from retrolm.model import _inner_model
 from retrolm.retriever import PageRetriever, eligible_pages, score_pages
 from retrolm.training.config import TrainConfig
@@ -51,7 +52,7 @@ def test_training_forward_equals_inference_and_checkpointing_keeps_gradients(tin
     grads = []
     for checkpointing in (True, False):
         inner = _inner_model(objective.model.base_model)
-        inner.gradient_checkpointing_enable() if checkpointing else inner.gradient_checkpointing_disable()
+        set_activation_checkpointing(inner, checkpointing)
         objective.zero_grad()
         objective(ids)["loss"].backward()
         grads.append([p.grad.clone() for p in objective.trainable_parameters()])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import PagedKVCache
-from ..compat import quiet_peft
+from ..compat import quiet_peft, set_activation_checkpointing
 from ..errors import RetroLMError
 from ..model import RetroLM, _inner_model
 from ..planner import AttentionPlan, plan_forward
@@ -181,6 +181,6 @@ def build_objective(train: TrainConfig, stage: str, device: torch.device) -> _Ob
     inner = _inner_model(model.base_model)
     inner.config.use_cache = False
     if train.gradient_checkpointing and stage == "post_train":
-        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(inner, True)
     model.train()
     return OBJECTIVES[stage](model, train)
