@@ -99,19 +99,29 @@ class Method:
         return bool(self.options.chat_template and prompt.chat and getattr(self.tokenizer, "chat_template", None))
 
     def _wrap(self, ids: list[int], prompt: Prompt) -> list[int]:
-        """Ids of the chat-formatted prompt when the run and task ask for it; `ids` otherwise."""
+        """Ids of the chat-formatted prompt (answer prefix after the assistant header) when the run and
+        task ask for it; `ids` otherwise."""
         if not self._use_chat(prompt):
             return ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         chat = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                   add_generation_prompt=True)
-        return self.encode(chat, special=False)
+        return self.encode(chat + prompt.answer_prefix, special=False)
+
+    def truncation(self, prompt: Prompt, max_new_tokens: int, max_length: int | None) -> int | None:
+        """Tokens to middle-truncate the unwrapped prompt to: the benchmark's `max_length` (applied before
+        chat wrapping, as LongBench's pred.py does), and never more than the method holds once wrapped."""
+        limit = self.max_prompt_tokens(max_new_tokens)
+        cuts = [c for c in (max_length, None if limit is None else limit - self._chat_overhead(prompt))
+                if c is not None]
+        return min(cuts) if cuts else None
 
     def prompt_ids(self, prompt: Prompt, max_new_tokens: int, max_length: int | None) -> list[int]:
         """The token ids this method feeds its model for `prompt` (truncated / retrieved / wrapped)."""
-        ids = self.encode(prompt.text)
-        if max_length is not None:
-            ids = middle_truncate(ids, max_length - self._chat_overhead(prompt))
+        ids = self.encode(prompt.body if self._use_chat(prompt) else prompt.text)
+        cut = self.truncation(prompt, max_new_tokens, max_length)
+        if cut is not None:
+            ids = middle_truncate(ids, cut)
         return self._wrap(ids, prompt)
 
     @torch.no_grad()
@@ -167,13 +177,6 @@ class FullMethod(Method):
         super().__init__(model, options)
         self.window = options.full_window or model_window(model)
 
-    def prompt_ids(self, prompt, max_new_tokens, max_length):
-        limit = self.window - max_new_tokens
-        ids = self.encode(prompt.text)
-        cut = limit if max_length is None else min(limit, max_length)
-        ids = middle_truncate(ids, cut - self._chat_overhead(prompt))
-        return self._wrap(ids, prompt)
-
     def max_prompt_tokens(self, max_new_tokens: int) -> int:
         return self.window - max_new_tokens
 
@@ -212,13 +215,14 @@ class RagMethod(Method):
                 "faiss_gpu": self.index_factory.gpu}
 
     def prompt_ids(self, prompt, max_new_tokens, max_length):
+        chat = self._use_chat(prompt)
         before = self.encode(prompt.before)
-        after = self.encode(prompt.after, special=False)
+        after = self.encode(prompt.after if chat else prompt.after + prompt.answer_prefix, special=False)
         context = self.encode(prompt.context, special=False)
         fixed = len(before) + len(after) + self._chat_overhead(prompt)
         room = self.window - max_new_tokens - fixed
-        if max_length is not None:
-            room = min(room, max_length - fixed)
+        if max_length is not None:  # the benchmark's truncation counts the prompt before chat wrapping
+            room = min(room, max_length - len(before) - len(after))
         room = min(room, self.budget)
         if room < 1:
             raise EvalError(
