@@ -31,6 +31,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--rag-embedder", default="BAAI/bge-small-en-v1.5",
                    help=f"embedding model for rag (hub name or path), or '{LLM_EMBEDDER}' (offline)")
     p.add_argument("--rag-chunk-tokens", type=int, default=256)
+    p.add_argument("--official-defaults", action="store_true",
+                   help="where not set explicitly, use the settings of the benchmark's published runs (LongBench: "
+                        "model2maxlen truncation; InfiniteBench: 128K truncation; RULER: 500 samples)")
     p.add_argument("--chat-template", action="store_true",
                    help="wrap prompts in the tokenizer's chat template (not on tasks the benchmark exempts)")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:0, cpu")
