@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
         "category means (the published-style table)" if not args.e else "average: the mean over tasks, per bucket",
         "code_sim (lcc, repobench-p): fuzz.ratio as fuzzywuzzy computes it with python-Levenshtein installed; "
         "its difflib fallback differs by about 1.5 points",
-        f"chat template: {'on (not for trec, triviaqa, samsum, lsht, lcc, repobench-p)' if args.chat_template else 'off'}",
+        "chat template: " + ("on (not for " + ", ".join(t for t, spec in TASKS.items() if not spec.chat) + ")"
+                             if args.chat_template else "off"),
     ]
     return run("LongBench-E" if args.e else "LongBench", runs, method, args.out, settings, notes=notes,
                extra=None if args.e else _published)

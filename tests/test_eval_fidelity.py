@@ -149,8 +149,9 @@ def test_ruler_answer_prefix_follows_the_assistant_header(chat_full):
     prompt = ruler.to_sample(generated, 0, 128).prompt
     text = chat_full.tokenizer.decode(chat_full.prompt_ids(prompt, 128, None))
     assert text == f"<|user|>{generated.input}<|end|><|assistant|>{generated.answer_prefix}"
-    raw = chat_full.tokenizer.decode(chat_full.prompt_ids(prompt, 128, None)[:0] + chat_full.encode(prompt.text))
-    assert raw == generated.input + generated.answer_prefix  # unwrapped: the prefix right after the prompt
+    prompt.chat = False  # unwrapped: the prefix right after the prompt
+    raw = chat_full.tokenizer.decode(chat_full.prompt_ids(prompt, 128, None))
+    assert raw == generated.input + generated.answer_prefix
 
 
 def test_longbench_truncates_then_wraps(chat_full):
