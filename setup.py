@@ -21,19 +21,24 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["retrolm", "retrolm.*", "eval", "eval.*", "train", "train.*"]),
+    # Each range admits only releases `make test` runs: the lowest end pinned in .ci/lowest.txt, the newest
+    # end as pip resolves it today (README, "Tested versions"). Raise an upper bound only with a green run.
     install_requires=[
-        "torch>=2.5,<3",  # FlexAttention and enable_gqa in SDPA
-        "transformers>=5.17,<6",  # attention registry + layered Cache API; 5.17 is the version tested
-        "peft>=0.17,<1",
-        "safetensors>=0.4",
-        "tokenizers>=0.21",
-        "tqdm>=4.60",
-        "numpy>=1.24",
+        "torch>=2.11,<2.15",
+        "transformers>=5.17,<5.25",  # 5.24 renamed past_key_values -> cache; retrolm/compat.py handles both
+        "peft>=0.18,<0.22",  # 0.17 cannot import with transformers 5
+        "safetensors>=0.8,<1",
+        "tokenizers>=0.23.1,<0.24",
+        "tqdm>=4.66,<5",
+        "numpy>=2.0,<3",
     ],
     extras_require={
-        "train": ["deepspeed>=0.16,<1", "wandb>=0.17", "datasets>=3.0"],
-        "eval": ["datasets>=3.0", "faiss-cpu>=1.8", "matplotlib>=3.7", "jieba>=0.42", "wonderwords>=2.2,<4"],
-        "dev": ["pytest>=8"],
+        "train": ["deepspeed>=0.19.3,<0.20", "wandb>=0.18,<0.32", "datasets>=3.0,<5.3"],
+        "eval": ["datasets>=3.0,<5.3", "matplotlib>=3.9,<3.12", "jieba>=0.42,<0.43", "wonderwords>=2.2,<4"],
+        # faiss: one of the two (both install the module `faiss`; never both)
+        "cpu": ["faiss-cpu>=1.9,<1.16"],
+        "gpu": ["faiss-gpu-cu12>=1.9,<1.15"],  # CUDA 12 hosts; pulls the CUDA runtime and cuBLAS wheels it needs
+        "dev": ["pytest>=8,<10"],
     },
     data_files=default_model_files(),
     entry_points={"console_scripts": ["retrolm=retrolm.cli:main"]},

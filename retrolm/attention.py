@@ -101,6 +101,7 @@ def retrolm_attention(module, query, key, value, attention_mask, scaling=None, d
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    plan.attention_calls += 1
     return BACKENDS[plan.backend](plan, query, key, value, scaling), None
 
 

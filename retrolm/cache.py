@@ -51,7 +51,13 @@ class PagedLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         plan = kwargs.get("plan")
-        if plan is not None and plan.resident_pages is not None:
+        if plan is None or plan.new_tokens != (self.length, self.length + key_states.shape[-2]):
+            raise RetroLMError(
+                "RetroLM's paged cache got keys/values without a plan for them: its planning hook did not run for "
+                "this forward. Run the model through RetroLM (forward / generate), or pass the paged cache as the "
+                "forward's cache argument so the hook can plan it."
+            )
+        if plan.resident_pages is not None:
             return self._update_offloaded(key_states, value_states, plan)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)

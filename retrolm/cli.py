@@ -2,29 +2,36 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
 from .errors import RetroLMError, exit_code
+from .files import read_text
+from .inputs import DTYPE_NAMES
 
-DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then reports anything else as a usage error, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _generate(args) -> int:
     from .model import RetroLM
     from .prompt import build_prompt_ids, describe_pages
 
-    if not os.path.isfile(args.input):
-        raise RetroLMError(f"input file {args.input!r} not found; pass --input with a text file.")
-    with open(args.input, encoding="utf-8") as f:
-        context = f.read()
+    context = read_text(args.input, "input file")
     if not context.strip():
         raise RetroLMError(f"input file {args.input!r} is empty; pass a file with the text to read.")
     knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k)) if v is not None}
-    dtype = DTYPES[args.dtype] if args.dtype else None  # None: the checkpoint's (float32 for the default on CPU)
-    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=dtype, **knobs)
+    # dtype None: the checkpoint's (float32 for the embedded default model on the CPU)
+    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype, **knobs)
     ids = build_prompt_ids(model.tokenizer, context, args.question)
     out = model.generate(input_ids=ids, max_new_tokens=args.max_new_tokens, do_sample=False, progress=True)
     answer = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
@@ -55,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="RetroLM checkpoint or HF model (hub name or directory); default: the embedded default model")
     gen.add_argument("--input", required=True, help="text file holding the long context")
     gen.add_argument("--question", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--page-size", type=int)
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    gen.add_argument("--page-size", type=_positive_int)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    gen.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+    gen.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES),
                      help="default: the checkpoint's (the embedded default model runs float32 on the CPU)")
     gen.set_defaults(run=_generate)
     demo = commands.add_parser("demo", help="facts hidden in a long haystack, found by page retrieval")

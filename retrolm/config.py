@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 
 from .errors import RetroLMError
+from .files import read_json_object, write_json_atomic
 
 CONFIG_NAME = "retrolm_config.json"
 POSITION_MODES = ("contiguous", "original")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "triton")
+
+
+def _check_int(owner: str, name: str, value, minimum: int) -> None:
+    # bool is an int subclass in Python: `page_size: true` in a JSON file must not pass as 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RetroLMError(f"{owner}{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 @dataclass
@@ -24,6 +30,27 @@ class RetrieverConfig:
     num_score_heads: int = 1  # bookmark query/key heads; page score = sum over heads of <q, k>
     score_dim: int = 128
     seed: int = 0  # a fresh retriever is initialised from this seed, so runs are reproducible
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_int("retriever.", f.name, getattr(self, f.name), 0 if f.name == "seed" else 1)
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise RetroLMError(f"retriever.hidden_size ({self.hidden_size}) must be num_heads ({self.num_heads}) "
+                               "times an even head width (rotary positions); e.g. hidden_size=256, num_heads=4.")
+
+    @classmethod
+    def coerce(cls, value) -> "RetrieverConfig":
+        """A `RetrieverConfig` from itself or a dict of its fields; anything else raises `RetroLMError`."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise RetroLMError(f"retriever must be a dict of retriever options (e.g. {{'num_layers': 2}}), got "
+                               f"{type(value).__name__} {value!r}.")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise RetroLMError(f"unknown retriever option(s) {unknown}; valid options: {known}.")
+        return cls(**value)
 
 
 @dataclass
@@ -41,30 +68,36 @@ class RetroLMConfig:
     offload_kv: bool = False  # keep K/V pages in (pinned) CPU memory; copy in only the pages a forward attends to
     attention_backend: str = "auto"  # "auto": triton on CUDA decode, sdpa elsewhere; "reference": plain torch
     bookmark_token: str = "<retrolm_bookmark>"
+    # An absolute local path or a hub id ("base": the checkpoint's own base/ directory), and a fingerprint of
+    # its weights: a checkpoint refuses any other base model, wherever it is loaded from.
     base_model_name_or_path: str = ""
+    base_model_fingerprint: str = ""
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.retriever, dict):
-            self.retriever = RetrieverConfig(**self.retriever)
+        self.retriever = RetrieverConfig.coerce(self.retriever)
         self.validate()
 
     def validate(self) -> None:
         """Raise `RetroLMError` naming the fix for any out-of-range knob."""
         for name in ("page_size", "prefill_chunk_pages", "refresh_interval", "max_context_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise RetroLMError(f"{name} must be an integer >= 1, got {value!r}; pass e.g. {name}=128.")
+            _check_int("", name, getattr(self, name), 1)
         for name in ("top_k", "sink_pages", "local_pages"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise RetroLMError(f"{name} must be an integer >= 0, got {value!r}.")
+            _check_int("", name, getattr(self, name), 0)
         if self.position_mode not in POSITION_MODES:
             raise RetroLMError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}.")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise RetroLMError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}."
             )
+        if not isinstance(self.offload_kv, bool):
+            raise RetroLMError(f"offload_kv must be true or false, got {self.offload_kv!r}.")
+        if not isinstance(self.bookmark_token, str) or not self.bookmark_token.strip():
+            raise RetroLMError(f"bookmark_token must be a non-empty string, got {self.bookmark_token!r}; "
+                               "leave it at its default '<retrolm_bookmark>'.")
+        for name in ("base_model_name_or_path", "base_model_fingerprint"):
+            if not isinstance(getattr(self, name), str):
+                raise RetroLMError(f"{name} must be a string, got {getattr(self, name)!r}.")
 
     @property
     def max_attended_pages(self) -> int:
@@ -77,8 +110,10 @@ class RetroLMConfig:
         unknown = sorted(set(knobs) - known)
         if unknown:
             raise RetroLMError(f"unknown RetroLM option(s) {unknown}; valid options: {sorted(known)}.")
-        if isinstance(knobs.get("retriever"), dict):
-            knobs["retriever"] = RetrieverConfig(**knobs["retriever"])
+        if isinstance(knobs.get("retriever"), dict):  # options given are set on top of the current ones
+            knobs["retriever"] = {**dataclasses.asdict(self.retriever), **knobs["retriever"]}
+        if "retriever" in knobs:
+            knobs["retriever"] = RetrieverConfig.coerce(knobs["retriever"])
         return dataclasses.replace(self, **knobs)
 
     def to_dict(self) -> dict:
@@ -89,15 +124,15 @@ class RetroLMConfig:
         return cls().replace(**data)
 
     def save(self, directory: str) -> None:
-        path = os.path.join(directory, CONFIG_NAME)
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json_atomic(os.path.join(directory, CONFIG_NAME), self.to_dict())
 
     @classmethod
     def load(cls, directory: str) -> "RetroLMConfig":
         path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(path):
             raise RetroLMError(f"{path} not found: {directory!r} is not a RetroLM checkpoint.")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        data = read_json_object(path, "RetroLM config")
+        try:
+            return cls.from_dict(data)
+        except RetroLMError as error:
+            raise RetroLMError(f"{path}: {error} Fix the file, or pass the option to from_pretrained.") from error

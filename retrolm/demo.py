@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .compat import cache_argument
 from .filler import ESSAY_SHAPES
 from .model import RetroLM, default_model_path
 from .prompt import describe_pages
@@ -102,12 +103,12 @@ def _measure(kind: str, model_path: str | None, ids: torch.Tensor, max_new_token
         kv_bytes = model.last_cache.memory_bytes()
     else:  # the plain model, full causal attention over the whole input, KV in a DynamicCache
         cache, chunk = DynamicCache(), model.config.prefill_chunk_pages * model.config.page_size
+        pass_cache = {cache_argument(model.base_model): cache}
         for start in range(0, ids.shape[1] - 1, chunk):  # chunked prefill: no T x T score matrix at once
-            model.base_model(input_ids=ids[:, start:min(start + chunk, ids.shape[1] - 1)], past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
-        out = model.base_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
-                                        max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=model.tokenizer.pad_token_id)
+            model.base_model(input_ids=ids[:, start:min(start + chunk, ids.shape[1] - 1)], use_cache=True,
+                             logits_to_keep=1, **pass_cache)
+        out = model.base_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                        do_sample=False, pad_token_id=model.tokenizer.pad_token_id, **pass_cache)
         kv_bytes = sum(2 * layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
     queue.put({"seconds": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib(),
                "rss_over_loaded_mib": _peak_rss_mib() - loaded_rss, "kv_mib": kv_bytes / 2 ** 20,

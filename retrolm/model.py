@@ -1,52 +1,56 @@
 """`RetroLM`: a Hugging Face causal LM that reads long inputs by retrieving KV pages.
 
     model = RetroLM.from_pretrained("mistralai/Mistral-7B-Instruct-v0.2", page_size=128, top_k=16)
-    out = model.generate(input_ids=ids, max_new_tokens=64)   # prompt + new ids, HF convention
+    out = model.generate(**model.tokenizer(text, return_tensors="pt"), max_new_tokens=64)  # prompt + new ids
     logits = model(input_ids=ids).logits                     # [1, seq, vocab]
     model.save_pretrained("out/")
 
 The wrapped model (`model.base_model`) is the user's own HF model, unmodified: RetroLM registers its
 attention under the name "retrolm", selects it on the model, and plans each forward in a pre-hook that
-only acts when the forward's cache is a `PagedKVCache`.
+only acts when the forward's cache is a `PagedKVCache` (hooks.py). Whenever RetroLM runs the model, every
+forward must go through that plan, or it raises: RetroLM never falls back to the plain model silently.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .attention import register_attention
 from .cache import PagedKVCache
+from .checkpoint import (ADAPTER_DIR, BASE_DIR, RETRIEVER_WEIGHTS, check_base_identity, fingerprints_match,
+                         record_base_path, resolve_base_path, save_into, weights_fingerprint)
+from .compat import cache_argument, causal_lm_output, quiet_peft
 from .config import CONFIG_NAME, RetroLMConfig
 from .errors import RetroLMError
-from .pager import add_bookmark_token, check_input_ids
+from .files import read_safetensors, write_safetensors_atomic
+from .hooks import PlanningHooks
+from .inputs import (check_attention_mask, check_generation, check_input_ids, check_max_new_tokens,
+                     resolve_device, resolve_dtype)
+from .pager import add_bookmark_token
 from .planner import plan_forward
 from .retriever import PageRetriever
 from .rope import rope_inv_freq
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-RETRIEVER_WEIGHTS = "retriever.safetensors"
-ADAPTER_DIR = "adapter"
-BASE_DIR = "base"
+# RoPE variants whose rotation depends only on the position, so cached keys can be moved between positions
+# (rope.shift_keys). "dynamic" rescales by the current sequence length: cached keys would go stale.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+DEFAULT_MODEL_NAME = "retrolm-byte-llama"
 
 
 def _inner_model(model):
     """The HF CausalLM under an optional peft wrapper."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-DEFAULT_MODEL_NAME = "retrolm-byte-llama"
 
 
 def default_model_candidates() -> list[str]:
@@ -91,12 +95,23 @@ def _window_warning_silenced():
         logger.removeFilter(silencer)
 
 
-def check_architecture(model_type: str) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
+def check_architecture(hf_config) -> None:
+    """Refuse models RetroLM cannot run exactly: other families, and RoPE variants that depend on the length."""
+    if hf_config.model_type not in SUPPORTED_MODEL_TYPES:
         raise RetroLMError(
-            f"unsupported architecture {model_type!r}: RetroLM supports {', '.join(SUPPORTED_MODEL_TYPES)} "
+            f"unsupported architecture {hf_config.model_type!r}: RetroLM supports {', '.join(SUPPORTED_MODEL_TYPES)} "
             "(decoder-only models with rotary positions); pick a checkpoint of one of these families."
         )
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    per_layer_type = rope.values() if all(isinstance(v, dict) for v in rope.values()) and rope else [rope]
+    for parameters in per_layer_type:
+        rope_type = parameters.get("rope_type", parameters.get("type", "default"))
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise RetroLMError(
+                f"rope_type {rope_type!r} is unsupported: RetroLM moves cached keys between positions, which needs "
+                f"a rotation that depends on the position alone ({', '.join(SUPPORTED_ROPE_TYPES)}). Load the model "
+                "with another rope scaling (e.g. rope_parameters={'rope_type': 'linear', 'factor': ...}) or none."
+            )
 
 
 class RetroLM(nn.Module):
@@ -105,7 +120,7 @@ class RetroLM(nn.Module):
     def __init__(self, base_model, tokenizer, config: RetroLMConfig, retriever: PageRetriever | None = None):
         super().__init__()
         inner = _inner_model(base_model)
-        check_architecture(inner.config.model_type)
+        check_architecture(inner.config)
         self.config = config
         self.base_model = base_model
         self.tokenizer = tokenizer
@@ -114,11 +129,17 @@ class RetroLM(nn.Module):
         head_dim = getattr(inner.config, "head_dim", None) or inner.config.hidden_size // inner.config.num_attention_heads
         if inv_freq.numel() * 2 != head_dim:
             raise RetroLMError("partial rotary embeddings are unsupported; use a model with full-width RoPE.")
+        if config.attention_backend == "triton":
+            _check_triton_available(inner.device)
         if retriever is None:
             retriever = PageRetriever(config.retriever, inner.config.hidden_size, config.page_size)
         self.retriever = retriever.to(inner.device)
+        if not config.base_model_fingerprint:  # identity of the base weights as loaded, saved with checkpoints
+            config.base_model_fingerprint = weights_fingerprint(_weights_without_lora(inner)) or ""
         inner.set_attn_implementation(register_attention())
-        self._hook = inner.register_forward_pre_hook(self._plan_hook, with_kwargs=True)
+        # on the decoder stack, not the LM head: wrappers (peft) may call the causal LM's .forward() directly,
+        # which would skip hooks on it, but the causal LM always calls its decoder as a module
+        self._hooks = PlanningHooks(inner.get_decoder(), self._plan, inner.config.num_hidden_layers)
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -129,64 +150,82 @@ class RetroLM(nn.Module):
         for this project (assets/retrolm-byte-llama/README.md), loaded in float32 on the CPU.
 
         knobs: any `RetroLMConfig` field (page_size, top_k, sink_pages, local_pages, position_mode, ...);
-        they override what a checkpoint saved. device: e.g. "cuda"; dtype: e.g. torch.bfloat16 or "auto".
+        they override what a checkpoint saved. device: e.g. "cuda"; dtype: e.g. torch.bfloat16, "bfloat16", "auto".
         """
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
         if name_or_path is None:
             name_or_path = default_model_path()
-            if dtype in (None, "auto") and (device is None or torch.device(device).type == "cpu"):
+            if dtype in (None, "auto") and (device is None or device.type == "cpu"):
                 dtype = torch.float32  # shipped in bf16 to stay small; CPUs run float32 several times faster
-        is_checkpoint = os.path.isfile(os.path.join(str(name_or_path), CONFIG_NAME))
+        if not isinstance(name_or_path, (str, os.PathLike)):
+            raise RetroLMError(f"from_pretrained takes a hub name or a directory, got {type(name_or_path).__name__}.")
+        name_or_path = os.fspath(name_or_path)
+        is_checkpoint = os.path.isfile(os.path.join(name_or_path, CONFIG_NAME))
         if is_checkpoint:
             config = RetroLMConfig.load(name_or_path).replace(**knobs)
-            base_path = config.base_model_name_or_path
-            if base_path == BASE_DIR:
-                base_path = os.path.join(name_or_path, BASE_DIR)
+            base_path = resolve_base_path(config.base_model_name_or_path, name_or_path,
+                                          bool(config.base_model_fingerprint))
             tokenizer_path = name_or_path
         else:
-            config = RetroLMConfig().replace(**knobs, base_model_name_or_path=str(name_or_path))
-            base_path = tokenizer_path = str(name_or_path)
+            config = RetroLMConfig().replace(**knobs, base_model_name_or_path=record_base_path(name_or_path))
+            base_path = tokenizer_path = name_or_path
         base_model = _load_base(base_path, device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if is_checkpoint:
+            check_base_identity(config.base_model_fingerprint, weights_fingerprint(base_model.state_dict()), base_path)
+            # a self-contained checkpoint's base/ moves with it; elsewhere the resolved location is what counts
+            config.base_model_name_or_path = record_base_path(base_path)
+        tokenizer = _load_tokenizer(tokenizer_path)
         if is_checkpoint and os.path.isdir(os.path.join(name_or_path, ADAPTER_DIR)):
-            from peft import PeftModel
-
-            base_model = PeftModel.from_pretrained(base_model, os.path.join(name_or_path, ADAPTER_DIR))
+            base_model = _load_adapter(base_model, os.path.join(name_or_path, ADAPTER_DIR), base_path)
         model = cls(base_model, tokenizer, config)
         if is_checkpoint:
-            weights = os.path.join(name_or_path, RETRIEVER_WEIGHTS)
-            if not os.path.isfile(weights):
-                raise RetroLMError(f"{weights} is missing: the checkpoint is incomplete; save it again.")
-            model.retriever.load_state_dict(load_file(weights, device=str(model.device)))
+            model._load_retriever(os.path.join(name_or_path, RETRIEVER_WEIGHTS))
         return model.eval()
 
-    def save_pretrained(self, directory: str, save_base_model: bool = False) -> None:
-        """Write config, tokenizer, retriever (and LoRA adapter) to `directory`, atomically.
-
-        save_base_model: also store the base weights under `base/`, making the directory self-contained.
-        Everything is written to a temporary sibling first and renamed into place, so an interrupted save
-        never leaves a half-written checkpoint.
-        """
-        directory = os.path.abspath(directory)
-        parent = os.path.dirname(directory)
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".retrolm-save-", dir=parent)
+    def _load_retriever(self, path: str) -> None:
+        weights = read_safetensors(path, device=str(self.device))
         try:
-            config = self.config.replace()
-            inner = _inner_model(self.base_model)
+            self.retriever.load_state_dict(weights)
+        except RuntimeError as error:  # names or shapes differ from what the config's retriever has
+            raise RetroLMError(f"{path} does not fit the retriever configured in {CONFIG_NAME} "
+                               f"({self.config.retriever}): {str(error).splitlines()[-1].strip()} Save the "
+                               "checkpoint again, or fix the retriever options.") from error
+        bad = [name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
+        if bad:
+            raise RetroLMError(f"{path} holds NaN or infinite values (in {', '.join(bad[:3])}): the retriever is "
+                               "broken (diverged training or a damaged file); train or save it again.")
+
+    def save_pretrained(self, directory: str, save_base_model: bool = False) -> None:
+        """Write config, tokenizer, retriever (and LoRA adapter) into `directory`.
+
+        save_base_model: also store the base weights under `base/`, making the directory self-contained;
+        otherwise the config records where the base model was loaded from (an absolute path or a hub id) and
+        a fingerprint of its weights. Files are staged and moved in with `retrolm_config.json` last, so the
+        directory holds a complete checkpoint or none; other files in it are left alone.
+        """
+        inner = _inner_model(self.base_model)
+        weights = _weights_without_lora(inner)
+        current = weights_fingerprint(weights)  # None where weights are not all here (e.g. ZeRO-3 partitions)
+        config = self.config.replace()
+        if save_base_model:
+            config.base_model_name_or_path = BASE_DIR
+            config.base_model_fingerprint = current or config.base_model_fingerprint
+        elif current is not None and not fingerprints_match(config.base_model_fingerprint, current):
+            raise RetroLMError("the base model's weights changed since it was loaded (full fine-tuning?), so the "
+                               "checkpoint cannot point at the original: save with save_base_model=True.")
+
+        def write(staging: str) -> None:
             if save_base_model:  # a complete HF model directory: weights (without LoRA) and tokenizer
-                inner.save_pretrained(os.path.join(staging, BASE_DIR), state_dict=_weights_without_lora(inner))
+                inner.save_pretrained(os.path.join(staging, BASE_DIR), state_dict=weights)
                 self.tokenizer.save_pretrained(os.path.join(staging, BASE_DIR))
-                config.base_model_name_or_path = BASE_DIR
             if hasattr(self.base_model, "peft_config"):
-                self.base_model.save_pretrained(os.path.join(staging, ADAPTER_DIR))
-            config.save(staging)
+                with quiet_peft():
+                    self.base_model.save_pretrained(os.path.join(staging, ADAPTER_DIR))
             self.tokenizer.save_pretrained(staging)
-            state = {k: v.detach().contiguous().cpu() for k, v in self.retriever.state_dict().items()}
-            save_file(state, os.path.join(staging, RETRIEVER_WEIGHTS))
-            _replace_dir(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            write_safetensors_atomic(os.path.join(staging, RETRIEVER_WEIGHTS), self.retriever.state_dict())
+            config.save(staging)
+
+        save_into(directory, write)
 
     # ------------------------------------------------------------------ running
     @property
@@ -200,39 +239,27 @@ class RetroLM(nn.Module):
         return PagedKVCache(inner.config.num_hidden_layers, self.config.page_size, r.num_score_heads, r.score_dim,
                             device=self.device, capacity_tokens=capacity_tokens)
 
-    def _plan_hook(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        if not isinstance(cache, PagedKVCache):
-            return None
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None:
-            raise RetroLMError("RetroLM needs input_ids (retrieval reads token ids); inputs_embeds is unsupported.")
-        if input_ids.shape[0] != 1:
-            raise RetroLMError(f"RetroLM encodes one sequence at a time; got batch size {input_ids.shape[0]}.")
+    def _plan(self, cache: PagedKVCache, input_ids: torch.Tensor):
+        """The plan of a forward encoding input_ids [1, q] into `cache` (called by the pre-forward hook)."""
         inner = _inner_model(self.base_model)
         plan = plan_forward(cache, input_ids[0], self.retriever, inner.get_input_embeddings(), self.config,
                             rope_inv_freq(inner))
         plan.backend = self._backend(input_ids.shape[1])
-        cache.plan = plan
-        kwargs["retrolm_plan"] = plan
-        kwargs["position_ids"] = plan.position_ids
-        kwargs["use_cache"] = True
-        return args, kwargs
+        return plan
 
     def _backend(self, new_tokens: int) -> str:
+        """The attention path of a forward: "triton" serves decode steps only; prefill runs on sdpa then."""
         choice = self.config.attention_backend
-        if choice != "auto":
+        if choice in ("reference", "sdpa"):
             return choice
-        if new_tokens == 1 and self.device.type == "cuda":
-            with contextlib.suppress(ImportError):
-                import triton  # noqa: F401
-
-                return "triton"
+        if new_tokens == 1 and self.device.type == "cuda" and (choice == "triton" or _triton_installed()):
+            return "triton"
         return "sdpa"
 
-    def _check(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _check(self, input_ids, attention_mask=None) -> torch.Tensor:
         vocab = _inner_model(self.base_model).config.vocab_size
-        check_input_ids(input_ids, vocab, self.bookmark_id, self.config.max_context_tokens)
+        input_ids = check_input_ids(input_ids, vocab, self.bookmark_id, self.config.max_context_tokens)
+        check_attention_mask(attention_mask, input_ids)
         return input_ids.to(self.device)
 
     def encode(self, input_ids: torch.Tensor, cache: PagedKVCache | None = None, logits_to_keep: int = 0,
@@ -248,37 +275,44 @@ class RetroLM(nn.Module):
         starts = range(0, total, chunk)
         show = len(starts) > 8 if progress is None else progress
         keep_from = 0 if logits_to_keep == 0 else total - logits_to_keep
+        cache_name = cache_argument(self.base_model)
         pieces = []
-        for start in tqdm(starts, desc="encoding pages", unit="chunk", disable=not show):
-            end = min(start + chunk, total)
-            keep = max(0, end - max(start, keep_from))
-            out = self.base_model(input_ids=input_ids[:, start:end], past_key_values=cache, use_cache=True,
-                                  logits_to_keep=keep if keep else 1)
-            if keep:
-                pieces.append(out.logits[:, -keep:])
+        with self._hooks.expect_paged():
+            for start in tqdm(starts, desc="encoding pages", unit="chunk", disable=not show):
+                end = min(start + chunk, total)
+                keep = max(0, end - max(start, keep_from))
+                out = self.base_model(input_ids=input_ids[:, start:end], use_cache=True,
+                                      logits_to_keep=keep if keep else 1, **{cache_name: cache})
+                if keep:
+                    pieces.append(out.logits[:, -keep:])
         return cache, torch.cat(pieces, dim=1) if pieces else None
 
-    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0, **unused) -> CausalLMOutputWithPast:
-        """Logits of every input token (or of the last `logits_to_keep`), encoding page by page."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
+                **unused):
+        """Logits of every input token (or of the last `logits_to_keep`), encoding page by page.
+
+        attention_mask: accepted when it is all ones (no padding); returns a `CausalLMOutputWithPast`.
+        """
         if unused:
             raise RetroLMError(f"unsupported forward arguments {sorted(unused)}; pass input_ids (and logits_to_keep).")
-        cache, logits = self.encode(self._check(input_ids), logits_to_keep=logits_to_keep)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+        cache, logits = self.encode(self._check(input_ids, attention_mask), logits_to_keep=logits_to_keep)
+        return causal_lm_output(logits, cache)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64, progress: bool | None = None,
-                 **generate_kwargs) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 64,
+                 progress: bool | None = None, **generate_kwargs) -> torch.Tensor:
         """Generate after `input_ids` [1, T]; returns [1, T + new] (HF convention: prompt + new ids).
 
-        All but the last prompt token are encoded page-wise first (with a progress bar on long inputs);
-        then `transformers` generation runs on the paged cache, so greedy, sampling, stopping criteria,
-        streamers and logits processors work as usual (`generate_kwargs`). Retrieval is refreshed every
-        `refresh_interval` new tokens and at each new page.
+        `model.generate(**tokenizer(text, return_tensors="pt"))` works: an all-ones attention_mask is
+        accepted, padding is refused. All but the last prompt token are encoded page-wise first (with a
+        progress bar on long inputs); then `transformers` generation runs on the paged cache, so greedy
+        decoding, sampling, stopping criteria, streamers and logits processors work as usual
+        (`generate_kwargs`); beam search, assisted decoding and other modes raise `RetroLMError`.
+        Retrieval is refreshed every `refresh_interval` new tokens and at each new page.
         """
-        input_ids = self._check(input_ids)
-        if generate_kwargs.get("num_beams", 1) > 1 or generate_kwargs.get("num_return_sequences", 1) > 1:
-            raise RetroLMError("beam search and several return sequences are unsupported with RetroLM (one "
-                               "sequence per paged cache); use greedy decoding or sampling, one call per sample.")
+        input_ids = self._check(input_ids, attention_mask)
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        check_generation(self.base_model, generate_kwargs)
         cache = self.new_cache(input_ids.shape[1] + max_new_tokens)
         started = time.perf_counter()
         if input_ids.shape[1] > 1:
@@ -287,13 +321,24 @@ class RetroLM(nn.Module):
         encoded = time.perf_counter()
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         quiet = _window_warning_silenced() if self.config.position_mode == "contiguous" else contextlib.nullcontext()
-        with quiet:
+        with quiet, self._hooks.expect_paged():
             output = self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                              past_key_values=cache, max_new_tokens=max_new_tokens, **generate_kwargs)
+                                              max_new_tokens=max_new_tokens,
+                                              **{cache_argument(self.base_model): cache}, **generate_kwargs)
         self.last_cache = cache  # for inspection: cache.selection_log lists the pages each decode step retrieved
         self.last_timings = {"encode_s": encoded - started, "decode_s": time.perf_counter() - encoded,
                              "prompt_tokens": input_ids.shape[1], "new_tokens": output.shape[1] - input_ids.shape[1]}
         return output
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _check_triton_available(device: torch.device) -> None:
+    if device.type != "cuda" or not _triton_installed():
+        raise RetroLMError("attention_backend='triton' needs a CUDA device and the triton package (installed with "
+                           "torch's CUDA builds); use attention_backend='auto' or 'sdpa' here.")
 
 
 def _load_base(path: str, device, dtype):
@@ -304,17 +349,29 @@ def _load_base(path: str, device, dtype):
             f"cannot load model {path!r}: not a local model directory, and not reachable as a hub name "
             f"({type(error).__name__}). Pass an existing directory, or check the name and your network."
         ) from error
-    check_architecture(hf_config.model_type)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto",
-                                                device_map=device)
+    check_architecture(hf_config)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto",
+                                                    device_map=device)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise RetroLMError(f"cannot load the weights of model {path!r} ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}); the files are missing or damaged: "
+                           "download or save the model again.") from error
 
 
-def _replace_dir(staging: str, directory: str) -> None:
-    """Rename `staging` to `directory`, replacing an old `directory` only once the new one is complete."""
-    if not os.path.exists(directory):
-        os.rename(staging, directory)
-        return
-    old = staging + ".old"
-    os.rename(directory, old)
-    os.rename(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)
+def _load_adapter(base_model, path: str, base_path: str):
+    from peft import PeftModel
+
+    with quiet_peft():
+        model = PeftModel.from_pretrained(base_model, path)
+    for adapter in model.peft_config.values():  # where the base really is (peft reads its config when saving)
+        adapter.base_model_name_or_path = record_base_path(base_path)
+    return model
+
+
+def _load_tokenizer(path: str):
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise RetroLMError(f"cannot load the tokenizer of {path!r} ({type(error).__name__}); the tokenizer files are "
+                           "missing or damaged: save the model again.") from error

@@ -41,6 +41,7 @@ class AttentionPlan:
     scratch: dict = field(default_factory=dict)  # per-forward values an attention path derives once, not per layer
     resident_pages: torch.Tensor | None = None  # offload: pages copied in for this forward; page ids above are slots
     new_tokens: tuple[int, int] = (0, 0)  # [start, end) positions of the tokens this forward encodes
+    attention_calls: int = 0  # layers whose attention ran with this plan (checked after the forward)
 
 
 def _window_bookmarks(cache, retriever, embed, ends, page_size):
@@ -60,7 +61,14 @@ def plan_forward(
     config: RetroLMConfig,
     inv_freq: torch.Tensor,
 ) -> AttentionPlan:
-    """Plan the forward that encodes `new_ids` [q] after the tokens already in `cache`."""
+    """Plan the forward that encodes `new_ids` [q] after the tokens already in `cache`; the plan is also set as
+    `cache.plan`, which the cache's layers require for this forward's update."""
+    plan = _plan(cache, new_ids, retriever, embed, config, inv_freq)
+    cache.plan = _to_resident_slots(plan) if config.offload_kv else plan
+    return cache.plan
+
+
+def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
     P = config.page_size
     t0 = cache.num_tokens
     cache.append_tokens(new_ids)
@@ -89,9 +97,8 @@ def plan_forward(
     decode_token = (t0 // P, t0 % P) if t1 - t0 == 1 else None
     if config.position_mode == "original":
         cache.set_page_starts(query_pages, query_pages * P)
-        plan = AttentionPlan(P, query_pages, attended, None, q_group, q_row, q_offset, rows, row_offsets,
+        return AttentionPlan(P, query_pages, attended, None, q_group, q_row, q_offset, rows, row_offsets,
                              positions[None, :], None, decode_token=decode_token, new_tokens=(t0, t1))
-        return _to_resident_slots(plan) if config.offload_kv else plan
 
     valid = attended >= 0
     count = valid.sum(dim=1)  # [G] attended pages: the group's own page is packed right after them
@@ -100,9 +107,8 @@ def plan_forward(
     stored = cache.page_starts[attended.clamp(min=0)]
     key_shift = torch.where(valid, rank * P - stored, 0)  # [G, A]
     position_ids = (count[q_group] * P + q_offset)[None, :]
-    plan = AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
+    return AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
                          position_ids, inv_freq, decode_token=decode_token, new_tokens=(t0, t1))
-    return _to_resident_slots(plan) if config.offload_kv else plan
 
 
 def _to_resident_slots(plan: AttentionPlan) -> AttentionPlan:

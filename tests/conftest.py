@@ -14,3 +14,11 @@ def tiny_dirs(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_report_header(config):
+    """Which versions this run tests (`make test` runs both ends of setup.py's ranges)."""
+    import peft
+    import transformers
+
+    return f"retrolm tests under torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"

@@ -76,7 +76,7 @@ def test_failed_save_leaves_nothing(model, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("retrolm.model.save_file", broken)
+    monkeypatch.setattr("retrolm.files.save_file", broken)
     with pytest.raises(OSError):
         model.save_pretrained(str(tmp_path / "c"))
     assert os.listdir(tmp_path) == []

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from retrolm import RetroLM
+from retrolm.compat import cache_argument
 from retrolm.retriever import score_pages, select_pages
 
 
@@ -47,7 +48,7 @@ def test_planted_page_is_retrieved(tiny_dirs):
     cache.bookmark_keys[: cache.num_complete_pages] = -query[0]  # every page scores low...
     cache.bookmark_keys[planted] = query[0]  # ...but the planted one
     cache.selection = None
-    model.base_model(input_ids=ids[:, 99:], past_key_values=cache)
+    model.base_model(input_ids=ids[:, 99:], **{cache_argument(model.base_model): cache})
     attended = set(cache.selection[1].tolist())
     assert planted in attended
     assert attended == {0, planted, 11}  # sink, planted, local (page 12 is the current page)

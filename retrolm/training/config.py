@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..config import CONFIG_NAME, RetroLMConfig
 from ..errors import RetroLMError
+from ..files import read_json_object
 
 STAGES = ("retriever", "post_train")
 FINETUNE_MODES = ("lora", "full", "none")
@@ -133,11 +134,7 @@ def parse_override(text: str) -> tuple[str, object]:
 def _read_json(path: str, missing: str) -> dict:
     if not os.path.isfile(path):
         raise RetroLMError(missing)
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as error:
-            raise RetroLMError(f"{path} is not valid JSON: {error}.") from error
+    return read_json_object(path, "config file")
 
 
 def load_json_config(cls, path: str, overrides: list[str], missing: str):

@@ -19,16 +19,13 @@ import platform
 import resource
 import shutil
 import socket
-import tempfile
 import time
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..config import CONFIG_NAME
 from ..errors import RetroLMError, exit_code
-from ..model import BASE_DIR
 from .config import TrainConfig, load_deepspeed_config, load_train_config
 from .data import PackedSequences, check_fits_pages
 from .objectives import build_objective
@@ -306,8 +303,10 @@ def _save_checkpoint(engine, directory: str, step: int, eval_before: dict, rank:
 def _export(engine, objective, train: TrainConfig, rank: int) -> None:
     """Write the trained RetroLM checkpoint into output_dir (loadable by `RetroLM.from_pretrained(output_dir)`).
 
-    Under ZeRO-3 the saved weights are gathered first. Files are staged, then moved in with
-    retrolm_config.json last, so the directory is a complete checkpoint or not a checkpoint at all.
+    Under ZeRO-3 the saved weights are gathered first. `save_pretrained` moves the files in with
+    retrolm_config.json last, so the directory is a complete checkpoint or not a checkpoint at all, and leaves
+    the run's own files (checkpoints, metrics) alone. Without full fine-tuning the checkpoint points at the
+    base model the run started from.
     """
     import deepspeed
 
@@ -319,27 +318,8 @@ def _export(engine, objective, train: TrainConfig, rank: int) -> None:
               else contextlib.nullcontext())
     with gather:
         if rank == 0:
-            if model.config.base_model_name_or_path == BASE_DIR and not full:  # point at the input checkpoint's base
-                model.config.base_model_name_or_path = os.path.abspath(os.path.join(train.model, BASE_DIR))
-            staging = tempfile.mkdtemp(prefix=".retrolm-export-", dir=train.output_dir)
-            try:
-                model.save_pretrained(os.path.join(staging, "model"), save_base_model=full)
-                _publish(os.path.join(staging, "model"), train.output_dir)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            model.save_pretrained(train.output_dir, save_base_model=full)
     dist.barrier()
-
-
-def _publish(source: str, target: str) -> None:
-    """Move every entry of `source` into `target`, replacing old ones; the RetroLM config goes last."""
-    marker = os.path.join(target, CONFIG_NAME)
-    if os.path.exists(marker):
-        os.remove(marker)
-    for name in sorted(os.listdir(source), key=lambda n: n == CONFIG_NAME):
-        destination = os.path.join(target, name)
-        if os.path.isdir(destination):
-            shutil.rmtree(destination)
-        os.replace(os.path.join(source, name), destination)
 
 
 def _write_json(path: str, payload: dict) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import PagedKVCache
+from ..compat import quiet_peft
 from ..errors import RetroLMError
 from ..model import RetroLM, _inner_model
 from ..planner import AttentionPlan, plan_forward
@@ -171,7 +172,8 @@ def build_objective(train: TrainConfig, stage: str, device: torch.device) -> _Ob
 
                 lora = LoraConfig(r=train.lora.r, lora_alpha=train.lora.alpha, lora_dropout=train.lora.dropout,
                                   target_modules=list(train.lora.target_modules), task_type="CAUSAL_LM")
-                model.base_model = get_peft_model(model.base_model, lora)
+                with quiet_peft():
+                    model.base_model = get_peft_model(model.base_model, lora)
     inner = _inner_model(model.base_model)
     inner.config.use_cache = False
     if train.gradient_checkpointing and stage == "post_train":
