@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from retrolm.errors import RetroLMError
+from retrolm.index import InnerProductIndex, faiss_has_gpu
+
 from .errors import EvalError
 from .prompting import Prompt, middle_truncate
 
@@ -201,7 +204,11 @@ class RagMethod(Method):
             raise EvalError(f"--rag-chunk-tokens must be >= 1, got {self.chunk_tokens}.")
         self.embedder = (LLMInputEmbedder(model) if options.rag_embedder == LLM_EMBEDDER
                          else HFEmbedder(options.rag_embedder, self.device))
-        self.index_factory = FaissIndexFactory()
+        try:  # before any embedding, so a missing faiss stops the run at once
+            self.faiss_gpu = faiss_has_gpu()
+        except RetroLMError as error:
+            raise EvalError(f"method 'rag' ranks chunks with faiss: {error}") from error
+        self._index: InnerProductIndex | None = None
 
     def max_prompt_tokens(self, max_new_tokens: int) -> int:
         return self.window - max_new_tokens
@@ -212,7 +219,7 @@ class RagMethod(Method):
     def describe(self) -> dict:
         return {**super().describe(), "window": self.window, "budget": self.budget,
                 "chunk_tokens": self.chunk_tokens, "embedder": self.options.rag_embedder,
-                "faiss_gpu": self.index_factory.gpu}
+                "faiss_gpu": self.faiss_gpu}
 
     def prompt_ids(self, prompt, max_new_tokens, max_length):
         chat = self._use_chat(prompt)
@@ -241,7 +248,8 @@ class RagMethod(Method):
         chunks = [context[i:i + size] for i in range(0, len(context), size)]
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in chunks]
         vectors = self.embedder.encode(texts)  # [chunks, dim]
-        index = self.index_factory.build(vectors)
+        index = self._empty_index(vectors.shape[1])
+        index.add(vectors)
         _, order = index.search(self.embedder.encode([query]), len(chunks))  # [1, chunks], best first
         gap = self.encode("\n\n", special=False)
         chosen: list[int] = []
@@ -258,8 +266,16 @@ class RagMethod(Method):
             out += chunks[i]
         return out
 
+    def _empty_index(self, dim: int) -> InnerProductIndex:
+        """One index for the whole run, emptied per prompt: a GPU index's resources are set up only once."""
+        if self._index is None or self._index.dim != dim:
+            gpu = self.device.index if self.device.type == "cuda" and self.device.index is not None else 0
+            self._index = InnerProductIndex(dim, use_gpu=self.faiss_gpu, device=gpu)  # the model's GPU
+        self._index.reset()
+        return self._index
 
-# ----------------------------------------------------------------------------- embedders and index
+
+# ----------------------------------------------------------------------------- embedders
 class LLMInputEmbedder:
     """Mean of the LLM's own input embeddings over a text's tokens; offline, for tests and smoke runs."""
 
@@ -308,26 +324,6 @@ class HFEmbedder:
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-class FaissIndexFactory:
-    """Exact inner-product faiss indexes, on GPU when faiss was built with GPU support and CUDA is up."""
-
-    def __init__(self):
-        try:
-            import faiss
-        except ImportError as error:
-            raise EvalError("method 'rag' needs faiss: pip install faiss-cpu (or faiss-gpu for GPU indexes).") from error
-        self.faiss = faiss
-        self.gpu = hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available() and faiss.get_num_gpus() > 0
-        self.resources = faiss.StandardGpuResources() if self.gpu else None  # must outlive the GPU indexes
-
-    def build(self, vectors: np.ndarray):
-        index = self.faiss.IndexFlatIP(vectors.shape[1])
-        if self.gpu:
-            index = self.faiss.index_cpu_to_gpu(self.resources, torch.cuda.current_device(), index)
-        index.add(vectors)
-        return index
 
 
 # ----------------------------------------------------------------------------- building

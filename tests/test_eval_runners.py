@@ -4,6 +4,7 @@ The model's output is noise, so these check the plumbing and the result files, n
 """
 import json
 import os
+import sys
 
 import pytest
 
@@ -138,6 +139,31 @@ def test_rag_keeps_chunks_in_document_order_within_budget(model):
             positions.append(i)
             at = found[0] + len(chunk)
     assert len(positions) >= 2 and positions == sorted(positions)
+
+
+def test_rag_reuses_one_index_emptied_per_prompt(model):
+    from eval.methods import MethodOptions, build_method
+
+    method = build_method(MethodOptions(method="rag", model=model, rag_embedder="llm-input-embeddings",
+                                        budget=300, rag_chunk_tokens=50))
+    prompt = infinitebench.load_samples("passkey", IB)[0].prompt
+    first = method.prompt_ids(prompt, 6, None)
+    index = method._index
+    assert index is not None and index.on_gpu is method.faiss_gpu
+    chunks = -(-len(method.encode(prompt.context, special=False)) // 50)
+    assert len(index) == chunks  # this prompt's chunks only
+    method.retrieve(method.encode("other words " * 40, special=False), "words", 100)
+    assert method._index is index and len(index) == 10  # GPU resources are set up once per run, not per prompt
+    assert method.prompt_ids(prompt, 6, None) == first  # nothing left over from the other prompt
+    assert len(index) == chunks
+
+
+def test_rag_without_faiss_is_a_clear_error(model, monkeypatch):
+    from eval.methods import MethodOptions, build_method
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    with pytest.raises(EvalError, match=r"method 'rag' ranks chunks with faiss: faiss is not installed.*\[cpu\]"):
+        build_method(MethodOptions(method="rag", model=model, rag_embedder="llm-input-embeddings"))
 
 
 def test_ruler_streaming_end_to_end_with_plot(model, tmp_path):
