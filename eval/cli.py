@@ -15,7 +15,9 @@ RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mo
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", required=True, help="RetroLM checkpoint, or a HF model (local directory or hub name)")
+    p.add_argument("--model", default=None,
+                   help="RetroLM checkpoint, or a HF model (local directory or hub name); default: the embedded "
+                        "default model (assets/retrolm-byte-llama, float32 on the CPU)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--tasks", default="all", help="comma-separated task names, or 'all'")
     p.add_argument("--out", required=True, help="output directory (predictions/, scores.json, scores.md)")

@@ -37,7 +37,7 @@ class MethodOptions:
     """Everything that defines a method run; recorded in every scores file."""
 
     method: str
-    model: str
+    model: str | None  # None: the embedded default model
     budget: int | None = None  # attended context tokens (retrolm / streaming / rag); default from RetroLM's config
     full_window: int | None = None  # `full`/`rag` window; default: the model's max_position_embeddings
     rag_embedder: str = "BAAI/bge-small-en-v1.5"  # HF encoder name or path, or "llm-input-embeddings"
@@ -79,6 +79,13 @@ class Method:
                 "(--max-context-tokens for retrolm/streaming)."
             )
         return max_length
+
+    @property
+    def model_name(self) -> str:
+        """The model as given, or the embedded default model's directory."""
+        from retrolm.model import default_model_path
+
+        return self.options.model or default_model_path()
 
     def describe(self) -> dict:
         """What to record about this method in the scores file."""

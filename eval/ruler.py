@@ -57,12 +57,18 @@ def to_sample(generated, index: int, gen_tokens: int) -> Sample:
                   meta={"length": generated.length, "depth": generated.depth})
 
 
-def make_runs(tasks, lengths, count, num_samples: int, seed: int, data_dir, essay,
+def load_qa_sources(tasks, data_dir) -> dict:
+    """{dataset: questions and documents} for the QA tasks among `tasks` (see ruler_tasks.load_qa)."""
+    names = {TASKS[t].args["dataset"] for t in tasks if TASKS[t].kind == "qa"}
+    return {name: load_qa(name, data_dir) for name in sorted(names)}
+
+
+def make_runs(tasks, lengths, count, num_samples: int, seed: int, qa_sources: dict, essay,
               cwe_words: str | None = None) -> list[TaskRun]:
     runs = []
     for task in tasks:
         kind = TASKS[task]
-        qa = load_qa(kind.args["dataset"], data_dir) if kind.kind == "qa" else None
+        qa = qa_sources[kind.args["dataset"]] if kind.kind == "qa" else None
         generator = Generator(task, count, qa_data=qa, essay_path=essay, cwe_words_path=cwe_words)
         for length in lengths:
             samples = [to_sample(generator.sample(length, seed, index=i), i, kind.tokens_to_generate)
@@ -123,11 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     num_samples = args.num_samples or (OFFICIAL_SAMPLES if args.official_defaults else DEFAULT_SAMPLES)
     if args.num_samples is not None and args.num_samples < 1:
         raise EvalError(f"--num-samples must be >= 1, got {args.num_samples}.")
+    qa_sources = load_qa_sources(tasks, args.data_dir)  # a missing source stops the run before the model loads
     method = load_method(args)
     for length in lengths:  # fail before generating anything if a length cannot fit the method
         for task in tasks:
             method.check_max_length(length - TASKS[task].tokens_to_generate, TASKS[task].tokens_to_generate)
-    runs = make_runs(tasks, lengths, method.count_tokens, num_samples, args.seed, args.data_dir, args.essay,
+    runs = make_runs(tasks, lengths, method.count_tokens, num_samples, args.seed, qa_sources, args.essay,
                      args.cwe_words)
     settings = {"tasks": tasks, "lengths": lengths, "num_samples": num_samples, "seed": args.seed,
                 "essay": args.essay or "built-in", "cwe_words": args.cwe_words or "built-in",

@@ -178,7 +178,7 @@ def run(benchmark: str, tasks: list[TaskRun], method, out_dir: str, settings: di
         more, more_md = extra(scores) if extra else ({}, "")
         result = {
             "benchmark": benchmark,
-            "model": method.options.model,
+            "model": method.model_name,
             "method": method.name,
             "method_options": method.options.to_dict(),
             **method.describe(),
@@ -190,7 +190,7 @@ def run(benchmark: str, tasks: list[TaskRun], method, out_dir: str, settings: di
             **more,
         }
         atomic_write(os.path.join(out_dir, "scores.json"), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        title = f"{benchmark}: {method.name} on {os.path.basename(os.path.normpath(method.options.model))}"
+        title = f"{benchmark}: {method.name} on {os.path.basename(os.path.normpath(method.model_name))}"
         atomic_write(os.path.join(out_dir, "scores.md"),
                      render_table(title, scores, average) + more_md + render_notes(list(notes)))
     return result

@@ -179,6 +179,21 @@ def test_ruler_streaming_end_to_end_with_plot(model, tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_without_model_the_embedded_default_model_runs_in_float32(tmp_path):
+    import torch
+
+    from eval.cli import method_options, parser
+    from eval.methods import build_method
+    from retrolm.model import default_model_path
+
+    options = method_options(parser("test").parse_args(["--method", "retrolm", "--out", str(tmp_path)]))
+    assert options.model is None
+    method = build_method(options)
+    assert method.model_name == default_model_path()
+    assert method.retrolm.base_model.dtype == torch.float32  # shipped in bf16; float32 is faster on the CPU
+    assert method.retrolm.config.max_context_tokens == 1 << 20  # its own config, so RULER 1M fits
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_unknown_task_and_method(model, tmp_path):
     with pytest.raises(EvalError, match="unknown LongBench task.*valid tasks"):
@@ -200,6 +215,9 @@ def test_missing_data_names_both_ways(tmp_path):
                        fetch=offline)
     with pytest.raises(EvalError, match="(?s)squad.json.*--data-dir"):
         ruler.load_qa("squad", str(tmp_path))
+    with pytest.raises(EvalError, match="(?s)hotpotqa.json.*--data-dir"):  # before loading the (absent) model
+        ruler.main(["--model", str(tmp_path / "no-model"), "--method", "full", "--tasks", "niah_single_1,qa_2",
+                    "--lengths", "4k", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
 def test_context_longer_than_the_method_can_hold(model, tmp_path):
