@@ -188,3 +188,25 @@ def test_ruler_official_defaults_sample_count(model, tmp_path, monkeypatch):
                         str(tmp_path)] + extra)
         assert seen["n"] == want
     assert RULER_TASKS["vt"].tokens_to_generate == 30
+
+
+def test_ruler_cli_passes_the_cwe_words_and_essay_files_and_notes_them(model, tmp_path, monkeypatch):
+    essay, words = tmp_path / "essays.json", tmp_path / "english_words.json"
+    essay.write_text(json.dumps({"text": "The quokka sat in the sun. It smiled at nobody. " * 200}))
+    words.write_text(json.dumps({"0": "zqword"}))
+    real, seen = ruler.make_runs, {}
+
+    def spy(*args):
+        seen["essay"], seen["cwe_words"] = args[6:8]
+        seen["runs"] = real(*args)
+        return seen["runs"]
+
+    monkeypatch.setattr(ruler, "make_runs", spy)
+    out = str(tmp_path / "ruler")
+    scores = ruler.main(["--model", model, "--method", "full", "--tasks", "niah_single_2", "--lengths", "1k",
+                         "--num-samples", "1", "--out", out, "--cwe-words", str(words), "--essay", str(essay)])
+    assert (seen["essay"], seen["cwe_words"]) == (str(essay), str(words))
+    assert "quokka sat in the sun" in seen["runs"][0].samples[0].prompt.context
+    assert scores["settings"]["cwe_words"] == str(words) and scores["settings"]["essay"] == str(essay)
+    table = open(os.path.join(out, "scores.md")).read()
+    assert "RULER: 500" in table and "increment shorter" in table and str(essay) in table

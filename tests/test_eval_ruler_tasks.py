@@ -1,4 +1,5 @@
 """RULER generators: needles once at the requested depth, lengths within one page, determinism."""
+import json
 import os
 import random
 
@@ -158,6 +159,25 @@ def test_cwe_past_the_wonderwords_pool():
     sample = Generator("cwe", byte_count).sample(1 << 20, seed=0)
     words = sample.context.split(" ")[1::2]
     assert len(set(words)) > len(cwe_words())
+
+
+def test_cwe_words_file_supplies_the_words_past_the_pool(tmp_path):
+    """With --cwe-words (RULER's english_words.json: an object whose values are words) the long lengths draw
+    from that file; a file too small for the length, or not such an object, is a clear error."""
+    path = tmp_path / "english_words.json"
+    path.write_text(json.dumps({str(i): f"zq{i:06d}" for i in range(200000)}))
+    sample = Generator("cwe", byte_count, cwe_words_path=str(path)).sample(1 << 20, seed=0)
+    words = set(sample.context.split(" ")[1::2])
+    assert len(words) > len(cwe_words()) and all(w.startswith("zq") for w in words)
+    assert set(sample.outputs) <= words
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({str(i): f"zq{i}" for i in range(len(cwe_words()) + 10)}))
+    with pytest.raises(EvalError, match="more than .*small.json holds"):
+        Generator("cwe", byte_count, cwe_words_path=str(small)).sample(1 << 20, seed=0)
+    bad = tmp_path / "list.json"
+    bad.write_text(json.dumps(["a", "b"]))
+    with pytest.raises(EvalError, match="cannot read the cwe word list .*list.json.*english_words.json"):
+        Generator("cwe", byte_count, cwe_words_path=str(bad)).sample(1 << 20, seed=0)
 
 
 def test_vt_format_matches_rulers(count):
