@@ -15,7 +15,9 @@ RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mo
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", required=True, help="RetroLM checkpoint, or a HF model (local directory or hub name)")
+    p.add_argument("--model", default=None,
+                   help="RetroLM checkpoint, or a HF model (local directory or hub name); default: the embedded "
+                        "default model (assets/retrolm-byte-llama, float32 on the CPU)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--tasks", default="all", help="comma-separated task names, or 'all'")
     p.add_argument("--out", required=True, help="output directory (predictions/, scores.json, scores.md)")
@@ -31,6 +33,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--rag-embedder", default="BAAI/bge-small-en-v1.5",
                    help=f"embedding model for rag (hub name or path), or '{LLM_EMBEDDER}' (offline)")
     p.add_argument("--rag-chunk-tokens", type=int, default=256)
+    p.add_argument("--official-defaults", action="store_true",
+                   help="where not set explicitly, use the settings of the benchmark's published runs (LongBench: "
+                        "model2maxlen truncation; InfiniteBench: 128K truncation; RULER: 500 samples)")
     p.add_argument("--chat-template", action="store_true",
                    help="wrap prompts in the tokenizer's chat template (not on tasks the benchmark exempts)")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:0, cpu")

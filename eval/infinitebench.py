@@ -22,9 +22,9 @@ from .prompting import build_prompt
 from .runner import Sample, TaskRun, run
 
 HUB_REPO = "xinrongzhang2022/InfiniteBench"
+OFFICIAL_MAX_LENGTH = 128 * 1024  # TRUNCATE_LEN of the official YaRN-Mistral and ChatGLM3 runs (Yi-200K: 200000)
 OPTION_LETTERS = "ABCD"
-_FIND = ("There is an important info hidden inside a lot of irrelevant text. Find it{and_memorize}. I will quiz "
-         "you about the important information there.\n\n{{context}}\n\n{{input}}\n\n")
+_FIND = "There is an important info hidden inside a lot of irrelevant text. Find it{}.\n\n{{context}}\n\n{{input}}\n\n"
 _OPTIONS = "A. {OPTION_A}\nB. {OPTION_B}\nC. {OPTION_C}\nD. {OPTION_D}"
 
 
@@ -37,10 +37,11 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "passkey": Task("Retrieve.PassKey", _FIND.format(and_memorize=" and memorize them") + "The pass key is", 6,
-                    M.ib_passkey),
-    "number_string": Task("Retrieve.Number", _FIND.format(and_memorize="") + "The sequence of digits is", 12,
-                          M.ib_number_string),
+    # the two wordings differ in the official set ("memorize it ... information." vs "... information there.")
+    "passkey": Task("Retrieve.PassKey", _FIND.format(" and memorize it. I will quiz you about the important "
+                                                     "information") + "The pass key is", 6, M.ib_passkey),
+    "number_string": Task("Retrieve.Number", _FIND.format(". I will quiz you about the important information there")
+                          + "The sequence of digits is", 12, M.ib_number_string),
     "kv_retrieval": Task("Retrieve.KV", "Extract the value corresponding to the specified key in the JSON object "
                          "below.\n\n{context}\n\n{input}", 50, M.ib_kv_retrieval),
     "longbook_sum_eng": Task("En.Sum", "Summarize the book below.\n\n{context}\n\nSummary:", 1200, M.ib_rouge_lsum),
@@ -77,18 +78,33 @@ def label(task: str, row: dict):
     return answer if isinstance(answer, list) else [answer]
 
 
+# The official prompt builder pulls these out of the hub's sentence-form `input`
+CODE_RUN_CALL = re.compile(r"func_[0-9]+\(-?[0-9]+\)")  # "... the return value of func_3(-12). Your ..."
+MATH_FIND_TARGET = re.compile(r"The .+ of")  # "... The second largest number of the list is: "
+
+
+def _official_field(pattern: re.Pattern, task: str, row: dict) -> str:
+    found = pattern.findall(row.get("input") or "")
+    if not found:
+        raise EvalError(f"InfiniteBench {task} sample {row.get('id')}: its input {row.get('input')!r} has no "
+                        f"match for {pattern.pattern!r}, which the official prompt needs; re-download the hub file.")
+    return found[0]
+
+
 def make_sample(task: str, row: dict, index: int) -> Sample:
     spec = TASKS[task]
     question = row.get("input") or ""
     options = list(row.get("options") or []) + [""] * 4
     fields = dict(input=question, question=question, OPTION_A=options[0], OPTION_B=options[1],
                   OPTION_C=options[2], OPTION_D=options[3])
-    if task == "code_run":  # the input is the call, e.g. "func_3(-12)"
-        fields.update(func=question.split("(")[0].strip(), func_call=question.strip())
-    if task == "math_find":  # the official prefix names the number asked for ("the largest number")
-        found = re.findall(r"The \w+ number", question)
-        fields["prefix"] = f"What is {found[0].lower()} in the following list?" if found else question
+    if task == "code_run":
+        call = _official_field(CODE_RUN_CALL, task, row)
+        fields.update(func=call.split("(")[0], func_call=call)
+    if task == "math_find":  # "The second largest number of" -> "What is the second largest number in ..."
+        target = _official_field(MATH_FIND_TARGET, task, row).lower()[:-3]
+        fields["prefix"] = f"What is {target} in the following list?"
     prompt = build_prompt(spec.template, context=row["context"], query=question, **fields)
+    prompt.chat = False  # the official open-model runs feed the raw completion prompt, never a chat template
     if not question:
         prompt.query = (prompt.before + prompt.after).strip()
     return Sample(id=str(row.get("id", index)), prompt=prompt, answers=label(task, row),
@@ -108,13 +124,23 @@ def load_samples(task: str, data_dir: str | None, limit: int | None = None) -> l
 def main(argv: list[str] | None = None) -> dict:
     p = parser("Run InfiniteBench on a method; writes predictions, scores.json and scores.md.")
     args = p.parse_args(argv)
+    if args.chat_template:
+        raise EvalError("InfiniteBench's prompts for open models are raw completions ending in an answer cue (\"The "
+                        "pass key is\"), and its official runs use no chat template; drop --chat-template.")
     spec = ",".join(ALIASES.get(t.strip(), t.strip()) for t in args.tasks.split(","))
     tasks = parse_tasks(spec, list(TASKS), "InfiniteBench")
+    max_length = args.max_length
+    if max_length is None and args.official_defaults:
+        max_length = OFFICIAL_MAX_LENGTH
     runs = [TaskRun(name=t, samples=load_samples(t, args.data_dir, args.limit),
-                    score=lambda s, p, t=t: task_score(t, s, p), max_length=args.max_length) for t in tasks]
+                    score=lambda s, p, t=t: task_score(t, s, p), max_length=max_length) for t in tasks]
     method = load_method(args)
-    settings = {"tasks": tasks, "max_length": args.max_length, "limit": args.limit, "data": args.data_dir or HUB_REPO}
-    return run("InfiniteBench", runs, method, args.out, settings)
+    settings = {"tasks": tasks, "max_length": max_length, "limit": args.limit, "data": args.data_dir or HUB_REPO}
+    notes = [f"truncation: prompts middle-truncated to {max_length} tokens" if max_length else
+             f"truncation: only to what the method holds (published runs: {OFFICIAL_MAX_LENGTH} tokens; "
+             "--official-defaults)",
+             "prompts: the open-model (YaRN-Mistral) templates, no chat template, greedy decoding"]
+    return run("InfiniteBench", runs, method, args.out, settings, notes=notes)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Callable
 from . import metrics as M
 from .cli import entry, load_method, parse_tasks, parser
 from .data import load_task_rows
+from .errors import EvalError
+from .methods import model_window
 from .prompting import build_prompt
 from .runner import Sample, TaskRun, run
 
@@ -22,7 +24,8 @@ HUB_REPO = "THUDM/LongBench"
 
 _QA_EN = ("Answer the question based on the given passages. Only give me the answer and do not output any "
           "other words.")
-_NARRATIVE = ("Answer the question as concisely as you can, using a single phrase if possible. Do not provide "
+# "asconcisely" (sic) is in the official template; kept so prompts are byte-equal to LongBench's
+_NARRATIVE = ("Answer the question asconcisely as you can, using a single phrase if possible. Do not provide "
               "any explanation.")
 _QASPER = ("as concisely as you can, using a single phrase or sentence if possible. If the question cannot be "
            "answered based on the information in the article, write \"unanswerable\". If the question is a "
@@ -101,6 +104,16 @@ TASKS: dict[str, Task] = {
     "repobench-p": Task("Please complete the code given below. \n{context}{input}Next line of code:\n", 64,
                         M.code_sim_score, chat=False),
 }
+# LongBench's leaderboard groups: per language, "Avg" is the mean of these six category means (the
+# code tasks count in both languages), not the mean over tasks
+CATEGORIES: dict[str, dict[str, tuple[str, ...]]] = {
+    "Single-Doc QA": {"en": ("narrativeqa", "qasper", "multifieldqa_en"), "zh": ("multifieldqa_zh",)},
+    "Multi-Doc QA": {"en": ("hotpotqa", "2wikimqa", "musique"), "zh": ("dureader",)},
+    "Summarization": {"en": ("gov_report", "qmsum", "multi_news"), "zh": ("vcsum",)},
+    "Few-shot Learning": {"en": ("trec", "triviaqa", "samsum"), "zh": ("lsht",)},
+    "Code Completion": {"en": ("lcc", "repobench-p"), "zh": ("lcc", "repobench-p")},
+    "Synthetic Tasks": {"en": ("passage_count", "passage_retrieval_en"), "zh": ("passage_retrieval_zh",)},
+}
 E_TASKS = ("qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec", "triviaqa",
            "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p")
 BUCKETS = ("0-4k", "4-8k", "8k+")
@@ -130,6 +143,58 @@ def task_score_e(task: str, samples: list[Sample], preds: list[str]) -> dict:
     for s, p in zip(samples, preds):
         groups[bucket(s.meta["length"])].append(sample_score(task, p, s.answers, s.meta.get("all_classes")))
     return {b: (round(100 * sum(v) / len(v), 2) if v else None) for b, v in groups.items()}
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def published_average(scores: dict[str, float]) -> dict[str, dict]:
+    """LongBench's leaderboard averages: per language, each category's mean over its tasks and "Avg", the
+    mean of those category means. Categories (and languages) with no task in `scores` are left out, and
+    "tasks" says how many of the language's tasks were run, so a partial run is not mistaken for a full one."""
+    out = {}
+    for language in ("en", "zh"):
+        names = {t for by in CATEGORIES.values() for t in by[language]}
+        categories = {}
+        for category, by in CATEGORIES.items():
+            have = [scores[t] for t in by[language] if t in scores]
+            if have:
+                categories[category] = _mean(have)
+        if categories:
+            out[language] = {"Avg": round(_mean(categories.values()), 2),
+                             **{c: round(v, 2) for c, v in categories.items()},
+                             "tasks": f"{len(names & set(scores))}/{len(names)}"}
+    return out
+
+
+def render_published(average: dict[str, dict]) -> str:
+    if not average:
+        return ""
+    columns = ["Avg", *CATEGORIES, "tasks"]
+    lines = ["| language | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for language, row in average.items():
+        cells = [row.get(c) for c in columns]
+        lines.append(f"| {language} | " + " | ".join("-" if v is None else v if isinstance(v, str) else f"{v:.2f}"
+                                                   for v in cells) + " |")
+    return ("\n### Published-style averages (per language: mean of category means)\n\n" + "\n".join(lines)
+            + "\n")
+
+
+def _published(scores: dict[str, float]) -> tuple[dict, str]:
+    average = published_average(scores)
+    return {"published_average": average}, render_published(average)
+
+
+def official_max_length(window: int) -> int:
+    """LongBench's model2maxlen rule: the window in thousands, less 500 (4K -> 3500, 8K -> 7500,
+    32K -> 31500), as its config gives for every model it evaluated."""
+    length = (window // 1024) * 1000 - 500
+    if length < 1:
+        raise EvalError(f"the model's window ({window} tokens) is below LongBench's model2maxlen rule (window in "
+                        "thousands - 500); pass --max-length N instead of --official-defaults.")
+    return length
 
 
 def make_sample(task: str, row: dict, index: int) -> Sample:
@@ -162,9 +227,26 @@ def main(argv: list[str] | None = None) -> dict:
         score = (lambda s, p, t=task: task_score_e(t, s, p)) if args.e else (lambda s, p, t=task: task_score(t, s, p))
         runs.append(TaskRun(name=task, samples=samples, score=score, max_length=args.max_length))
     method = load_method(args)
-    settings = {"variant": "LongBench-E" if args.e else "LongBench", "tasks": tasks, "max_length": args.max_length,
-                "limit": args.limit, "data": args.data_dir or HUB_REPO}
-    return run("LongBench-E" if args.e else "LongBench", runs, method, args.out, settings)
+    max_length = args.max_length
+    if max_length is None and args.official_defaults:
+        max_length = official_max_length(model_window(method.retrolm))
+        for task_run in runs:
+            task_run.max_length = max_length
+    settings = {"variant": "LongBench-E" if args.e else "LongBench", "tasks": tasks, "max_length": max_length,
+                "limit": args.limit, "data": args.data_dir or HUB_REPO, "chat_template": args.chat_template}
+    notes = [
+        f"truncation: prompts middle-truncated to {max_length} tokens before any chat template" if max_length else
+        "truncation: only to what the method holds (published runs: model2maxlen, the window in thousands - 500; "
+        "--official-defaults)",
+        "average: the mean over tasks; LongBench's leaderboard \"Avg\" is per language the mean of its six "
+        "category means (the published-style table)" if not args.e else "average: the mean over tasks, per bucket",
+        "code_sim (lcc, repobench-p): fuzz.ratio as fuzzywuzzy computes it with python-Levenshtein installed; "
+        "its difflib fallback differs by about 1.5 points",
+        "chat template: " + ("on (not for " + ", ".join(t for t, spec in TASKS.items() if not spec.chat) + ")"
+                             if args.chat_template else "off"),
+    ]
+    return run("LongBench-E" if args.e else "LongBench", runs, method, args.out, settings, notes=notes,
+               extra=None if args.e else _published)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from retrolm.errors import RetroLMError
+from retrolm.index import InnerProductIndex, faiss_has_gpu
+
 from .errors import EvalError
 from .prompting import Prompt, middle_truncate
 
@@ -34,7 +37,7 @@ class MethodOptions:
     """Everything that defines a method run; recorded in every scores file."""
 
     method: str
-    model: str
+    model: str | None  # None: the embedded default model
     budget: int | None = None  # attended context tokens (retrolm / streaming / rag); default from RetroLM's config
     full_window: int | None = None  # `full`/`rag` window; default: the model's max_position_embeddings
     rag_embedder: str = "BAAI/bge-small-en-v1.5"  # HF encoder name or path, or "llm-input-embeddings"
@@ -77,6 +80,13 @@ class Method:
             )
         return max_length
 
+    @property
+    def model_name(self) -> str:
+        """The model as given, or the embedded default model's directory."""
+        from retrolm.model import default_model_path
+
+        return self.options.model or default_model_path()
+
     def describe(self) -> dict:
         """What to record about this method in the scores file."""
         return {"retrolm_config": self.retrolm.config.to_dict()}
@@ -99,19 +109,29 @@ class Method:
         return bool(self.options.chat_template and prompt.chat and getattr(self.tokenizer, "chat_template", None))
 
     def _wrap(self, ids: list[int], prompt: Prompt) -> list[int]:
-        """Ids of the chat-formatted prompt when the run and task ask for it; `ids` otherwise."""
+        """Ids of the chat-formatted prompt (answer prefix after the assistant header) when the run and
+        task ask for it; `ids` otherwise."""
         if not self._use_chat(prompt):
             return ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         chat = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                   add_generation_prompt=True)
-        return self.encode(chat, special=False)
+        return self.encode(chat + prompt.answer_prefix, special=False)
+
+    def truncation(self, prompt: Prompt, max_new_tokens: int, max_length: int | None) -> int | None:
+        """Tokens to middle-truncate the unwrapped prompt to: the benchmark's `max_length` (applied before
+        chat wrapping, as LongBench's pred.py does), and never more than the method holds once wrapped."""
+        limit = self.max_prompt_tokens(max_new_tokens)
+        cuts = [c for c in (max_length, None if limit is None else limit - self._chat_overhead(prompt))
+                if c is not None]
+        return min(cuts) if cuts else None
 
     def prompt_ids(self, prompt: Prompt, max_new_tokens: int, max_length: int | None) -> list[int]:
         """The token ids this method feeds its model for `prompt` (truncated / retrieved / wrapped)."""
-        ids = self.encode(prompt.text)
-        if max_length is not None:
-            ids = middle_truncate(ids, max_length - self._chat_overhead(prompt))
+        ids = self.encode(prompt.body if self._use_chat(prompt) else prompt.text)
+        cut = self.truncation(prompt, max_new_tokens, max_length)
+        if cut is not None:
+            ids = middle_truncate(ids, cut)
         return self._wrap(ids, prompt)
 
     @torch.no_grad()
@@ -167,13 +187,6 @@ class FullMethod(Method):
         super().__init__(model, options)
         self.window = options.full_window or model_window(model)
 
-    def prompt_ids(self, prompt, max_new_tokens, max_length):
-        limit = self.window - max_new_tokens
-        ids = self.encode(prompt.text)
-        cut = limit if max_length is None else min(limit, max_length)
-        ids = middle_truncate(ids, cut - self._chat_overhead(prompt))
-        return self._wrap(ids, prompt)
-
     def max_prompt_tokens(self, max_new_tokens: int) -> int:
         return self.window - max_new_tokens
 
@@ -198,7 +211,11 @@ class RagMethod(Method):
             raise EvalError(f"--rag-chunk-tokens must be >= 1, got {self.chunk_tokens}.")
         self.embedder = (LLMInputEmbedder(model) if options.rag_embedder == LLM_EMBEDDER
                          else HFEmbedder(options.rag_embedder, self.device))
-        self.index_factory = FaissIndexFactory()
+        try:  # before any embedding, so a missing faiss stops the run at once
+            self.faiss_gpu = faiss_has_gpu()
+        except RetroLMError as error:
+            raise EvalError(f"method 'rag' ranks chunks with faiss: {error}") from error
+        self._index: InnerProductIndex | None = None
 
     def max_prompt_tokens(self, max_new_tokens: int) -> int:
         return self.window - max_new_tokens
@@ -209,16 +226,17 @@ class RagMethod(Method):
     def describe(self) -> dict:
         return {**super().describe(), "window": self.window, "budget": self.budget,
                 "chunk_tokens": self.chunk_tokens, "embedder": self.options.rag_embedder,
-                "faiss_gpu": self.index_factory.gpu}
+                "faiss_gpu": self.faiss_gpu}
 
     def prompt_ids(self, prompt, max_new_tokens, max_length):
+        chat = self._use_chat(prompt)
         before = self.encode(prompt.before)
-        after = self.encode(prompt.after, special=False)
+        after = self.encode(prompt.after if chat else prompt.after + prompt.answer_prefix, special=False)
         context = self.encode(prompt.context, special=False)
         fixed = len(before) + len(after) + self._chat_overhead(prompt)
         room = self.window - max_new_tokens - fixed
-        if max_length is not None:
-            room = min(room, max_length - fixed)
+        if max_length is not None:  # the benchmark's truncation counts the prompt before chat wrapping
+            room = min(room, max_length - len(before) - len(after))
         room = min(room, self.budget)
         if room < 1:
             raise EvalError(
@@ -237,7 +255,8 @@ class RagMethod(Method):
         chunks = [context[i:i + size] for i in range(0, len(context), size)]
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in chunks]
         vectors = self.embedder.encode(texts)  # [chunks, dim]
-        index = self.index_factory.build(vectors)
+        index = self._empty_index(vectors.shape[1])
+        index.add(vectors)
         _, order = index.search(self.embedder.encode([query]), len(chunks))  # [1, chunks], best first
         gap = self.encode("\n\n", special=False)
         chosen: list[int] = []
@@ -254,8 +273,16 @@ class RagMethod(Method):
             out += chunks[i]
         return out
 
+    def _empty_index(self, dim: int) -> InnerProductIndex:
+        """One index for the whole run, emptied per prompt: a GPU index's resources are set up only once."""
+        if self._index is None or self._index.dim != dim:
+            gpu = self.device.index if self.device.type == "cuda" and self.device.index is not None else 0
+            self._index = InnerProductIndex(dim, use_gpu=self.faiss_gpu, device=gpu)  # the model's GPU
+        self._index.reset()
+        return self._index
 
-# ----------------------------------------------------------------------------- embedders and index
+
+# ----------------------------------------------------------------------------- embedders
 class LLMInputEmbedder:
     """Mean of the LLM's own input embeddings over a text's tokens; offline, for tests and smoke runs."""
 
@@ -304,26 +331,6 @@ class HFEmbedder:
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-class FaissIndexFactory:
-    """Exact inner-product faiss indexes, on GPU when faiss was built with GPU support and CUDA is up."""
-
-    def __init__(self):
-        try:
-            import faiss
-        except ImportError as error:
-            raise EvalError("method 'rag' needs faiss: pip install faiss-cpu (or faiss-gpu for GPU indexes).") from error
-        self.faiss = faiss
-        self.gpu = hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available() and faiss.get_num_gpus() > 0
-        self.resources = faiss.StandardGpuResources() if self.gpu else None  # must outlive the GPU indexes
-
-    def build(self, vectors: np.ndarray):
-        index = self.faiss.IndexFlatIP(vectors.shape[1])
-        if self.gpu:
-            index = self.faiss.index_cpu_to_gpu(self.resources, torch.cuda.current_device(), index)
-        index.add(vectors)
-        return index
 
 
 # ----------------------------------------------------------------------------- building

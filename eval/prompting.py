@@ -16,6 +16,8 @@ class Prompt:
 
     before/after: the template text around the context, fields already filled in.
     query: what a retriever should match chunks against (the question; the instruction if none).
+    answer_prefix: text the answer continues (RULER's " Answer:"); it follows `after` directly in a raw
+        prompt and follows the assistant header in a chat prompt, as RULER's chat templates place it.
     stop_at_newline: generation ends at the first newline (LongBench's samsum rule).
     chat: wrap in the tokenizer's chat template when the run asks for it (LongBench skips some tasks).
     """
@@ -24,13 +26,20 @@ class Prompt:
     context: str
     after: str
     query: str
+    answer_prefix: str = ""
     stop_at_newline: bool = False
     chat: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
-    def text(self) -> str:
+    def body(self) -> str:
+        """What a chat template wraps as the user turn: the prompt without its answer prefix."""
         return self.before + self.context + self.after
+
+    @property
+    def text(self) -> str:
+        """The whole raw (unwrapped) prompt."""
+        return self.body + self.answer_prefix
 
 
 def fill(template: str, **fields) -> str:

@@ -150,11 +150,22 @@ def render_table(title: str, scores: dict[str, Any], average: Any, first_column:
     return f"## {title}\n\n" + "\n".join(lines) + "\n"
 
 
+def render_notes(notes: list[str]) -> str:
+    """The settings that decide whether these numbers compare with published ones, as a Markdown list."""
+    if not notes:
+        return ""
+    return "\n### Settings that change comparability\n\n" + "".join(f"- {n}\n" for n in notes)
+
+
 def run(benchmark: str, tasks: list[TaskRun], method, out_dir: str, settings: dict,
-        collect: Callable[[dict[str, Any]], dict[str, Any]] = lambda s: s) -> dict:
+        collect: Callable[[dict[str, Any]], dict[str, Any]] = lambda s: s, notes: list[str] = (),
+        extra: Callable[[dict[str, Any]], tuple[dict, str]] | None = None) -> dict:
     """Predict and score every task, rewriting scores.json / scores.md after each one; returns the scores file.
 
     collect: turns {task run name: score} into the reported {row: score} (RULER folds lengths into columns).
+    notes: settings that change comparability with published numbers, printed in scores.md and kept in
+        scores.json. extra: scores -> (more scores.json fields, more Markdown), e.g. LongBench's published
+        averages.
     """
     os.makedirs(out_dir, exist_ok=True)
     raw: dict[str, Any] = {}
@@ -164,18 +175,22 @@ def run(benchmark: str, tasks: list[TaskRun], method, out_dir: str, settings: di
         raw[task.name] = task.score(task.samples, preds)
         scores = collect(raw)
         average = mean_scores(scores)
+        more, more_md = extra(scores) if extra else ({}, "")
         result = {
             "benchmark": benchmark,
-            "model": method.options.model,
+            "model": method.model_name,
             "method": method.name,
             "method_options": method.options.to_dict(),
             **method.describe(),
             "settings": settings,
+            "notes": list(notes),
             "versions": versions(),
             "scores": scores,
             "average": average,
+            **more,
         }
         atomic_write(os.path.join(out_dir, "scores.json"), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        title = f"{benchmark}: {method.name} on {os.path.basename(os.path.normpath(method.options.model))}"
-        atomic_write(os.path.join(out_dir, "scores.md"), render_table(title, scores, average))
+        title = f"{benchmark}: {method.name} on {os.path.basename(os.path.normpath(method.model_name))}"
+        atomic_write(os.path.join(out_dir, "scores.md"),
+                     render_table(title, scores, average) + more_md + render_notes(list(notes)))
     return result

@@ -39,7 +39,7 @@ class InnerProductIndex:
         if gpu and not faiss_has_gpu():
             raise RetroLMError("a GPU faiss index was asked for, but the installed faiss has no GPU support or sees "
                                "no CUDA device; install 'retrolm[gpu]' on a CUDA 12 host, or pass use_gpu=False.")
-        self.on_gpu = gpu
+        self.dim, self.on_gpu = dim, gpu
         self.index = faiss.IndexFlatIP(dim)
         if gpu:
             self._resources = faiss.StandardGpuResources()  # must outlive the GPU index
@@ -47,6 +47,10 @@ class InnerProductIndex:
 
     def __len__(self) -> int:
         return self.index.ntotal
+
+    def reset(self) -> None:
+        """Remove every vector; a GPU index keeps its device memory and resources for the next ones."""
+        self.index.reset()
 
     def add(self, vectors) -> None:
         self.index.add(_as_float32(vectors))

@@ -4,6 +4,7 @@ The model's output is noise, so these check the plumbing and the result files, n
 """
 import json
 import os
+import sys
 
 import pytest
 
@@ -140,6 +141,31 @@ def test_rag_keeps_chunks_in_document_order_within_budget(model):
     assert len(positions) >= 2 and positions == sorted(positions)
 
 
+def test_rag_reuses_one_index_emptied_per_prompt(model):
+    from eval.methods import MethodOptions, build_method
+
+    method = build_method(MethodOptions(method="rag", model=model, rag_embedder="llm-input-embeddings",
+                                        budget=300, rag_chunk_tokens=50))
+    prompt = infinitebench.load_samples("passkey", IB)[0].prompt
+    first = method.prompt_ids(prompt, 6, None)
+    index = method._index
+    assert index is not None and index.on_gpu is method.faiss_gpu
+    chunks = -(-len(method.encode(prompt.context, special=False)) // 50)
+    assert len(index) == chunks  # this prompt's chunks only
+    method.retrieve(method.encode("other words " * 40, special=False), "words", 100)
+    assert method._index is index and len(index) == 10  # GPU resources are set up once per run, not per prompt
+    assert method.prompt_ids(prompt, 6, None) == first  # nothing left over from the other prompt
+    assert len(index) == chunks
+
+
+def test_rag_without_faiss_is_a_clear_error(model, monkeypatch):
+    from eval.methods import MethodOptions, build_method
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    with pytest.raises(EvalError, match=r"method 'rag' ranks chunks with faiss: faiss is not installed.*\[cpu\]"):
+        build_method(MethodOptions(method="rag", model=model, rag_embedder="llm-input-embeddings"))
+
+
 def test_ruler_streaming_end_to_end_with_plot(model, tmp_path):
     out = str(tmp_path / "ruler")
     scores = ruler.main(["--model", model, "--method", "streaming", "--budget", "512", "--tasks",
@@ -151,6 +177,21 @@ def test_ruler_streaming_end_to_end_with_plot(model, tmp_path):
     assert (cfg["top_k"], cfg["sink_pages"], cfg["local_pages"]) == (0, 1, 3)
     with open(os.path.join(out, "ruler_curve.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_model_the_embedded_default_model_runs_in_float32(tmp_path):
+    import torch
+
+    from eval.cli import method_options, parser
+    from eval.methods import build_method
+    from retrolm.model import default_model_path
+
+    options = method_options(parser("test").parse_args(["--method", "retrolm", "--out", str(tmp_path)]))
+    assert options.model is None
+    method = build_method(options)
+    assert method.model_name == default_model_path()
+    assert method.retrolm.base_model.dtype == torch.float32  # shipped in bf16; float32 is faster on the CPU
+    assert method.retrolm.config.max_context_tokens == 1 << 20  # its own config, so RULER 1M fits
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -174,6 +215,9 @@ def test_missing_data_names_both_ways(tmp_path):
                        fetch=offline)
     with pytest.raises(EvalError, match="(?s)squad.json.*--data-dir"):
         ruler.load_qa("squad", str(tmp_path))
+    with pytest.raises(EvalError, match="(?s)hotpotqa.json.*--data-dir"):  # before loading the (absent) model
+        ruler.main(["--model", str(tmp_path / "no-model"), "--method", "full", "--tasks", "niah_single_1,qa_2",
+                    "--lengths", "4k", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
 def test_context_longer_than_the_method_can_hold(model, tmp_path):

@@ -25,6 +25,19 @@ def test_cpu_index_finds_the_exact_top_k(n, dim, k):
     assert (ids[:, kept:] == -1).all()
 
 
+def test_reset_empties_the_index_for_new_vectors():
+    rng = np.random.default_rng(0)
+    old, new = rng.standard_normal((30, 8)), rng.standard_normal((5, 8))
+    index = InnerProductIndex(8, use_gpu=False)
+    index.add(old)
+    index.reset()
+    assert len(index) == 0
+    index.add(new)
+    _, ids = index.search(old[:3], 7)  # the old vectors would be their own best matches
+    np.testing.assert_array_equal(ids[:, :5], exact_top_k(new, old[:3], 5))
+    assert (ids[:, 5:] == -1).all()
+
+
 @pytest.mark.skipif(faiss_has_gpu(), reason="checks the error on hosts without a GPU faiss")
 def test_asking_for_a_gpu_index_without_one_is_a_clear_error():
     with pytest.raises(RetroLMError, match="retrolm\\[gpu\\]"):
