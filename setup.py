@@ -39,7 +39,6 @@ setup(
         "eval": ["datasets>=3.0,<5.3", "matplotlib>=3.9,<3.12", "jieba>=0.42,<0.43", "wonderwords>=2.2,<4"],
         # faiss: one of the two (both install the module `faiss`; never both)
         "cpu": ["faiss-cpu>=1.9,<1.16"],
-        "gpu": ["faiss-gpu-cu12>=1.9,<1.15"],  # CUDA 12 hosts; pulls the CUDA runtime and cuBLAS wheels it needs
         "dev": ["pytest>=8,<10", "pytest-timeout>=2.2,<3"],
     },
     data_files=shipped_files(),

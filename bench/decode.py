@@ -125,14 +125,14 @@ def main() -> None:
         print(f"RetroLM, {context} tokens", flush=True)
         rows.append(dict(method="retrolm", context=context, **run_retrolm(model, ids, args.backends, args.steps,
                                                                           args.warmup)))
-        model._hook.remove()
+        model._hooks.remove()
         print(rows[-1], flush=True)
         if context in args.offload_contexts:
             model = RetroLM(base, byte_tokenizer(), config.replace(offload_kv=True))
             print(f"RetroLM with offloaded KV, {context} tokens", flush=True)
             rows.append(dict(method="retrolm-offload", context=context, **run_retrolm(
                 model, ids, args.backends[:1], args.steps, args.warmup)))
-            model._hook.remove()
+            model._hooks.remove()
             print(rows[-1], flush=True)
 
     result = dict(benchmark="decode", shape=args.shape, dtype=str(base.dtype), device=args.device, retrolm_config=config.to_dict(),

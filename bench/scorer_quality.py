@@ -53,6 +53,20 @@ def variant_models(model: str, work: str) -> dict[str, tuple[str, str, list[str]
     }
 
 
+def merged(record: dict, path: str) -> dict:
+    """This run's record with the other methods of an earlier one (same lengths and samples), in METHODS order."""
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier["lengths"] != record["lengths"] or earlier["num_samples"] != record["num_samples"]:
+        raise SystemExit(f"{path} ran other lengths or sample counts; rerun both with the same options.")
+    scores = {**{m: v for m, v in earlier["scores"].items() if m not in record["scores"]}, **record["scores"]}
+    order = [m for m in METHODS if m in scores]
+    return {**record, "scores": {m: scores[m] for m in order},
+            "runs": [r for r in earlier["runs"] if r["method"] not in record["scores"]] + record["runs"],
+            "devices": {**earlier["devices"], **record["devices"]},
+            "not_run": {**earlier["not_run"], **record["not_run"]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=os.path.join(ROOT, "assets", "retrolm-byte-llama"))
@@ -60,6 +74,8 @@ def main() -> None:
     parser.add_argument("--factors", default="4,16,64", help="context lengths as multiples of the window")
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "scorer_quality"))
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--merge", help="a scorer_quality.json of an earlier run (another host): its methods that "
+                                        "this run does not run join the table")
     grid_arguments(parser)
     parser.set_defaults(tasks=TASKS, num_samples=20)
     args = parser.parse_args()
@@ -70,6 +86,8 @@ def main() -> None:
                 else {name: (None, None, None) for name in METHODS})
     methods = [m for m in args.methods.split(",") if m]
     record = run_grid(variants, methods, [t for t in args.tasks.split(",") if t], lengths, args)
+    if args.merge:
+        record = merged(record, args.merge)
     write_results(record, window, os.path.join(args.out, "scorer_quality"), args.note, METHODS, "attention_scorer")
 
 

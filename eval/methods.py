@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from retrolm.errors import RetroLMError
-from retrolm.index import InnerProductIndex, faiss_has_gpu
+from retrolm.index import InnerProductIndex, import_faiss
 
 from .errors import EvalError
 from .prompting import Prompt, middle_truncate
@@ -211,10 +211,12 @@ class RagMethod(Method):
             raise EvalError(f"--rag-chunk-tokens must be >= 1, got {self.chunk_tokens}.")
         self.embedder = (LLMInputEmbedder(model) if options.rag_embedder == LLM_EMBEDDER
                          else HFEmbedder(options.rag_embedder, self.device))
-        try:  # before any embedding, so a missing faiss stops the run at once
-            self.faiss_gpu = faiss_has_gpu()
-        except RetroLMError as error:
-            raise EvalError(f"method 'rag' ranks chunks with faiss: {error}") from error
+        self.gpu_index = self.device.type == "cuda"  # exact search on the model's GPU, else faiss on the CPU
+        if not self.gpu_index:
+            try:  # before any embedding, so a missing faiss stops the run at once
+                import_faiss()
+            except RetroLMError as error:
+                raise EvalError(f"method 'rag' ranks chunks with faiss on the CPU: {error}") from error
         self._index: InnerProductIndex | None = None
 
     def max_prompt_tokens(self, max_new_tokens: int) -> int:
@@ -226,7 +228,7 @@ class RagMethod(Method):
     def describe(self) -> dict:
         return {**super().describe(), "window": self.window, "budget": self.budget,
                 "chunk_tokens": self.chunk_tokens, "embedder": self.options.rag_embedder,
-                "faiss_gpu": self.faiss_gpu}
+                "gpu_index": self.gpu_index}
 
     def prompt_ids(self, prompt, max_new_tokens, max_length):
         chat = self._use_chat(prompt)
@@ -274,10 +276,10 @@ class RagMethod(Method):
         return out
 
     def _empty_index(self, dim: int) -> InnerProductIndex:
-        """One index for the whole run, emptied per prompt: a GPU index's resources are set up only once."""
+        """One index for the whole run, emptied per prompt."""
         if self._index is None or self._index.dim != dim:
             gpu = self.device.index if self.device.type == "cuda" and self.device.index is not None else 0
-            self._index = InnerProductIndex(dim, use_gpu=self.faiss_gpu, device=gpu)  # the model's GPU
+            self._index = InnerProductIndex(dim, use_gpu=self.gpu_index, device=gpu)  # the model's GPU
         self._index.reset()
         return self._index
 

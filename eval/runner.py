@@ -94,7 +94,7 @@ def append_prediction(path: str, record: dict) -> None:
 def versions() -> dict:
     """Versions of the packages that decide the numbers."""
     out = {"python": platform.python_version()}
-    for name in ("retrolm", "torch", "transformers", "datasets", "faiss-cpu", "faiss-gpu", "jieba", "numpy"):
+    for name in ("retrolm", "torch", "transformers", "datasets", "faiss-cpu", "jieba", "numpy"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -83,13 +83,16 @@ def eligible_pages(query_pages: torch.Tensor, n: int, sink_pages: int, local_pag
 
 
 def select_pages(
-    scores: torch.Tensor, query_pages: torch.Tensor, top_k: int, sink_pages: int, local_pages: int
+    scores: torch.Tensor, query_pages: torch.Tensor, top_k: int, sink_pages: int, local_pages: int,
+    fixed_width: bool = False,
 ) -> torch.Tensor:
     """Earlier pages each query page attends to: sink + local + the top-k scored among the rest.
 
     scores: [G, N] over the N pages that have keys; query_pages: [G] page index m of each query.
     Only pages j < m are eligible (never the future, never the page itself).
-    Returns [G, A] page indices, ascending within a row, padded with -1 on the right.
+    Returns [G, A] page indices, ascending within a row, padded with -1 on the right. A is the largest row's
+    count, or with fixed_width the most any row can hold (min(N, sink + local + top_k)), which needs no
+    device-to-host copy: the per-layer scorer calls this at every layer of a decode step.
     """
     groups, n = scores.shape
     device = scores.device
@@ -102,6 +105,9 @@ def select_pages(
         top_scores, top_index = masked.topk(k, dim=1)
         chosen.scatter_(1, top_index, top_scores > float("-inf"))
         chosen |= always
-    width = int(chosen.sum(dim=1).max()) if groups else 0
+    if fixed_width:
+        width = min(n, sink_pages + local_pages + max(top_k, 0))
+    else:
+        width = int(chosen.sum(dim=1).max()) if groups else 0
     order = torch.where(chosen, j.expand(groups, n), n).sort(dim=1).values[:, :width]
     return torch.where(order < n, order, -1)

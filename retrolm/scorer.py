@@ -76,7 +76,7 @@ def query_windows(plan, queries: torch.Tensor, window: int, recent: torch.Tensor
     first = t0 - before.shape[0]
     group_starts = plan.query_pages * plan.page_size
     group_starts = torch.clamp(group_starts, min=t0)
-    counts = torch.bincount(plan.q_group, minlength=plan.query_pages.numel())
+    counts = torch.zeros_like(group_starts).scatter_add_(0, plan.q_group, torch.ones_like(plan.q_group))  # no sync
     ends = group_starts + (counts == 1).long()  # [G] exclusive end of each window
     positions = ends[:, None] - window + torch.arange(window, device=ends.device)  # [G, W]
     valid = (positions >= max(first, 0)) & (positions < t1)
@@ -127,15 +127,13 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
 
     rope_free = _rope_free_recent(state, inv_freq)
     queries = shift_keys(query[0].transpose(0, 1), -plan.position_ids[0][:, None], inv_freq)  # [q, H, D] RoPE-free
-    rows, valid = query_windows(plan, queries, plan.scorer_window, rope_free)
-    state.recent_queries = torch.cat([x for x in (rope_free, queries) if x is not None])[-plan.scorer_window:]
-    n = complete
-    always, candidates = eligible_pages(plan.query_pages, n, plan.sink_pages, plan.local_pages)
-    if n == 0:
-        scores = rows.new_zeros(plan.query_pages.numel(), 0, dtype=torch.float32)
+    recent = torch.cat([x for x in (rope_free, queries) if x is not None])[-plan.scorer_window:]
+    if _has_decode_shortcut(plan):
+        attended = decode_selection(plan, recent, state.center, state.radius, scaling)
     else:
-        scores = page_scores(rows, valid, state.center[:n], state.radius[:n], always, candidates, scaling)
-    attended = select_pages(scores, plan.query_pages, plan.top_k, plan.sink_pages, plan.local_pages)
+        rows, valid = query_windows(plan, queries, plan.scorer_window, rope_free)
+        attended = group_selection(plan, rows, valid, state.center, state.radius, complete, scaling)
+    state.recent_queries = recent
     key_shift = None
     if plan.contiguous:
         rank = torch.arange(attended.shape[1], device=attended.device)[None, :]
@@ -143,6 +141,41 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
     if plan.decode_token is not None:
         state.decode_selection = (plan.decode_token[0], attended, key_shift, t0)
     return _with_selection(plan, attended, key_shift)
+
+
+def group_selection(plan, rows, valid, center, radius, n: int, scaling: float) -> torch.Tensor:
+    """Attended pages [G, A] of every group of a forward: windows `rows` [G, W, H, D] against the bounds of the
+    n complete pages, the top-k candidates kept beside the sink and local pages."""
+    always, candidates = eligible_pages(plan.query_pages, n, plan.sink_pages, plan.local_pages)
+    if n == 0:
+        scores = rows.new_zeros(plan.query_pages.numel(), 0, dtype=torch.float32)
+    else:
+        scores = page_scores(rows, valid, center[:n], radius[:n], always, candidates, scaling)
+    return select_pages(scores, plan.query_pages, plan.top_k, plan.sink_pages, plan.local_pages, fixed_width=True)
+
+
+def _has_decode_shortcut(plan) -> bool:
+    """A decode token on a page m with at least top_k candidate pages: `decode_selection` applies."""
+    if plan.decode_token is None or plan.top_k < 1:
+        return False
+    return plan.decode_token[0] - plan.sink_pages - plan.local_pages >= plan.top_k
+
+
+def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: torch.Tensor,
+                     scaling: float) -> torch.Tensor:
+    """`group_selection` of one decode token in a few kernels (it runs at every layer of a refresh step, where
+    per-kernel host cost dominates): rows [w, H, D] are its window; every page before its page m is reachable,
+    the candidates are the contiguous range [sink, m - local), and all sink + top_k + local slots fill."""
+    m = plan.decode_token[0]
+    sink, local, k = plan.sink_pages, plan.local_pages, plan.top_k
+    width, heads, dim = rows.shape
+    kv_heads = center.shape[1]
+    q = rows.float().view(width, kv_heads, heads // kv_heads, dim).transpose(0, 1).reshape(kv_heads, -1, dim)
+    bound = torch.baddbmm(q @ center[:m].float().permute(1, 2, 0), q.abs(), radius[:m].float().permute(1, 2, 0))
+    share = (bound * scaling).softmax(dim=-1).sum(dim=(0, 1))  # [m] estimated attention each earlier page gets
+    top = share[sink : m - local].topk(k).indices.sort().values + sink
+    device = rows.device
+    return torch.cat([torch.arange(sink, device=device), top, torch.arange(m - local, m, device=device)])[None]
 
 
 def _rope_free_recent(state: LayerSummaries, inv_freq: torch.Tensor) -> torch.Tensor | None:

@@ -114,7 +114,7 @@ def test_infinitebench_rag_end_to_end(model, tmp_path):
                                  "--budget", "512", "--rag-chunk-tokens", "64", "--tasks",
                                  "Retrieve.PassKey,kv_retrieval,En.MC,code_debug", "--data-dir", IB, "--out", out])
     _check_outputs(out, tasks)
-    assert scores["budget"] == 512 and scores["faiss_gpu"] is False
+    assert scores["budget"] == 512 and scores["gpu_index"] is False
     choice = _lines(os.path.join(out, "predictions", "longbook_choice_eng.jsonl"))
     assert choice[0]["answers"] == ["a copper candle", "B"]
 
@@ -149,7 +149,7 @@ def test_rag_reuses_one_index_emptied_per_prompt(model):
     prompt = infinitebench.load_samples("passkey", IB)[0].prompt
     first = method.prompt_ids(prompt, 6, None)
     index = method._index
-    assert index is not None and index.on_gpu is method.faiss_gpu
+    assert index is not None and index.on_gpu is method.gpu_index
     chunks = -(-len(method.encode(prompt.context, special=False)) // 50)
     assert len(index) == chunks  # this prompt's chunks only
     method.retrieve(method.encode("other words " * 40, special=False), "words", 100)
@@ -162,7 +162,7 @@ def test_rag_without_faiss_is_a_clear_error(model, monkeypatch):
     from eval.methods import MethodOptions, build_method
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
-    with pytest.raises(EvalError, match=r"method 'rag' ranks chunks with faiss: faiss is not installed.*\[cpu\]"):
+    with pytest.raises(EvalError, match=r"method 'rag' ranks chunks with faiss on the CPU: faiss is not installed.*\[cpu\]"):
         build_method(MethodOptions(method="rag", model=model, rag_embedder="llm-input-embeddings"))
 
 

@@ -133,6 +133,48 @@ def test_queries_of_reused_decode_steps_join_the_window_rope_free_in_order():
     torch.testing.assert_close(_rope_free_recent(state, inv_freq), expected)
     assert state.pending_queries == [] and state.recent_queries is not None
 
+
+@pytest.mark.parametrize("groups, n, top_k, sink, local", [(1, 40, 4, 1, 1), (5, 12, 3, 2, 2), (3, 3, 8, 1, 1),
+                                                            (4, 30, 0, 1, 2)])
+def test_fixed_width_selection_holds_the_same_pages(groups, n, top_k, sink, local):
+    """The scorer's sync-free selection (width known in advance) picks exactly the pages of the plain one."""
+    from retrolm.retriever import select_pages
+
+    scores = torch.randn(groups, n)
+    query_pages = torch.randint(0, n + 2, (groups,))
+    plain = select_pages(scores, query_pages, top_k, sink, local)
+    fixed = select_pages(scores, query_pages, top_k, sink, local, fixed_width=True)
+    assert fixed.shape[1] == min(n, sink + local + top_k) >= plain.shape[1]
+    for a, b in zip(plain, fixed):
+        assert a[a >= 0].tolist() == b[b >= 0].tolist()
+
+
+@pytest.mark.parametrize("m, extra, window, heads, kv_heads, dim, sink, local, top_k", [
+    (40, 0, 16, 4, 2, 8, 1, 1, 4), (40, 1, 5, 8, 8, 16, 2, 3, 6), (12, 0, 1, 4, 1, 8, 1, 2, 9),
+    (300, 1, 16, 32, 8, 32, 1, 1, 16), (7, 0, 3, 2, 1, 4, 0, 0, 7)])
+def test_decode_shortcut_selects_what_the_general_scorer_selects(m, extra, window, heads, kv_heads, dim, sink, local,
+                                                                top_k):
+    """The few-kernel selection of a decode token equals the general one (windows, masks, top-k) on random data."""
+    from retrolm.scorer import _has_decode_shortcut, decode_selection, group_selection
+
+    torch.manual_seed(m + dim)
+    n = m + extra  # the decode token may complete its own page
+    center, radius = torch.randn(n, kv_heads, dim), torch.rand(n, kv_heads, dim)
+    rows = torch.randn(window, heads, dim)
+    plan = SimpleNamespace(decode_token=(m, 3), query_pages=torch.tensor([m]), sink_pages=sink, local_pages=local,
+                           top_k=top_k)
+    assert _has_decode_shortcut(plan)
+    general = group_selection(plan, rows[None], torch.ones(1, window, dtype=torch.bool), center, radius, n, 0.3)
+    assert decode_selection(plan, rows, center, radius, 0.3).tolist() == general.tolist()
+
+
+def test_decode_shortcut_needs_enough_candidates():
+    from retrolm.scorer import _has_decode_shortcut
+
+    plan = SimpleNamespace(decode_token=(6, 1), sink_pages=1, local_pages=1, top_k=5)
+    assert not _has_decode_shortcut(plan)  # 4 candidates for 5 slots: the general path pads with -1
+    assert not _has_decode_shortcut(SimpleNamespace(decode_token=None, sink_pages=1, local_pages=1, top_k=1))
+
 # ------------------------------------------------------------------ never an untrained retriever by accident
 def test_a_plain_model_uses_the_training_free_scorer_and_says_so(tiny_dirs, capsys):
     model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8)

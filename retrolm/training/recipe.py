@@ -82,6 +82,7 @@ def train_retriever(model: str, data: str, out: str, preset: str = "8b", overrid
     if results is not None and push_to_hub:
         from ..model import RetroLM
 
-        url = RetroLM.from_pretrained(out).push_to_hub(push_to_hub)
-        print(f"pushed to {url}")
+        local_base = os.path.isdir(model)  # others cannot download a local directory: its weights go along
+        url = RetroLM.from_pretrained(out).push_to_hub(push_to_hub, save_base_model=local_base)
+        print(f"pushed to {url}" + (" (with the base model's weights: it is a local directory)" if local_base else ""))
     return results
