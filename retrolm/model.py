@@ -375,7 +375,7 @@ class RetroLM(nn.Module):
 _NO_TRAINED_RETRIEVER = (
     "scorer='trained' needs trained page retriever weights, and this model has none. Use scorer='attention' "
     "(training-free, the default for plain models), or train a retriever for this model with one command: "
-    "python train/train_retriever.py --preset 8b --model MODEL --data DATASET --out DIR (docs/training.md), then "
+    "retrolm train-retriever --model MODEL --data DATASET --out DIR (docs/training.md), then "
     "RetroLM.from_pretrained(DIR). init_retriever=True builds an untrained one (for training it, or as a baseline)."
 )
 

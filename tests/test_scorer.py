@@ -183,7 +183,7 @@ def test_a_plain_model_uses_the_training_free_scorer_and_says_so(tiny_dirs, caps
 
 
 def test_asking_for_the_trained_scorer_without_weights_says_how_to_train(tiny_dirs):
-    with pytest.raises(RetroLMError, match="train/train_retriever.py"):
+    with pytest.raises(RetroLMError, match="retrolm train-retriever --model MODEL"):
         RetroLM.from_pretrained(tiny_dirs["llama"], scorer="trained")
 
 
