@@ -7,7 +7,6 @@ import logging
 import sys
 
 
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a line is logged (test runners and notebooks replace it)."""
 

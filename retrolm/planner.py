@@ -21,7 +21,7 @@ import torch
 from .cache import PagedKVCache
 from .config import RetroLMConfig
 from .pager import page_windows
-from .retriever import PageRetriever, eligible_pages, score_pages, select_pages
+from .retriever import PageRetriever, eligible_pages, packed_key_shift, score_pages, select_pages
 
 
 @dataclass
@@ -123,9 +123,7 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
     position_ids = (count[q_group] * P + q_offset)[None, :] if contiguous else positions[None, :]
     key_shift = None
     if contiguous and trained:
-        rank = torch.arange(attended.shape[1], device=device)[None, :]
-        stored = cache.page_starts[attended.clamp(min=0)]
-        key_shift = torch.where(attended >= 0, rank * P - stored, 0)  # [G, A]
+        key_shift = packed_key_shift(attended, cache.page_starts, P)  # [G, A]
     plan = AttentionPlan(P, query_pages, attended, key_shift, q_group, q_row, q_offset, rows, row_offsets,
                          position_ids, inv_freq if contiguous else None, decode_token=decode_token,
                          new_tokens=(t0, t1))

@@ -111,3 +111,10 @@ def select_pages(
         width = int(chosen.sum(dim=1).max()) if groups else 0
     order = torch.where(chosen, j.expand(groups, n), n).sort(dim=1).values[:, :width]
     return torch.where(order < n, order, -1)
+
+
+def packed_key_shift(attended: torch.Tensor, page_starts: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Contiguous positions: the shift [G, A] that moves each attended page's keys from the position they were
+    encoded at (`page_starts`) to its rank in the packed context (0, P, 2P, ...); 0 for -1 padding."""
+    rank = torch.arange(attended.shape[1], device=attended.device)[None, :]
+    return torch.where(attended >= 0, rank * page_size - page_starts[attended.clamp(min=0)], 0)

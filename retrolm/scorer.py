@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 
-from .retriever import eligible_pages, select_pages
+from .retriever import eligible_pages, packed_key_shift, select_pages
 from .rope import shift_keys
 
 
@@ -134,10 +134,7 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
         rows, valid = query_windows(plan, queries, plan.scorer_window, rope_free)
         attended = group_selection(plan, rows, valid, state.center, state.radius, complete, scaling)
     state.recent_queries = recent
-    key_shift = None
-    if plan.contiguous:
-        rank = torch.arange(attended.shape[1], device=attended.device)[None, :]
-        key_shift = torch.where(attended >= 0, rank * P - plan.page_starts[attended.clamp(min=0)], 0)
+    key_shift = packed_key_shift(attended, plan.page_starts, P) if plan.contiguous else None
     if plan.decode_token is not None:
         state.decode_selection = (plan.decode_token[0], attended, key_shift, t0)
     return _with_selection(plan, attended, key_shift)
