@@ -11,6 +11,7 @@ sequence index before every micro-step, and DeepSpeed's checkpoint holds the opt
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -133,7 +134,7 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
     if rank == 0:
         _write_json(os.path.join(train.output_dir, RESULTS_FILE), results)
     logger.finish({"eval_after": eval_after})
-    dist.barrier()
+    _barrier()
     return results if rank == 0 else None
 
 
@@ -196,11 +197,22 @@ def _init_distributed(deepspeed) -> torch.device:
     on_gpu = torch.cuda.is_available()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        # torch warns at exit about a group never destroyed; not earlier, since DeepSpeed keeps handles to it
+        # across runs in one process
+        atexit.register(dist.destroy_process_group)
     if on_gpu:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def _barrier() -> None:
+    """Wait for every rank; under NCCL name this rank's GPU (else torch guesses it, with a warning)."""
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
 
 
 def _param_groups(objective, train: TrainConfig) -> list[dict]:
@@ -313,7 +325,7 @@ def _save_checkpoint(engine, directory: str, step: int, eval_before: dict, rank:
     """
     engine.save_checkpoint(directory, tag=f"step-{step}", client_state={"step": step, "eval_before": eval_before},
                            exclude_frozen_parameters=True)
-    dist.barrier()
+    _barrier()
     if rank == 0:
         tags = sorted((d for d in os.listdir(directory) if d.startswith("step-")), key=lambda d: int(d[5:]))
         for old in tags[:-KEEP_CHECKPOINTS]:
@@ -339,7 +351,7 @@ def _export(engine, objective, train: TrainConfig, rank: int) -> None:
     with gather:
         if rank == 0:
             model.save_pretrained(train.output_dir, save_base_model=full)
-    dist.barrier()
+    _barrier()
 
 
 def _write_json(path: str, payload: dict) -> None:
