@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_documents_are_exact_ascii_and_end_with_an_answered_task():
     for seed in range(40):
-        text = corpus.document((seed, 1022, 0.0, 300, 0.0))
+        text = corpus.document(corpus.DocumentSpec(seed, 1022, 0.0, 300))
         assert len(text) == 1022 and text.isascii()
         assert "special magic" in text or "VAR " in text, "every non-text document holds a task"
     text = corpus.task_text("niah_single_2", 1000, seed=3, index=0)

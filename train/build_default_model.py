@@ -92,6 +92,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the finished model goes")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline end to end on a CPU")
     parser.add_argument("--workers", type=int, default=None, help="processes generating documents")
+    # Both default to 0, the recipe of the shipped model; docs/status.md has what the other settings gave.
+    parser.add_argument("--fact-fraction", type=float, default=0.0,
+                        help="share of tasks and dense texts in varied formats (train/facts.py) rather than RULER's "
+                             "templates; 1.0 keeps every evaluated template out of training")
+    parser.add_argument("--short-fraction", type=float, default=0.0,
+                        help="share of long (stage 1 and 2) documents made of window-sized documents in a row")
     parser.add_argument("--base", default=None,
                         help="an already pretrained base LM directory: skip the pretraining corpus and pretraining")
     args = parser.parse_args(argv)
@@ -105,6 +111,7 @@ def main(argv=None) -> int:
     if os.path.isfile(results_path):
         with open(results_path) as f:
             results = json.load(f)
+    results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction}
     if args.base:
         paths["base"] = results["base"] = os.path.abspath(args.base)
     # both configs are read (and checked) before any work; the page size is stage 1's
@@ -125,10 +132,11 @@ def main(argv=None) -> int:
     if not args.base:
         _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
             paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
-            min_task_tokens=window // 3, workers=args.workers))
+            min_task_tokens=window // 3, workers=args.workers, fact_fraction=args.fact_fraction))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
-        min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers))
+        min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,
+        fact_fraction=args.fact_fraction, short_fraction=args.short_fraction, short_length=window - 2))
     if not args.base:
         _phase("pretrain_data", paths["pretrain-data"], results, lambda: prepare_packed_data(
             paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))

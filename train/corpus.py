@@ -17,11 +17,13 @@ import json
 import os
 import random
 import sysconfig
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from multiprocessing import Pool
 
 from eval.errors import EvalError
 from eval.ruler_tasks import NOISE, TASKS, Generator, essay_words, random_key_word, split_sentences
+from train.facts import dense_fact_text, fact_task_text
 
 TRAIN_SEED_BASE = 1_000_000
 TASK_MIX = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
@@ -132,20 +134,64 @@ def dense_recall_text(rng: random.Random, length: int, gap: int) -> str:
     return (" " if essay else "\n").join(pieces)
 
 
-def document(spec: tuple) -> str:
-    """One training document from (seed, length, text_fraction, min_task_tokens, dense_fraction): text, a dense
-    recall text (`dense_recall_text`), or text then a RULER task.
+def essay_filler(rng: random.Random, chars: int) -> str:
+    """About `chars` characters of the built-in essay from a random word on."""
+    words = essay_words(None)
+    start = rng.randrange(len(words))
+    return " ".join(words[start:start + chars // 4 + 1])[:chars]
+
+
+def varied_filler(rng: random.Random, chars: int) -> str:
+    """Docstrings or essay text, half and half."""
+    return text_filler(rng, chars) if rng.random() < 0.5 else essay_filler(rng, chars)
+
+
+@dataclass(frozen=True)
+class DocumentSpec:
+    """How one training document is drawn (see `document`)."""
+
+    seed: int
+    length: int  # characters, = byte tokens
+    text_fraction: float  # plain text
+    min_task: int  # shortest task, characters
+    dense_fraction: float = 0.0  # of the rest: a dense recall text, else a task
+    fact_fraction: float = 0.0  # of dense texts and tasks: varied formats (train/facts.py), else RULER's templates
+    short_fraction: float = 0.0  # the document is short documents of `short_length` in a row instead
+    short_length: int = 0
+
+
+def document(spec: DocumentSpec) -> str:
+    """One training document of exactly `spec.length` characters: text, a dense recall text, text then a task,
+    or (probability `short_fraction`) consecutive short documents drawn the same way, so a long-context stage
+    also keeps practising what fits in the window.
 
     Non-ASCII characters (a few word-list entries) become '?', keeping one character = one token."""
-    return _document(*spec).encode("ascii", "replace").decode("ascii")
+    rng = random.Random(f"doc/{spec.seed}/short")
+    if spec.short_fraction and rng.random() < spec.short_fraction:
+        count = (spec.length + 2) // (spec.short_length + 2)
+        shorts = [document(replace(spec, seed=spec.seed * 64 + i + 1, length=spec.short_length, short_fraction=0.0,
+                                   min_task=min(spec.min_task, spec.short_length // 3))) for i in range(count)]
+        text = "\n\n".join(shorts)
+    else:
+        text = _document(spec.seed, spec.length, spec.text_fraction, spec.min_task, spec.dense_fraction,
+                         spec.fact_fraction)
+    return (text[:spec.length] + " " * (spec.length - len(text))).encode("ascii", "replace").decode("ascii")
 
 
-def _document(seed: int, length: int, text_fraction: float, min_task: int, dense_fraction: float = 0.0) -> str:
+def _document(seed: int, length: int, text_fraction: float, min_task: int, dense_fraction: float,
+              fact_fraction: float) -> str:
     rng = random.Random(f"doc/{seed}")
     if rng.random() < text_fraction:
         return text_filler(rng, length)
+    varied = fact_fraction > 0 and rng.random() < fact_fraction  # no draw at 0: the shipped model's corpus stays
     if rng.random() < dense_fraction:
+        if varied:
+            return dense_fact_text(rng, length + 200, min(2048, length // 4), varied_filler)[-length:]
         return dense_recall_text(rng, length + 200, gap=min(2048, length // 4))[-length:]
+    if varied:
+        text = fact_task_text(rng, rng.randint(min(min_task, length), length), varied_filler)[-length:]
+        lead = length - len(text)
+        return (text_filler(rng, lead - 2) + "\n\n" if lead >= 2 else " " * lead) + text
     task = rng.choice(TASK_MIX)
     try:
         text = task_text(task, rng.randint(min(min_task, length), length), seed, 0)
@@ -159,10 +205,13 @@ def _document(seed: int, length: int, text_fraction: float, min_task: int, dense
 
 
 def write_documents(path: str, count: int, length: int, seed: int, text_fraction: float, min_task_tokens: int,
-                    dense_fraction: float = 0.0, workers: int | None = None) -> str:
-    """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically."""
+                    dense_fraction: float = 0.0, workers: int | None = None, fact_fraction: float = 0.0,
+                    short_fraction: float = 0.0, short_length: int = 0) -> str:
+    """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically;
+    the options are `DocumentSpec`'s."""
     stdlib_docstrings()  # read once in the parent: forked workers inherit it
-    specs = [(seed + i, length, text_fraction, min_task_tokens, dense_fraction) for i in range(count)]
+    specs = [DocumentSpec(seed + i, length, text_fraction, min_task_tokens, dense_fraction, fact_fraction,
+                          short_fraction, short_length) for i in range(count)]
     tmp = path + ".tmp"
     with Pool(workers or os.cpu_count()) as pool, open(tmp, "w") as f:
         for text in pool.imap(document, specs, chunksize=64):

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 14's corpus experiment on one GPU: the default model rebuilt from nothing with varied-format lessons,
+# two variants side by side, then RULER and the held-out prose evaluation of each (results under $OUT).
+#   bench/corpus_variants.sh build     # both builds, resumable: run again to continue (work/variants/)
+#   bench/corpus_variants.sh eval      # RULER (with/without post-training) + held-out prose, each variant
+#   bench/corpus_variants.sh baseline  # held-out prose of the shipped model
+#   bench/corpus_variants.sh diagnose V  # variant V's base LM alone: RULER predictions at 1x, the base as a tarball
+# Variants (train/build_default_model.py options):
+#   held_out  --fact-fraction 1.0: no RULER template in training at all
+#   mixed     --fact-fraction 0.5: half the lessons in RULER's templates, half varied
+# Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+if [ -d .whl ]; then
+    [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/*.whl
+    export PYTHONPATH=/tmp/site:$(pwd)
+fi
+declare -A FRACTION=([held_out]=1.0 [mixed]=0.5)
+stage=${1:-build}
+case $stage in
+build)
+    for v in held_out mixed; do
+        timeout "${BUILD_SECONDS:-570}" python3 train/build_default_model.py --work "work/variants/$v" \
+            --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 8 \
+            > "$OUT/build_$v.log" 2>&1 &
+    done
+    wait
+    for v in held_out mixed; do
+        echo "== $v"; grep -E "^\[|default model:" "$OUT/build_$v.log" | tail -8
+        cp "work/variants/$v/build_results.json" "$OUT/build_results_$v.json" 2>/dev/null
+    done ;;
+eval)
+    for v in held_out mixed; do
+        ( python3 bench/default_model_quality.py --model "work/variants/$v/model" \
+              --stage1-retriever "work/variants/$v/stage1/retriever.safetensors" \
+              --methods retrolm,retrolm_no_post_training --factors 1,16,64 --num-samples 20 --device cuda \
+              --jobs 6 --threads 1 --work "/tmp/quality_$v" --assets "$OUT/$v" > "$OUT/quality_$v.log" 2>&1
+          python3 bench/heldout_prose.py --model "work/variants/$v/model" --samples 40 --device cuda \
+              --out "$OUT/$v" > "$OUT/heldout_$v.log" 2>&1 ) &
+    done
+    wait
+    for v in held_out mixed; do echo "== $v"; cat "$OUT/$v/quality.md" "$OUT/$v/heldout_prose.md" 2>/dev/null; done ;;
+diagnose)  # one variant's base LM alone (pretraining only), its RULER predictions at 1x, the base as a tarball
+    v=${2:-mixed}
+    timeout "${BUILD_SECONDS:-330}" python3 train/build_default_model.py --work "work/variants/$v" \
+        --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 12 > "$OUT/build_$v.log" 2>&1
+    tar -C "work/variants/$v" -czf "$OUT/base_$v.tgz" base
+    for base in "work/variants/$v/base" assets/retrolm-byte-llama/base; do  # the shipped base is the control
+        name=$(basename "$(dirname "$base")")
+        python3 -m eval.ruler --model "$base" --method full --tasks niah_single_1,niah_multivalue \
+            --lengths 1024 --num-samples 10 --device cuda --out "$OUT/ruler_full_$name" > "$OUT/ruler_full_$name.log" 2>&1
+        echo "== $name"; tail -3 "$OUT/ruler_full_$name.log"; head -c 1500 "$OUT/ruler_full_$name"/predictions/*single_1*
+    done
+    python3 bench/heldout_prose.py --model "work/variants/$v/base" --scorers attention --factors 1,16 --samples 20 \
+        --device cuda --out "$OUT/heldout_base_$v" 2>&1 | tail -8
+    cat "$OUT"/ruler_full_*/scores.md ;;
+baseline)
+    python3 bench/heldout_prose.py --samples 40 --device cuda --out "$OUT/shipped" 2>&1 | tail -12 ;;
+esac

@@ -1,0 +1,198 @@
+"""Retrieval on text and needle formats the default model never trained on: natural-prose haystacks, 1x-64x.
+
+    python bench/heldout_prose.py --device cuda --samples 40 --out bench/results
+
+The default model trained on the standard library's docstrings, essay-like filler and RULER's templates
+(train/corpus.py). Here everything is outside that:
+- haystacks: Python's language reference as `pydoc` shows it (`pydoc_data.topics`, PSF License 2.0), a kind of
+  text kept out of training, from a random topic onwards;
+- needles: five sentence formats unlike RULER's ("The pass code for the amber orchard locker is 4821907."),
+  with values of several kinds (digits, words, letter-digit codes), asked with their own questions;
+- the prompt: the one `retrolm generate` builds (text, the question, "Answer:") plus the start of the answer.
+For each context length (a multiple of the model's window) and page scorer, a sample hides one needle at a
+random depth and reports:
+- needle-page recall: every page holding the value is among those retrieved for the answer (the first decode
+  step's retrieval; under the attention scorer, the pages most layers chose);
+- accuracy: the value appears in the first generated tokens.
+Writes heldout_prose.json, .md and .png under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from bench.default_model_quality import plot  # noqa: E402
+from retrolm.model import RetroLM, default_model_path  # noqa: E402
+
+ADJECTIVES = ("amber", "brisk", "hollow", "crimson", "frozen", "golden", "quiet", "rapid", "silver", "velvet")
+NOUNS = ("orchard", "harbor", "lantern", "meadow", "compass", "falcon", "ledger", "canyon", "saddle", "tunnel")
+NAMES = ("Maren", "Tobias", "Ilse", "Rafael", "Odette", "Yusuf", "Greta", "Anselm", "Priya", "Konrad")
+WORDS = ("pelican", "juniper", "tangerine", "obsidian", "marigold", "sapphire", "walnut", "cobalt", "thistle", "quartz")
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return str(rng.randint(10 ** (n - 1), 10 ** n - 1))
+
+
+def _code(rng: random.Random) -> str:
+    return rng.choice("BCDFGHJKLMNPRSTVWXZ") + rng.choice("BCDFGHJKLMNPRSTVWXZ") + "-" + _digits(rng, 4)
+
+
+@dataclass
+class Needle:
+    sentence: str  # hidden in the haystack
+    question: str
+    answer_start: str  # written after "Answer:", so the next tokens are the value
+    value: str
+
+
+def make_needle(rng: random.Random, form: int) -> Needle:
+    """One needle of format `form` (0-4), with its question and value."""
+    place = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+    name = rng.choice(NAMES)
+    if form == 0:
+        value = _digits(rng, 7)
+        stated = f"the pass code for the {place} locker is"
+        return Needle(f"Remember that {stated} {value}.", f"What is the pass code for the {place} locker?",
+                      stated[0].upper() + stated[1:], value)
+    if form == 1:
+        value = rng.choice(WORDS)
+        return Needle(f"{name} hid the spare key of the {place} cottage under a {value} pot.",
+                      f"Under which pot did {name} hide the spare key of the {place} cottage?",
+                      f"{name} hid it under a", value)
+    if form == 2:
+        value = _code(rng)
+        return Needle(f"Shipment for the {place} depot carries the tracking label {value}.",
+                      f"Which tracking label does the shipment for the {place} depot carry?",
+                      "Its tracking label is", value)
+    if form == 3:
+        value = _digits(rng, 4)
+        return Needle(f"In {name}'s ledger, the {place} account closed the year at {value} crowns.",
+                      f"At how many crowns did the {place} account close the year in {name}'s ledger?",
+                      "It closed the year at", value)
+    value = f"{rng.choice(WORDS)} {_digits(rng, 3)}"
+    return Needle(f"The password of the {place} server was changed to {value} on Monday.",
+                  f"What was the password of the {place} server changed to?",
+                  "It was changed to", value)
+
+
+FORMATS = 5
+
+
+def reference_topics() -> list[str]:
+    """The language reference topics, ASCII only (the byte tokenizer maps other characters to several tokens)."""
+    from pydoc_data.topics import topics
+
+    return [text.strip() for _, text in sorted(topics.items()) if text.isascii()]
+
+
+def haystack(rng: random.Random, chars: int, topics: list[str]) -> str:
+    """About `chars` characters of consecutive reference topics from a random one on, cut at a line end."""
+    start = rng.randrange(len(topics))
+    parts, size, i = [], 0, start
+    while size < chars:
+        parts.append(topics[i % len(topics)])
+        size += len(parts[-1]) + 2
+        i += 1
+    text = "\n\n".join(parts)[:chars]
+    return text[: text.rfind("\n") + 1] if "\n" in text else text
+
+
+def hide(text: str, needle: str, depth: float) -> str:
+    """`needle` inserted at the first line end after `depth` of `text`."""
+    at = text.find("\n", int(len(text) * depth))
+    at = len(text) if at < 0 else at + 1
+    return text[:at] + needle + "\n" + text[at:]
+
+
+def build_sample(tokenizer, rng: random.Random, target_tokens: int, topics: list[str], form: int):
+    """(prompt ids [1, T], needle, first and last token of the value)."""
+    needle = make_needle(rng, form)
+    tail = f"\n\nAnswer the question using the text above.\nQuestion: {needle.question}\nAnswer: {needle.answer_start}"
+    chars = max(200, target_tokens - len(tokenizer(needle.sentence + tail, add_special_tokens=False).input_ids))
+    context = hide(haystack(rng, chars, topics), needle.sentence, rng.uniform(0.05, 0.95))
+    text = context + tail
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    value_at = text.index(needle.sentence) + needle.sentence.index(needle.value)
+    first = len(tokenizer(text[:value_at]).input_ids)
+    last = len(tokenizer(text[: value_at + len(needle.value)]).input_ids) - 1
+    return ids, needle, (first, last)
+
+
+@torch.no_grad()
+def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, topics: list[str]) -> dict:
+    P = model.config.page_size
+    rows = []
+    for i in range(samples):
+        rng = random.Random(seed * 1_000_003 + factor * 1009 + i)  # same haystacks and needles for every scorer
+        ids, needle, (first, last) = build_sample(model.tokenizer, rng, factor * window, topics, i % FORMATS)
+        ids = ids.to(model.device)
+        out = model.generate(input_ids=ids, max_new_tokens=len(needle.value) + 6, do_sample=False)
+        answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        retrievals = model.last_cache.retrievals()
+        pages = set(retrievals[0][1]) if retrievals else set(range(ids.shape[1] // P + 1))  # none: all attended
+        needle_pages = set(range(first // P, last // P + 1))
+        rows.append({"format": i % FORMATS, "tokens": ids.shape[1], "needle_pages": sorted(needle_pages),
+                     "recalled": needle_pages <= pages, "correct": needle.value in answer, "answer": answer,
+                     "value": needle.value})
+    return {"recall": 100 * sum(r["recalled"] for r in rows) / samples,
+            "accuracy": 100 * sum(r["correct"] for r in rows) / samples, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
+    parser.add_argument("--scorers", default="trained,attention", help="page scorers to compare")
+    parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
+    parser.add_argument("--samples", type=int, default=40, help="samples per cell (formats take turns)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    args = parser.parse_args()
+    topics = reference_topics()
+    factors = [int(x) for x in args.factors.split(",")]
+    scores, details, seconds, window = {}, {}, {}, None
+    for scorer in args.scorers.split(","):
+        model = RetroLM.from_pretrained(args.model, device=args.device, scorer=scorer)
+        window = model.base_model.config.max_position_embeddings
+        started = time.perf_counter()
+        scores[scorer] = {"needle-page recall": {}, "accuracy": {}}
+        for factor in factors:
+            cell = run_cell(model, factor, window, args.samples, args.seed, topics)
+            length = str(factor * window)
+            scores[scorer]["needle-page recall"][length] = cell["recall"]
+            scores[scorer]["accuracy"][length] = cell["accuracy"]
+            details[f"{scorer}@{factor}x"] = cell["rows"]
+            print(f"{scorer:>10} {factor:>3}x: recall {cell['recall']:5.1f}  accuracy {cell['accuracy']:5.1f}",
+                  flush=True)
+        seconds[scorer] = round(time.perf_counter() - started, 1)
+    lengths = [f * window for f in factors]
+    record = {"model": args.model or default_model_path(), "window": window, "factors": factors,
+              "samples": args.samples, "seed": args.seed, "device": args.device, "environment": environment(),
+              "haystack": "pydoc_data.topics (Python language reference), held out of training",
+              "needle_formats": FORMATS, "scores": scores, "seconds": seconds, "samples_detail": details}
+    prefix = os.path.join(args.out, "heldout_prose")
+    write_json(prefix + ".json", record)
+    table = [{"scorer": s, "metric": m, **{f"{f}x": f"{scores[s][m][str(f * window)]:.0f}" for f in factors}}
+             for s in scores for m in scores[s]]
+    text = (f"# Held-out prose and needle formats ({args.samples} samples per cell, {args.device})\n\n"
+            "Haystacks: Python's language reference (`pydoc_data.topics`), not in training. Needles: five formats "
+            "not in training. Recall: the value's page(s) among those retrieved for the answer.\n\n"
+            + markdown_table(table, ["scorer", "metric"] + [f"{f}x" for f in factors]))
+    write_text(prefix + ".md", text)
+    plot(scores, lengths, window, prefix + ".png", methods=list(scores), highlight=list(scores)[-1])
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Varied-format training lessons: answerable, of exact size, and never in an evaluated format."""
+import random
+import re
+
+import pytest
+
+from bench.heldout_prose import FORMATS, make_needle
+from train import corpus, facts
+
+
+def _lesson_text(lesson: facts.Lesson, head: str, tail: str) -> str:
+    return " ".join([head, *lesson.needles, tail])
+
+
+@pytest.mark.parametrize("kind", sorted(set(facts.KINDS)))
+def test_lessons_are_answerable_and_avoid_every_held_out_phrase(kind):
+    for seed in range(300):
+        rng = random.Random(seed)
+        lesson = facts.make_lesson(rng, kind)
+        head, tail = facts.prompt_parts(rng, lesson)
+        text = _lesson_text(lesson, head, tail)
+        assert not facts.held_out_hits(text), text
+        assert tail.endswith(f" {lesson.answer}."), "the answer closes the lesson"
+        stated = " ".join(lesson.needles)
+        if kind == "chain":
+            assert all(name in stated for name in lesson.answer.replace(" and ", ", ").split(", "))
+        else:
+            assert all(value in stated for value in lesson.answer.replace(" and ", ", ").split(", "))
+
+
+def test_every_held_out_needle_format_is_guarded():
+    """Each needle format of the held-out evaluation contains a phrase training lessons may not use."""
+    for form in range(FORMATS):
+        needle = make_needle(random.Random(form), form)
+        assert facts.held_out_hits(f"{needle.sentence} {needle.question}"), needle.sentence
+
+
+def test_fact_documents_are_exact_and_hold_no_ruler_template():
+    for seed in range(60):
+        spec = corpus.DocumentSpec(seed, 1022, 0.0, 300, dense_fraction=0.3, fact_fraction=1.0)
+        text = corpus.document(spec)
+        assert len(text) == 1022 and text.isascii()
+        assert "special magic" not in text and "VAR " not in text
+    dense = facts.dense_fact_text(random.Random(3), 20000, 2048, corpus.varied_filler)
+    assert dense.count("?") >= 3, "a dense text asks several questions"
+
+
+def test_needles_are_never_cut_inside_a_word():
+    for seed in range(50):
+        text = facts.fact_task_text(random.Random(seed), 900, lambda rng, n: ("xxxxxxxx " * 200)[:n])
+        runs = re.findall(r"\bx+\b", text)[:-1]  # the filler's last word may be cut by its own length
+        assert len(runs) > 20 and all(len(run) == 8 for run in runs), text
+
+
+def test_short_documents_in_a_row_fill_a_long_one():
+    spec = corpus.DocumentSpec(11, 8190, 0.0, 300, fact_fraction=1.0, short_fraction=1.0, short_length=1022)
+    text = corpus.document(spec)
+    assert len(text) == 8190
+    parts = text.split("\n\n")
+    assert len(parts) >= 8 and text.count("Answer") + text.count("A: ") + text.count("\n") >= 8
+    first = corpus.document(corpus.DocumentSpec(11 * 64 + 1, 1022, 0.0, 300, fact_fraction=1.0))
+    assert text.startswith(first), "the first short document comes first, unchanged"
