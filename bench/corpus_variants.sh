@@ -8,6 +8,8 @@
 # Variants (train/build_default_model.py options):
 #   held_out  --fact-fraction 1.0: no RULER template in training at all
 #   mixed     --fact-fraction 0.5: half the lessons in RULER's templates, half varied
+# PRETRAIN_STEPS (default 3000, the shipped recipe's) sets the base LM's pretraining length in build and diagnose.
+# The device returns only a few files: results are gathered in few files, and bulky ones (a base) are tarred.
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -17,12 +19,13 @@ if [ -d .whl ]; then
     export PYTHONPATH=/tmp/site:$(pwd)
 fi
 declare -A FRACTION=([held_out]=1.0 [mixed]=0.5)
+STEPS=${PRETRAIN_STEPS:-3000}
 stage=${1:-build}
 case $stage in
 build)
     for v in held_out mixed; do
         timeout "${BUILD_SECONDS:-570}" python3 train/build_default_model.py --work "work/variants/$v" \
-            --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 8 \
+            --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 8 --pretrain-set "max_steps=$STEPS" \
             > "$OUT/build_$v.log" 2>&1 &
     done
     wait
@@ -43,8 +46,8 @@ eval)
     for v in held_out mixed; do echo "== $v"; cat "$OUT/$v/quality.md" "$OUT/$v/heldout_prose.md" 2>/dev/null; done ;;
 diagnose)  # one variant's base LM alone (pretraining only), its RULER predictions at 1x, the base as a tarball
     v=${2:-mixed}
-    timeout "${BUILD_SECONDS:-330}" python3 train/build_default_model.py --work "work/variants/$v" \
-        --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 12 > "$OUT/build_$v.log" 2>&1
+    timeout "${BUILD_SECONDS:-570}" python3 train/build_default_model.py --work "work/variants/$v" \
+        --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 12 --pretrain-set "max_steps=$STEPS" > "$OUT/build_$v.log" 2>&1
     tar -C "work/variants/$v" -czf "$OUT/base_$v.tgz" base
     for base in "work/variants/$v/base" assets/retrolm-byte-llama/base; do  # the shipped base is the control
         name=$(basename "$(dirname "$base")")

@@ -91,14 +91,16 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     """Every phase of train/build_default_model.py on a CPU, then the output answers through RetroLM."""
     out = tmp_path / "model"
     done = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
-                           "--work", str(tmp_path / "work"), "--out", str(out), "--workers", "2"],
+                           "--work", str(tmp_path / "work"), "--out", str(out), "--workers", "2",
+                           "--pretrain-set", "max_steps=12", "--stage2-set", "max_steps=3"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.load(open(tmp_path / "work" / "build_results.json"))
     for phase in ("documents", "long_documents", "pretrain_data", "long_data", "pretrain", "stage1", "stage2",
                   "export"):
         assert phase in results["seconds"], phase
-    assert results["stage2"]["steps"] == 4
+    assert results["pretrain"]["steps"] == 12 and results["stage2"]["steps"] == 3, "overrides reach their phase"
+    assert results["stage1"]["steps"] == 4, "stage 1 keeps the smoke size"
     model = RetroLM.from_pretrained(str(out))
     assert os.path.isdir(out / "adapter") and os.path.isdir(out / "base")
     ids = model.tokenizer("hello " * 50, return_tensors="pt").input_ids

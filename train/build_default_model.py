@@ -98,6 +98,10 @@ def main(argv=None) -> int:
                              "templates; 1.0 keeps every evaluated template out of training")
     parser.add_argument("--short-fraction", type=float, default=0.0,
                         help="share of long (stage 1 and 2) documents made of window-sized documents in a row")
+    for phase, config in (("pretrain", "pretrain.json"), ("stage1", "train_retriever.json"),
+                          ("stage2", "post_train.json")):
+        parser.add_argument(f"--{phase}-set", action="append", default=[], metavar="KEY=VALUE",
+                            help=f"override a key of configs/default_model/{config} (repeatable), e.g. max_steps=6000")
     parser.add_argument("--base", default=None,
                         help="an already pretrained base LM directory: skip the pretraining corpus and pretraining")
     args = parser.parse_args(argv)
@@ -112,13 +116,14 @@ def main(argv=None) -> int:
         with open(results_path) as f:
             results = json.load(f)
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction}
+    results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     if args.base:
         paths["base"] = results["base"] = os.path.abspath(args.base)
     # both configs are read (and checked) before any work; the page size is stage 1's
     pretrain_config = load_pretrain_config(os.path.join(CONFIGS, "pretrain.json"), size["pretrain"] + [
-        f"data={paths['pretrain-data']}", f"output_dir={paths['base']}"])
+        f"data={paths['pretrain-data']}", f"output_dir={paths['base']}"] + args.pretrain_set)
     common = [f"data={paths['long-data']}"] + size["stage"]
-    stage1_sets = [f"model={paths['base']}", f"output_dir={paths['stage1']}"] + common
+    stage1_sets = [f"model={paths['base']}", f"output_dir={paths['stage1']}"] + common + args.stage1_set
     page = load_train_config(os.path.join(CONFIGS, "train_retriever.json"), "retriever",
                              stage1_sets).retrolm_config().page_size
     window = pretrain_config.model["max_position_embeddings"]
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
         "train_retriever.py", "train_retriever.json", stage1_sets))
     save_results()
     stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
-    stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets
+    stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets + args.stage2_set
     _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
         "post_train.py", "post_train.json", stage2_sets))
     save_results()
