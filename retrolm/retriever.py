@@ -94,11 +94,11 @@ def with_neighbors(seeds: torch.Tensor, seed_ok: torch.Tensor, candidates: torch
     plain top-k would take: each seed is itself a candidate, so neighbours only reorder who fills the slots.
     """
     groups, n = candidates.shape
-    steps = torch.tensor([0, *offsets], device=seeds.device)  # [S]
-    pages = (seeds[:, :, None] + steps).flatten(1)  # [G, L]
+    # one add per offset rather than a tensor of offsets: building that from a list is a blocking host-to-device copy
+    pages = torch.stack([seeds + d for d in (0, *offsets)], dim=2).flatten(1)  # [G, L]
     inside = (pages >= 0) & (pages < n)
     ok = inside & candidates.gather(1, pages.clamp(0, max(n - 1, 0))) if n else torch.zeros_like(inside)
-    ok &= seed_ok.repeat_interleave(steps.numel(), dim=1)
+    ok &= seed_ok.repeat_interleave(1 + len(offsets), dim=1)
     width = pages.shape[1]
     before = torch.ones(width, width, dtype=torch.bool, device=seeds.device).tril(-1)  # [L, L]: t' < t
     repeated = ((pages[:, :, None] == pages[:, None, :]) & ok[:, None, :] & before).any(dim=2)
