@@ -10,7 +10,14 @@ from .errors import EvalError
 from .methods import LLM_EMBEDDER, METHODS, MethodOptions, build_method
 
 RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mode", "max_context_tokens",
-                 "attention_backend", "refresh_interval", "prefill_chunk_pages")
+                 "attention_backend", "refresh_interval", "prefill_chunk_pages", "neighbor_pages", "neighbor_direction",
+                 "refresh_on")
+STRING_KNOBS = ("position_mode", "attention_backend", "neighbor_direction")
+
+
+def _escaped(text: str) -> str:
+    """A command-line string with backslash escapes read ("\\n" is a newline): --refresh-on ' \\n,'."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -41,7 +48,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:0, cpu")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     for knob in RETROLM_KNOBS:
-        kind = str if knob in ("position_mode", "attention_backend") else int
+        kind = str if knob in STRING_KNOBS else _escaped if knob == "refresh_on" else int
         p.add_argument("--" + knob.replace("_", "-"), type=kind, default=None, help=f"RetroLMConfig.{knob}")
     return p
 

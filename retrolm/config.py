@@ -12,6 +12,7 @@ CONFIG_NAME = "retrolm_config.json"
 POSITION_MODES = ("contiguous", "original")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "triton")
 SCORERS = ("auto", "attention", "trained")
+NEIGHBOR_DIRECTIONS = ("next", "previous", "both")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -65,10 +66,18 @@ class RetroLMConfig:
     scorer: str = "auto"
     scorer_query_tokens: int = 16  # attention scorer: queries of this many tokens score a page's candidates
     top_k: int = 16  # retrieved pages per query page, on top of the always-kept sink and local pages
+    # Each retrieved page brings this many neighbours (a text that straddles a page boundary is then read whole),
+    # inside the same top_k slots: best page, its neighbour(s), second page, its neighbour(s), ... until top_k
+    # pages are taken. 0: plain top-k. neighbor_direction: "next" (successors), "previous" or "both".
+    neighbor_pages: int = 0
+    neighbor_direction: str = "next"
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
     position_mode: str = "contiguous"  # "contiguous": attended pages re-packed at positions 0..; "original"
     refresh_interval: int = 16  # decode: re-run retrieval every this many generated tokens (and at each new page)
+    # Decode: also re-run retrieval at the step that reads a token whose text holds one of these characters (the
+    # end of a generated name, item or line), so multi-hop answers query with the hop just written. "": off.
+    refresh_on: str = "\n,"
     prefill_chunk_pages: int = 32  # pages encoded per LLM forward during prefill (memory vs speed)
     max_context_tokens: int = 1_048_576  # longer inputs are refused with an error naming this knob
     offload_kv: bool = False  # keep K/V pages in (pinned) CPU memory; copy in only the pages a forward attends to
@@ -89,7 +98,7 @@ class RetroLMConfig:
         for name in ("page_size", "prefill_chunk_pages", "refresh_interval", "max_context_tokens",
                      "scorer_query_tokens"):
             _check_int("", name, getattr(self, name), 1)
-        for name in ("top_k", "sink_pages", "local_pages"):
+        for name in ("top_k", "sink_pages", "local_pages", "neighbor_pages"):
             _check_int("", name, getattr(self, name), 0)
         if self.position_mode not in POSITION_MODES:
             raise RetroLMError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}.")
@@ -97,6 +106,12 @@ class RetroLMConfig:
             raise RetroLMError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}."
             )
+        if self.neighbor_direction not in NEIGHBOR_DIRECTIONS:
+            raise RetroLMError(f"neighbor_direction must be one of {NEIGHBOR_DIRECTIONS}, got "
+                               f"{self.neighbor_direction!r}.")
+        if not isinstance(self.refresh_on, str):
+            raise RetroLMError(f"refresh_on must be a string of trigger characters (e.g. \" \\n,\"; \"\" turns it "
+                               f"off), got {type(self.refresh_on).__name__} {self.refresh_on!r}.")
         if self.scorer not in SCORERS:
             raise RetroLMError(f"scorer must be one of {SCORERS}, got {self.scorer!r}.")
         if not isinstance(self.offload_kv, bool):
@@ -112,6 +127,17 @@ class RetroLMConfig:
     def max_attended_pages(self) -> int:
         """Upper bound on earlier pages one query page attends to (sink + local + retrieved)."""
         return self.sink_pages + self.local_pages + self.top_k
+
+    @property
+    def neighbor_offsets(self) -> tuple[int, ...]:
+        """Page offsets each retrieved page brings along, in the order they take free slots: "next" 1, 2, ...;
+        "previous" -1, -2, ...; "both" 1, -1, 2, -2, ..."""
+        forward = range(1, self.neighbor_pages + 1)
+        if self.neighbor_direction == "next":
+            return tuple(forward)
+        if self.neighbor_direction == "previous":
+            return tuple(-d for d in forward)
+        return tuple(d * sign for d in forward for sign in (1, -1))
 
     def replace(self, **knobs) -> "RetroLMConfig":
         """A copy with `knobs` changed; unknown knob names raise `RetroLMError` listing the valid ones."""

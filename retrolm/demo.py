@@ -127,16 +127,18 @@ def _in_process(kind: str, model_path: str | None, ids: torch.Tensor, max_new_to
 
 @torch.no_grad()
 def run_demo(model_path: str | None = None, factor: int = 32, num_facts: int = 3, max_new_tokens: int = 12,
-             seed: int = 0, compare: bool = True, window: int | None = None) -> dict:
+             seed: int = 0, compare: bool = True, window: int | None = None, **knobs) -> dict:
     """Run the demo; returns the measured numbers (also printed). window: default the model's trained window
-    (its config's max_position_embeddings)."""
-    model = RetroLM.from_pretrained(model_path)
+    (its config's max_position_embeddings). knobs: `RetroLMConfig` overrides of the questions' runs (e.g.
+    neighbor_pages=0), not of the comparison."""
+    model = RetroLM.from_pretrained(model_path, **knobs)
     path = model_path or default_model_path()
     window = window or model.base_model.config.max_position_embeddings
     P = model.config.page_size
     print(f"model: {path}\ntrained window: {window} tokens; haystacks: {factor}x = {factor * window} tokens; RetroLM "
           f"page_size={P}, top_k={model.config.top_k}, sink={model.config.sink_pages}, "
-          f"local={model.config.local_pages}\n")
+          f"local={model.config.local_pages}, neighbor_pages={model.config.neighbor_pages} "
+          f"({model.config.neighbor_direction})\n")
     results = []
     for i, fact in enumerate(make_facts(num_facts, seed)):
         ids, needle_token = haystack_prompt(model.tokenizer, fact, factor * window, seed * 1000 + i)

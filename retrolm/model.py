@@ -39,7 +39,7 @@ from .inputs import (check_attention_mask, check_generation, check_input_ids, ch
 from .logs import logger
 from .pager import add_bookmark_token
 from .resources import shipped_candidates
-from .planner import plan_forward
+from .planner import plan_forward, refresh_trigger_table
 from .retriever import PageRetriever
 from .rope import rope_inv_freq
 
@@ -284,9 +284,19 @@ class RetroLM(nn.Module):
         """The plan of a forward encoding input_ids [1, q] into `cache` (called by the pre-forward hook)."""
         inner = _inner_model(self.base_model)
         plan = plan_forward(cache, input_ids[0], self.retriever, inner.get_input_embeddings(), self.config,
-                            rope_inv_freq(inner))
+                            rope_inv_freq(inner), self._refresh_table())
         plan.backend = self._backend(input_ids.shape[1])
         return plan
+
+    def _refresh_table(self) -> torch.Tensor | None:
+        """[V] bool on the device: the ids whose decode step refreshes retrieval (config.refresh_on), built once per
+        setting (the config may be changed between calls)."""
+        key = (self.config.refresh_on, str(self.device))
+        if getattr(self, "_refresh_table_for", (None, None))[0] != key:
+            vocab = _inner_model(self.base_model).get_input_embeddings().num_embeddings
+            self._refresh_table_for = (key, refresh_trigger_table(self.tokenizer, self.config.refresh_on, vocab,
+                                                                  self.device))
+        return self._refresh_table_for[1]
 
     def _backend(self, new_tokens: int) -> str:
         """The attention path of a forward: "triton" serves decode steps only; prefill runs on sdpa then."""

@@ -6,7 +6,8 @@ Runs before the LLM sees the tokens (a forward pre-hook):
 2. group the new tokens by page; with the trained scorer each group's query is the retriever's view of the
    `page_size` tokens before the group's first token (for a group starting on a page boundary that is simply
    the previous page's bookmark query); decode groups reuse their selection until `refresh_interval` tokens
-   passed; select sink + local + top-k earlier pages per group (never a future page). With the
+   passed or the token a decode step reads is a refresh trigger (`refresh_on`); select sink + local + top-k
+   earlier pages per group (never a future page), each retrieved page bringing its `neighbor_pages`. With the
    training-free scorer the pages are chosen later, per layer, from the layer's own queries (scorer.py); the
    plan fixes how many each group attends to, which is all the positions need;
 3. assign positions: original, or contiguous (attended pages re-packed at 0, P, 2P, ... in page order,
@@ -22,6 +23,7 @@ from .cache import PagedKVCache
 from .config import RetroLMConfig
 from .pager import page_windows
 from .retriever import PageRetriever, eligible_pages, packed_key_shift, score_pages, select_pages
+from .scorer import fresh_decode_selection
 
 
 @dataclass
@@ -55,6 +57,8 @@ class AttentionPlan:
     top_k: int = 0
     scorer_window: int = 0
     refresh_interval: int = 1  # decode: a layer keeps its selection this many tokens within a page
+    refresh_now: bool = False  # decode: this step reads a refresh-trigger token, every layer selects afresh
+    neighbors: tuple = ()  # page offsets each retrieved page brings along (RetroLMConfig.neighbor_offsets)
     contiguous: bool = False
     log_selection: list | None = None  # per-layer selections of a decode step, for cache.selection_log
 
@@ -68,6 +72,38 @@ def _window_bookmarks(cache, retriever, embed, ends, page_size):
     return retriever(token_embeds.to(next(retriever.parameters()).device), lengths.to(token_embeds.device))
 
 
+def refresh_trigger_table(tokenizer, characters: str, vocab_size: int, device=None) -> torch.Tensor | None:
+    """[V] bool table: True for the ids whose text holds one of `characters` (None when there are none).
+
+    A token's text is read as it appears after another token (decoding it alone would drop the leading space
+    some tokenizers mark, e.g. sentencepiece's "_word"). Special tokens never trigger.
+    """
+    if not characters:
+        return None
+    size = max(vocab_size, len(tokenizer))
+    anchor = tokenizer("a", add_special_tokens=False).input_ids[:1]
+    prefix = tokenizer.decode(anchor)
+    texts = tokenizer.batch_decode([anchor + [i] for i in range(size)], skip_special_tokens=True)
+    special = set(tokenizer.all_special_ids)
+    table = torch.zeros(size, dtype=torch.bool)
+    for i, text in enumerate(texts):
+        text = text[len(prefix):] if text.startswith(prefix) else text
+        table[i] = i not in special and any(c in text for c in characters)
+    return table.to(device)
+
+
+def _triggered(new_ids: torch.Tensor, table: torch.Tensor | None) -> bool:
+    """Whether the token a decode step reads is a refresh trigger.
+
+    The one host read that triggers add, made only on steps that would otherwise reuse their selection:
+    eager PyTorch decides on the host whether the scoring kernels run at all (the device-only alternative,
+    scoring at every step and keeping the new selection with torch.where, costs a refresh per token). Under
+    transformers' generate the read waits for no kernel: generate has already synchronised on this token
+    (its stopping check reads `unfinished_sequences.max()` on the host).
+    """
+    return table is not None and bool(table[new_ids[-1]])
+
+
 def plan_forward(
     cache: PagedKVCache,
     new_ids: torch.Tensor,
@@ -75,15 +111,17 @@ def plan_forward(
     embed: torch.nn.Embedding,
     config: RetroLMConfig,
     inv_freq: torch.Tensor,
+    refresh_table: torch.Tensor | None = None,
 ) -> AttentionPlan:
     """Plan the forward that encodes `new_ids` [q] after the tokens already in `cache`; the plan is also set as
-    `cache.plan`, which the cache's layers require for this forward's update."""
-    plan = _plan(cache, new_ids, retriever, embed, config, inv_freq)
+    `cache.plan`, which the cache's layers require for this forward's update. refresh_table: [V] bool on the
+    device, the ids whose decode step refreshes retrieval (`refresh_trigger_table`); None: none do."""
+    plan = _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table)
     cache.plan = _to_resident_slots(plan) if config.offload_kv else plan
     return cache.plan
 
 
-def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
+def _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table=None) -> AttentionPlan:
     P = config.page_size
     t0 = cache.num_tokens
     cache.append_tokens(new_ids)
@@ -102,7 +140,8 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
     query_pages = torch.arange(first_page, last_page + 1, device=device)  # [G]
     group_starts = torch.clamp(query_pages * P, min=t0)  # first new token of each group
     if trained:
-        attended = _select(cache, retriever, embed, config, query_pages, group_starts)
+        triggered = lambda: _triggered(new_ids, refresh_table)  # noqa: E731 (read only where a reuse is possible)
+        attended = _select(cache, retriever, embed, config, query_pages, group_starts, t0, triggered)
         count = (attended >= 0).sum(dim=1)  # [G] attended pages: the group's own page is packed right after them
     else:
         attended = None
@@ -132,7 +171,8 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq) -> AttentionPlan:
         plan.layer_states = cache.layer_summaries() or None
         plan.sink_pages, plan.local_pages, plan.top_k = config.sink_pages, config.local_pages, config.top_k
         plan.scorer_window, plan.contiguous = config.scorer_query_tokens, contiguous
-        plan.refresh_interval = config.refresh_interval
+        plan.refresh_interval, plan.neighbors = config.refresh_interval, config.neighbor_offsets
+        plan.refresh_now = _would_reuse(plan) and _triggered(new_ids, refresh_table)
         if t0 % P != 0 and t1 - t0 == 1 and int(last_page) > 0:  # a decode step mid-page: log what it retrieves
             plan.log_selection = []
             cache.selection_log.append((t0, plan.log_selection))
@@ -152,17 +192,24 @@ def _to_resident_slots(plan: AttentionPlan) -> AttentionPlan:
     return plan
 
 
-def _select(cache, retriever, embed, config, query_pages, group_starts):
-    """Attended earlier pages [G, A] of each group, reusing the decode selection while it is fresh."""
+def _would_reuse(plan: AttentionPlan) -> bool:
+    """Training-free scorer: whether this decode step's layers hold a fresh selection (the first layer's state
+    tells for all: every layer refreshes at the same steps)."""
+    if plan.decode_token is None or not plan.layer_states:
+        return False
+    return fresh_decode_selection(plan, plan.layer_states[0]) is not None
+
+
+def _select(cache, retriever, embed, config, query_pages, group_starts, t0, triggered):
+    """Attended earlier pages [G, A] of each group, reusing the decode selection while it is fresh and the
+    step's token is no refresh trigger (`triggered()`)."""
     P = config.page_size
-    reuse = None
-    if cache.selection is not None and query_pages.numel() == 1:
+    first_page, last_page = t0 // P, (cache.num_tokens - 1) // P  # host copies of query_pages' ends
+    if cache.selection is not None and first_page == last_page:
         page, attended, made_at = cache.selection
-        start = int(group_starts[0])
-        if page == int(query_pages[0]) and start % P != 0 and start - made_at < config.refresh_interval:
-            reuse = attended[None, :]
-    if reuse is not None:
-        return reuse
+        start = t0  # a single group starts at the first new token
+        if page == first_page and start % P != 0 and start - made_at < config.refresh_interval and not triggered():
+            return attended[None, :]
 
     n = cache.num_complete_pages
     scores = torch.zeros(query_pages.numel(), n, device=query_pages.device)
@@ -174,10 +221,11 @@ def _select(cache, retriever, embed, config, query_pages, group_starts):
             mid_queries, _ = _window_bookmarks(cache, retriever, embed, group_starts[mid], P)
             queries[mid] = mid_queries.to(queries.device)
         scores = score_pages(queries, cache.bookmark_keys[:n])
-    attended = select_pages(scores, query_pages, config.top_k, config.sink_pages, config.local_pages)
+    attended = select_pages(scores, query_pages, config.top_k, config.sink_pages, config.local_pages,
+                            neighbors=config.neighbor_offsets)
 
-    last_start = int(group_starts[-1])
-    cache.selection = (int(query_pages[-1]), attended[-1], last_start)
+    last_start = max(last_page * P, t0)
+    cache.selection = (last_page, attended[-1], last_start)
     if last_start % P != 0:
         cache.selection_log.append((last_start, attended[-1]))
     return attended

@@ -82,14 +82,41 @@ def eligible_pages(query_pages: torch.Tensor, n: int, sink_pages: int, local_pag
     return always, earlier & ~always
 
 
+def with_neighbors(seeds: torch.Tensor, seed_ok: torch.Tensor, candidates: torch.Tensor, offsets: list[int],
+                   top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retrieved pages once each top-scored page brings its neighbours, within the same `top_k` slots.
+
+    seeds: [G, k] candidate pages in descending score order (seed_ok [G, k]: a real candidate, not padding);
+    candidates: [G, N] mask of the pages that may be retrieved. The pages are tried in the order
+    seed1, seed1 + offsets..., seed2, seed2 + offsets..., ...; a page is taken if it is a candidate and not
+    taken before, until `top_k` are. Returns (pages [G, L], taken [G, L]) with L = k * (1 + len(offsets)).
+    Fixed shapes, no device-to-host copy. With k >= min(top_k, candidates) seeds, as many pages are taken as
+    plain top-k would take: each seed is itself a candidate, so neighbours only reorder who fills the slots.
+    """
+    groups, n = candidates.shape
+    # one add per offset rather than a tensor of offsets: building that from a list is a blocking host-to-device copy
+    pages = torch.stack([seeds + d for d in (0, *offsets)], dim=2).flatten(1)  # [G, L]
+    inside = (pages >= 0) & (pages < n)
+    ok = inside & candidates.gather(1, pages.clamp(0, max(n - 1, 0))) if n else torch.zeros_like(inside)
+    ok &= seed_ok.repeat_interleave(1 + len(offsets), dim=1)
+    width = pages.shape[1]
+    before = torch.ones(width, width, dtype=torch.bool, device=seeds.device).tril(-1)  # [L, L]: t' < t
+    repeated = ((pages[:, :, None] == pages[:, None, :]) & ok[:, None, :] & before).any(dim=2)
+    taken = ok & ~repeated
+    taken &= taken.cumsum(dim=1) <= top_k
+    return pages, taken
+
+
 def select_pages(
     scores: torch.Tensor, query_pages: torch.Tensor, top_k: int, sink_pages: int, local_pages: int,
-    fixed_width: bool = False,
+    fixed_width: bool = False, neighbors: list[int] | tuple = (),
 ) -> torch.Tensor:
     """Earlier pages each query page attends to: sink + local + the top-k scored among the rest.
 
     scores: [G, N] over the N pages that have keys; query_pages: [G] page index m of each query.
     Only pages j < m are eligible (never the future, never the page itself).
+    neighbors: page offsets (`RetroLMConfig.neighbor_offsets`) each retrieved page brings along, inside the same
+    top_k slots (`with_neighbors`); empty: plain top-k.
     Returns [G, A] page indices, ascending within a row, padded with -1 on the right. A is the largest row's
     count, or with fixed_width the most any row can hold (min(N, sink + local + top_k)), which needs no
     device-to-host copy: the per-layer scorer calls this at every layer of a decode step.
@@ -103,8 +130,9 @@ def select_pages(
     if k > 0:
         masked = scores.float().masked_fill(~candidates, float("-inf"))
         top_scores, top_index = masked.topk(k, dim=1)
-        chosen.scatter_(1, top_index, top_scores > float("-inf"))
-        chosen |= always
+        pages, taken = with_neighbors(top_index, top_scores > float("-inf"), candidates, list(neighbors), top_k)
+        hits = torch.zeros(groups, n, dtype=torch.long, device=device)
+        chosen |= hits.scatter_add_(1, pages.clamp(0, n - 1), taken.long()) > 0  # scatter_add: repeats are safe
     if fixed_width:
         width = min(n, sink_pages + local_pages + max(top_k, 0))
     else:

@@ -11,8 +11,8 @@ Works on any Hugging Face model, before any retriever is trained (`scorer="atten
   the bounds over the always-kept and candidate pages), and a page's score is the share it gets from all of
   them: pages the layer would attend to most rank first. The top-k candidates are selected per layer,
   with the same rule as the trained scorer (sink + local + top-k, never the future). A decode step keeps
-  its layer's selection for `refresh_interval` tokens within a page, as the trained scorer does, so the
-  scoring cost of decoding is paid once per refresh rather than at every token.
+  its layer's selection for `refresh_interval` tokens within a page (or until it reads a refresh-trigger token),
+  as the trained scorer does, so the scoring cost of decoding is paid once per refresh rather than at every token.
 
 Keys and queries are compared without RoPE (rotated back to position 0), so scores do not depend on where
 pages were encoded, in either position mode.
@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 
-from .retriever import eligible_pages, packed_key_shift, select_pages
+from .retriever import eligible_pages, packed_key_shift, select_pages, with_neighbors
 from .rope import shift_keys
 
 
@@ -120,7 +120,7 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
     if state.pages < complete:
         new = torch.arange(state.pages, complete, device=key_pool.device)
         state.extend(*page_bounds(key_pool, new, plan.page_starts, inv_freq, P))
-    reused = _fresh_decode_selection(plan, state)
+    reused = fresh_decode_selection(plan, state)
     if reused is not None:  # nothing is computed: the query is kept as it is for the next scoring
         state.pending_queries.append((query[0].transpose(0, 1), plan.position_ids[0]))
         return _with_selection(plan, *reused)
@@ -148,7 +148,8 @@ def group_selection(plan, rows, valid, center, radius, n: int, scaling: float) -
         scores = rows.new_zeros(plan.query_pages.numel(), 0, dtype=torch.float32)
     else:
         scores = page_scores(rows, valid, center[:n], radius[:n], always, candidates, scaling)
-    return select_pages(scores, plan.query_pages, plan.top_k, plan.sink_pages, plan.local_pages, fixed_width=True)
+    return select_pages(scores, plan.query_pages, plan.top_k, plan.sink_pages, plan.local_pages, fixed_width=True,
+                        neighbors=plan.neighbors)
 
 
 def _has_decode_shortcut(plan) -> bool:
@@ -162,7 +163,8 @@ def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: tor
                      scaling: float) -> torch.Tensor:
     """`group_selection` of one decode token in a few kernels (it runs at every layer of a refresh step, where
     per-kernel host cost dominates): rows [w, H, D] are its window; every page before its page m is reachable,
-    the candidates are the contiguous range [sink, m - local), and all sink + top_k + local slots fill."""
+    the candidates are the contiguous range [sink, m - local), and all sink + top_k + local slots fill (with
+    neighbours too: there are at least top_k candidates)."""
     m = plan.decode_token[0]
     sink, local, k = plan.sink_pages, plan.local_pages, plan.top_k
     width, heads, dim = rows.shape
@@ -170,8 +172,16 @@ def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: tor
     q = rows.float().view(width, kv_heads, heads // kv_heads, dim).transpose(0, 1).reshape(kv_heads, -1, dim)
     bound = torch.baddbmm(q @ center[:m].float().permute(1, 2, 0), q.abs(), radius[:m].float().permute(1, 2, 0))
     share = (bound * scaling).softmax(dim=-1).sum(dim=(0, 1))  # [m] estimated attention each earlier page gets
-    top = share[sink : m - local].topk(k).indices.sort().values + sink
     device = rows.device
+    if plan.neighbors:
+        seeds = share[sink : m - local].topk(k).indices[None] + sink  # [1, k] best first
+        page = torch.arange(m, device=device)
+        candidates = ((page >= sink) & (page < m - local))[None]  # [1, m]
+        pages, taken = with_neighbors(seeds, torch.ones_like(seeds, dtype=torch.bool), candidates,
+                                      list(plan.neighbors), k)
+        top = torch.where(taken, pages, m).sort(dim=1).values[0, :k]  # exactly k taken: a fixed shape, no sync
+    else:
+        top = share[sink : m - local].topk(k).indices.sort().values + sink
     return torch.cat([torch.arange(sink, device=device), top, torch.arange(m - local, m, device=device)])[None]
 
 
@@ -196,10 +206,11 @@ def _with_selection(plan, attended: torch.Tensor, key_shift: torch.Tensor | None
     return layer_plan
 
 
-def _fresh_decode_selection(plan, state: LayerSummaries) -> tuple | None:
+def fresh_decode_selection(plan, state: LayerSummaries) -> tuple | None:
     """A decode step's (attended pages [1, A], key shift) reused from this layer's last selection, as the trained scorer
-    does: within the same page and fewer than `refresh_interval` tokens after it was made; else None."""
-    if plan.decode_token is None or state.decode_selection is None or plan.decode_token[1] == 0:
+    does: within the same page, fewer than `refresh_interval` tokens after it was made, and the step's token no refresh
+    trigger (`plan.refresh_now`); else None."""
+    if plan.decode_token is None or state.decode_selection is None or plan.decode_token[1] == 0 or plan.refresh_now:
         return None
     page, attended, key_shift, made_at = state.decode_selection
     if page != plan.decode_token[0] or plan.new_tokens[0] - made_at >= plan.refresh_interval:

@@ -40,6 +40,22 @@ def test_greedy_generate_equals_base_model(tiny_dirs, arch, backend, scorer):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_neighbours_and_refresh_triggers_keep_the_all_pages_equivalence(tiny_dirs, arch, scorer):
+    """neighbor_pages and refresh_on change which pages a small top_k reads; with every page selected they change
+    nothing."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch]).eval()
+    model = RetroLM.from_pretrained(tiny_dirs[arch], page_size=8, top_k=64, neighbor_pages=2,
+                                    neighbor_direction="both", refresh_on="".join(map(chr, range(32, 127))),
+                                    attention_backend="reference", **SCORERS[scorer])
+    ids = torch.randint(0, 256, (1, 45))
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - base(input_ids=ids).logits).abs().max().item() <= 1e-4
+    expected = base.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(model.generate(input_ids=ids, max_new_tokens=20, do_sample=False, eos_token_id=None), expected)
+
+
 def test_sampling_generates_and_is_seeded(tiny_dirs):
     model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=2)
     ids = torch.randint(0, 256, (1, 50))

@@ -8,6 +8,7 @@ import torch
 import retrolm.retriever as retriever_module
 from retrolm import RetroLM, RetroLMError
 from retrolm.cli import main
+from retrolm.compat import cache_argument
 from retrolm.retriever import eligible_pages
 from retrolm.rope import shift_keys
 from retrolm.scorer import page_bounds, page_scores, query_windows
@@ -105,7 +106,8 @@ def test_attention_scorer_retrieves_different_pages_per_layer_on_long_inputs(tin
 def test_decode_keeps_each_layers_selection_for_the_refresh_interval_within_a_page(tiny_dirs, interval):
     """As with the trained scorer: a decode step reuses its layer's pages until `refresh_interval` tokens have
     passed or a new page starts, and scores afresh otherwise."""
-    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=2, refresh_interval=interval)
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=2, refresh_interval=interval,
+                                    refresh_on="")  # no trigger tokens: the interval alone
     model.generate(input_ids=torch.randint(0, 250, (1, 300)), max_new_tokens=14, do_sample=False)
     log = model.last_cache.selection_log  # [(position, [per-layer attended pages])], decode steps mid-page
     assert len(log) >= 10
@@ -149,12 +151,14 @@ def test_fixed_width_selection_holds_the_same_pages(groups, n, top_k, sink, loca
         assert a[a >= 0].tolist() == b[b >= 0].tolist()
 
 
+@pytest.mark.parametrize("neighbors", [(), (1,), (-1,), (1, -1), (1, 2, 3)])
 @pytest.mark.parametrize("m, extra, window, heads, kv_heads, dim, sink, local, top_k", [
     (40, 0, 16, 4, 2, 8, 1, 1, 4), (40, 1, 5, 8, 8, 16, 2, 3, 6), (12, 0, 1, 4, 1, 8, 1, 2, 9),
-    (300, 1, 16, 32, 8, 32, 1, 1, 16), (7, 0, 3, 2, 1, 4, 0, 0, 7)])
+    (300, 1, 16, 32, 8, 32, 1, 1, 16), (7, 0, 3, 2, 1, 4, 0, 0, 7), (9, 0, 4, 2, 1, 4, 1, 1, 1)])
 def test_decode_shortcut_selects_what_the_general_scorer_selects(m, extra, window, heads, kv_heads, dim, sink, local,
-                                                                top_k):
-    """The few-kernel selection of a decode token equals the general one (windows, masks, top-k) on random data."""
+                                                                top_k, neighbors):
+    """The few-kernel selection of a decode token equals the general one (windows, masks, top-k, neighbours) on
+    random data."""
     from retrolm.scorer import _has_decode_shortcut, decode_selection, group_selection
 
     torch.manual_seed(m + dim)
@@ -162,10 +166,67 @@ def test_decode_shortcut_selects_what_the_general_scorer_selects(m, extra, windo
     center, radius = torch.randn(n, kv_heads, dim), torch.rand(n, kv_heads, dim)
     rows = torch.randn(window, heads, dim)
     plan = SimpleNamespace(decode_token=(m, 3), query_pages=torch.tensor([m]), sink_pages=sink, local_pages=local,
-                           top_k=top_k)
+                           top_k=top_k, neighbors=neighbors)
     assert _has_decode_shortcut(plan)
     general = group_selection(plan, rows[None], torch.ones(1, window, dtype=torch.bool), center, radius, n, 0.3)
     assert decode_selection(plan, rows, center, radius, 0.3).tolist() == general.tolist()
+
+
+@pytest.mark.parametrize("scorer", ["attention", "trained"])
+def test_a_refresh_trigger_token_refreshes_retrieval_and_another_token_does_not(tiny_dirs, scorer):
+    """Mid-page decode steps keep their selection (refresh_interval is long), except the step that reads a trigger."""
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=1, refresh_interval=100, refresh_on=",;",
+                                    scorer=scorer, init_retriever=scorer == "trained")
+    comma, semicolon, letter = (model.tokenizer(c, add_special_tokens=False).input_ids[0] for c in ",;a")
+    ids = torch.randint(0, 250, (1, 58))
+    ids[(ids == comma) | (ids == semicolon)] = letter
+    cache, _ = model.encode(ids, logits_to_keep=1)
+    cache.selection = None
+
+    def made_at(token):  # feed one decode token; the position of the selection in force after it
+        model.base_model(input_ids=torch.tensor([[token]]), **{cache_argument(model.base_model): cache})
+        return cache.selection[2] if scorer == "trained" else cache.layers[0].summaries.decode_selection[3]
+
+    # positions 58..63 lie inside page 7: only the first step, and steps reading a trigger, select afresh
+    assert [made_at(t) for t in (letter, letter, comma, letter, semicolon, letter)] == [58, 58, 60, 60, 62, 62]
+    if scorer == "attention":  # every layer refreshed together
+        assert {layer.summaries.decode_selection[3] for layer in cache.layers} == {62}
+
+
+def test_no_trigger_characters_means_interval_refreshes_only(tiny_dirs):
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, top_k=1, refresh_interval=100, refresh_on="",
+                                    init_retriever=True)
+    assert model._refresh_table() is None
+    comma = model.tokenizer(",", add_special_tokens=False).input_ids[0]
+    cache, _ = model.encode(torch.randint(0, 250, (1, 58)), logits_to_keep=1)
+    cache.selection = None
+    for token in (comma, comma, comma):
+        model.base_model(input_ids=torch.tensor([[token]]), **{cache_argument(model.base_model): cache})
+    assert cache.selection[2] == 58
+
+
+def test_refresh_trigger_table_reads_tokens_as_they_appear_mid_text(tiny_dirs):
+    """Byte tokens trigger on their own character; a sentencepiece-style "_word" (leading space, dropped when it is
+    decoded alone) triggers on a space; special tokens never do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from retrolm.planner import refresh_trigger_table
+
+    byte = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    table = refresh_trigger_table(byte, " \n", 320)
+    assert table.shape == (320,)
+    assert set(table.nonzero().flatten().tolist()) == {byte(c, add_special_tokens=False).input_ids[0] for c in " \n"}
+    assert refresh_trigger_table(byte, "", 320) is None
+
+    vocab = {"<unk>": 0, "\u2581a": 1, "b": 2, "\u2581": 3, ",": 4, "\u2581b,": 5}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    sentencepiece_like = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    assert sentencepiece_like.decode([1]) == "a"  # alone, the leading space is gone
+    assert refresh_trigger_table(sentencepiece_like, " ", 6).nonzero().flatten().tolist() == [1, 3, 5]
+    assert refresh_trigger_table(sentencepiece_like, ",", 6).nonzero().flatten().tolist() == [4, 5]
 
 
 def test_decode_shortcut_needs_enough_candidates():

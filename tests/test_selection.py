@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from retrolm import RetroLM
+from retrolm import RetroLM, RetroLMConfig
 from retrolm.compat import cache_argument
 from retrolm.retriever import score_pages, select_pages
 
@@ -53,3 +53,70 @@ def test_planted_page_is_retrieved(tiny_dirs):
     attended = set(cache.selection[1].tolist())
     assert planted in attended
     assert attended == {0, planted, 11}  # sink, planted, local (page 12 is the current page)
+
+
+# ------------------------------------------------------------------ neighbours (neighbor_pages)
+def reference_with_neighbors(scores, m, n, top_k, sink, local, offsets):
+    """Plain-Python rule: sink + local pages, then the candidates best first, each followed by its neighbours
+    (page + offset), a page taken once if it is a candidate, until top_k are taken."""
+    always = {p for p in range(min(m, n)) if p < sink or p >= m - local}
+    candidates = [p for p in range(min(m, n)) if p not in always]
+    taken = []
+    for seed in sorted(candidates, key=lambda p: -float(scores[p])):
+        for page in [seed] + [seed + o for o in offsets]:
+            if len(taken) < top_k and page in candidates and page not in taken:
+                taken.append(page)
+    return sorted(always | set(taken))
+
+
+def offsets_of(neighbor_pages, direction):
+    return RetroLMConfig(neighbor_pages=neighbor_pages, neighbor_direction=direction).neighbor_offsets
+
+
+def test_neighbor_offsets():
+    assert offsets_of(0, "both") == ()
+    assert offsets_of(2, "next") == (1, 2)
+    assert offsets_of(2, "previous") == (-1, -2)
+    assert offsets_of(2, "both") == (1, -1, 2, -2)
+
+
+@pytest.mark.parametrize("fixed_width", [False, True])
+@pytest.mark.parametrize("trial", range(60))
+def test_neighbor_selection_equals_the_reference(trial, fixed_width):
+    gen = torch.Generator().manual_seed(1000 + trial)
+    n = int(torch.randint(1, 30, (1,), generator=gen))
+    groups = int(torch.randint(1, 5, (1,), generator=gen))
+    top_k, sink, local = (int(x) for x in torch.randint(0, 6, (3,), generator=gen))
+    neighbor_pages = int(torch.randint(0, 4, (1,), generator=gen))
+    direction = ("next", "previous", "both")[trial % 3]
+    offsets = offsets_of(neighbor_pages, direction)
+    scores = torch.randn(groups, n, generator=gen)
+    query_pages = torch.randint(0, n + 2, (groups,), generator=gen)
+    attended = select_pages(scores, query_pages, top_k, sink, local, fixed_width=fixed_width, neighbors=offsets)
+    plain = select_pages(scores, query_pages, top_k, sink, local, fixed_width=fixed_width)
+    assert attended.shape[1] == plain.shape[1] or not fixed_width
+    for g in range(groups):
+        m = int(query_pages[g])
+        row = [p for p in attended[g].tolist() if p >= 0]
+        assert row == reference_with_neighbors(scores[g], m, n, top_k, sink, local, offsets)
+        assert (attended[g, len(row):] == -1).all()
+        assert len(row) == int((plain[g] >= 0).sum()), "neighbours share the top_k slots, they add none"
+        candidates = [p for p in range(min(m, n)) if not (p < sink or p >= m - local)]
+        if top_k and candidates:  # the page the scorer ranks first is always attended
+            assert max(candidates, key=lambda p: float(scores[g, p])) in row
+
+
+@pytest.mark.parametrize("m, top_k, sink, local, offsets, best, expected", [
+    (10, 2, 1, 1, (1,), 3, [0, 3, 4, 9]),  # the best page and its successor
+    (10, 2, 1, 1, (-1,), 3, [0, 2, 3, 9]),  # ... its predecessor
+    (10, 2, 1, 1, (1,), 8, [0, 1, 8, 9]),  # successor 9 is the local page, attended anyway: the next best (1) fills
+    (10, 2, 1, 1, (-1,), 1, [0, 1, 2, 9]),  # predecessor 0 is the sink: the next best (2) fills
+    (10, 1, 1, 1, (1, 2), 3, [0, 3, 9]),  # budget smaller than the neighbours: the best page alone
+    (10, 2, 0, 0, (1,), 9, [0, 9]),  # the last earlier page: its successor is the page itself, never taken
+    (3, 4, 1, 1, (1, -1), 1, [0, 1, 2]),  # fewer candidates than top_k
+])
+def test_neighbor_edge_cases(m, top_k, sink, local, offsets, best, expected):
+    scores = -torch.arange(m, dtype=torch.float)[None] * 0.01  # ties broken towards low pages ...
+    scores[0, best] = 10.0  # ... and one clear winner
+    attended = select_pages(scores, torch.tensor([m]), top_k, sink, local, neighbors=offsets)
+    assert [p for p in attended[0].tolist() if p >= 0] == expected
