@@ -102,6 +102,7 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     assert results["pretrain"]["steps"] == 12 and results["stage2"]["steps"] == 3, "overrides reach their phase"
     assert results["stage1"]["steps"] == 4, "stage 1 keeps the smoke size"
     model = RetroLM.from_pretrained(str(out))
+    assert model.config.neighbor_pages == 1, "the exported model keeps the shipped inference settings"
     assert os.path.isdir(out / "adapter") and os.path.isdir(out / "base")
     ids = model.tokenizer("hello " * 50, return_tensors="pt").input_ids
     assert model.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3

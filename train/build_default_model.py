@@ -32,6 +32,9 @@ from train.corpus import write_documents  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "default_model")
 DEFAULT_OUT = os.path.join(ROOT, "assets", "retrolm-byte-llama")
+# Inference-only settings of the exported model (training never reads them): a retrieved page brings its
+# successor, so a needle cut by a page boundary is read whole (the demo's third question; docs/decisions.md)
+EXPORT_KNOBS = {"neighbor_pages": 1, "neighbor_direction": "next"}
 STAGE_SEED = 10_000_000  # long documents draw from seeds disjoint from the pretraining documents'
 
 # (pretraining documents, long documents, long-document length) and config overrides: full run and smoke test
@@ -75,7 +78,7 @@ def _stage(script: str, config: str, overrides: list[str]) -> dict:
 
 def _export(stage2: str, out: str) -> dict:
     """The post-trained checkpoint made self-contained (base weights in bf16) at `out`."""
-    model = RetroLM.from_pretrained(stage2, dtype=torch.bfloat16)
+    model = RetroLM.from_pretrained(stage2, dtype=torch.bfloat16, **EXPORT_KNOBS)
     model.retriever.float()  # small; scores are computed in float32 anyway
     model.save_pretrained(out, save_base_model=True)
     sizes = {}
