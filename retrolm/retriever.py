@@ -130,9 +130,13 @@ def select_pages(
     if k > 0:
         masked = scores.float().masked_fill(~candidates, float("-inf"))
         top_scores, top_index = masked.topk(k, dim=1)
-        pages, taken = with_neighbors(top_index, top_scores > float("-inf"), candidates, list(neighbors), top_k)
-        hits = torch.zeros(groups, n, dtype=torch.long, device=device)
-        chosen |= hits.scatter_add_(1, pages.clamp(0, n - 1), taken.long()) > 0  # scatter_add: repeats are safe
+        if neighbors:
+            pages, taken = with_neighbors(top_index, top_scores > float("-inf"), candidates, list(neighbors), top_k)
+            hits = torch.zeros(groups, n, dtype=torch.long, device=device)
+            chosen |= hits.scatter_add_(1, pages.clamp(0, n - 1), taken.long()) > 0  # scatter_add: repeats are safe
+        else:  # plain top-k, a few kernels fewer: this runs at every layer of a refresh step
+            chosen.scatter_(1, top_index, top_scores > float("-inf"))
+            chosen |= always
     if fixed_width:
         width = min(n, sink_pages + local_pages + max(top_k, 0))
     else:
