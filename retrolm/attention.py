@@ -5,7 +5,7 @@ and the forward's `AttentionPlan`; each group of query tokens (one page) attends
 pages in full and to its own page causally. Paths:
 - `reference`: gather the pages, plain-torch float32 softmax attention. The ground truth, kept forever.
 - `sdpa`: the same gather, then torch's fused scaled_dot_product_attention.
-- `triton`: a paged decode kernel reading pages in place (CUDA; see `triton_decode.py`).
+- `triton`: paged decode and prefill kernels reading pages in place (CUDA; `triton_decode.py`, `triton_prefill.py`).
 Without a plan (e.g. the base model run with an ordinary cache) the call is plain SDPA attention, so the
 wrapped model keeps working on its own.
 """
@@ -48,14 +48,14 @@ def gather_pages(plan: AttentionPlan, key_pool: torch.Tensor, value_pool: torch.
     return keys, values, torch.cat([context_mask, own_mask], dim=2)
 
 
-def _query_blocks(plan: AttentionPlan, query: torch.Tensor) -> torch.Tensor:
+def query_blocks(plan: AttentionPlan, query: torch.Tensor) -> torch.Tensor:
     """query [1, H, q, D] -> [G, H, R, D], each token at its group's row (padding rows are zeros)."""
     blocks = query.new_zeros(plan.query_pages.numel(), query.shape[1], plan.rows, query.shape[-1])
     blocks[plan.q_group, :, plan.q_row] = query[0].transpose(0, 1)
     return blocks
 
 
-def _unblock(plan: AttentionPlan, out: torch.Tensor) -> torch.Tensor:
+def unblock(plan: AttentionPlan, out: torch.Tensor) -> torch.Tensor:
     """[G, H, R, D] -> [1, q, H, D], the layout HF attention functions return."""
     return out[plan.q_group, :, plan.q_row][None]
 
@@ -63,7 +63,7 @@ def _unblock(plan: AttentionPlan, out: torch.Tensor) -> torch.Tensor:
 def reference_attention(plan: AttentionPlan, query, key_pool, value_pool, scaling: float) -> torch.Tensor:
     """Plain-torch page attention in float32. query [1, H, q, D] -> [1, q, H, D] in query's dtype."""
     keys, values, mask = gather_pages(plan, key_pool, value_pool)
-    q = _query_blocks(plan, query)
+    q = query_blocks(plan, query)
     groups, heads, rows, dim = q.shape
     kv_heads = keys.shape[1]
     per_kv = heads // kv_heads  # query heads sharing one KV head (GQA), HF's repeat_kv order
@@ -72,21 +72,30 @@ def reference_attention(plan: AttentionPlan, query, key_pool, value_pool, scalin
     mask = mask[:, None, None].expand(groups, kv_heads, per_kv, rows, mask.shape[-1])
     scores = scores.masked_fill(~mask.reshape(scores.shape), float("-inf"))
     out = scores.softmax(dim=-1) @ values.float()  # [G, kvh, g*R, D]
-    return _unblock(plan, out.reshape(groups, heads, rows, dim).to(query.dtype))
+    return unblock(plan, out.reshape(groups, heads, rows, dim).to(query.dtype))
 
 
 def sdpa_page_attention(plan: AttentionPlan, query, key_pool, value_pool, scaling: float) -> torch.Tensor:
     """Same as `reference_attention`, through torch's fused SDPA kernels."""
     keys, values, mask = gather_pages(plan, key_pool, value_pool)
-    q = _query_blocks(plan, query)
+    q = query_blocks(plan, query)
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=scaling, enable_gqa=True)
-    return _unblock(plan, out)
+    return unblock(plan, out)
 
 
 def _triton_page_attention(plan, query, key_pool, value_pool, scaling):
-    from .triton_decode import paged_decode_attention  # imported lazily: Triton exists only on GPU hosts
+    """Triton kernels reading pages in place (imported lazily: Triton exists only on GPU hosts): the decode kernel
+    for one new token, the prefill kernel otherwise. They have no backward, so a forward that needs gradients
+    takes the SDPA path, which computes the same attention."""
+    if plan.decode_token is not None:
+        from .triton_decode import paged_decode_attention
 
-    return paged_decode_attention(plan, query, key_pool, value_pool, scaling)
+        return paged_decode_attention(plan, query, key_pool, value_pool, scaling)
+    if query.requires_grad:
+        return sdpa_page_attention(plan, query, key_pool, value_pool, scaling)
+    from .triton_prefill import paged_prefill_attention
+
+    return paged_prefill_attention(plan, query, key_pool, value_pool, scaling)
 
 
 BACKENDS = {"reference": reference_attention, "sdpa": sdpa_page_attention, "triton": _triton_page_attention}

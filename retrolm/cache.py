@@ -63,6 +63,10 @@ class PagedLayer(CacheLayerMixin):
             return self._update_offloaded(key_states, value_states, plan)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if plan.write_rows is not None:  # a device-side decode step: rows on the device, `length` moved by its host
+            self.keys.index_copy_(2, plan.write_rows, key_states)
+            self.values.index_copy_(2, plan.write_rows, value_states)
+            return self.keys, self.values
         new = key_states.shape[-2]
         end = self.length + new
         pages_needed = -(-end // self.page_size)
@@ -129,11 +133,13 @@ class PagedKVCache(Cache):
         super().__init__(layers=[PagedLayer(page_size, capacity_tokens) for _ in range(num_layers)])
         self.page_size = page_size
         device = torch.device("cpu") if device is None else torch.device(device)
-        self.token_ids = torch.zeros(page_size, dtype=torch.long, device=device)  # [capacity]
+        # reserved whole up front (a graph-captured decode step needs buffers that never move), one spare page row
+        pages = -(-max(capacity_tokens, page_size) // page_size) + 1
+        self.token_ids = torch.zeros(pages * page_size, dtype=torch.long, device=device)  # [capacity]
         self.num_tokens = 0
-        self.bookmark_keys = torch.zeros(1, score_heads, score_dim, device=device)  # [pages, heads, dim]
-        self.page_queries = torch.zeros(1, score_heads, score_dim, device=device)  # [pages, heads, dim]
-        self.page_starts = torch.zeros(1, dtype=torch.long, device=device)  # [pages] position of row 0
+        self.bookmark_keys = torch.zeros(pages, score_heads, score_dim, device=device)  # [pages, heads, dim]
+        self.page_queries = torch.zeros(pages, score_heads, score_dim, device=device)  # [pages, heads, dim]
+        self.page_starts = torch.zeros(pages, dtype=torch.long, device=device)  # [pages] position of row 0
         self.num_complete_pages = 0
         # The selection in force for the page being decoded: (page, attended [A], position it was made at).
         self.selection: tuple[int, torch.Tensor, int] | None = None

@@ -13,6 +13,7 @@ POSITION_MODES = ("contiguous", "original")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "triton")
 SCORERS = ("auto", "attention", "trained")
 NEIGHBOR_DIRECTIONS = ("next", "previous", "both")
+DECODE_MODES = ("auto", "graph", "static", "eager")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -81,7 +82,11 @@ class RetroLMConfig:
     prefill_chunk_pages: int = 32  # pages encoded per LLM forward during prefill (memory vs speed)
     max_context_tokens: int = 1_048_576  # longer inputs are refused with an error naming this knob
     offload_kv: bool = False  # keep K/V pages in (pinned) CPU memory; copy in only the pages a forward attends to
-    attention_backend: str = "auto"  # "auto": triton on CUDA decode, sdpa elsewhere; "reference": plain torch
+    attention_backend: str = "auto"  # "auto": triton on CUDA (decode and prefill), sdpa elsewhere; "reference": torch
+    # How generate decodes (device_decode.py): "graph" each step one CUDA graph replay, every decision on the device;
+    # "eager" planned on the host per step (the reference); "static" the graph's step without capture (any device,
+    # for tests); "auto": graph on CUDA where it applies (trained scorer, KV resident), eager otherwise.
+    decode_mode: str = "auto"
     bookmark_token: str = "<retrolm_bookmark>"
     # An absolute local path or a hub id ("base": the checkpoint's own base/ directory), and a fingerprint of
     # its weights: a checkpoint refuses any other base model, wherever it is loaded from.
@@ -106,6 +111,8 @@ class RetroLMConfig:
             raise RetroLMError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}."
             )
+        if self.decode_mode not in DECODE_MODES:
+            raise RetroLMError(f"decode_mode must be one of {DECODE_MODES}, got {self.decode_mode!r}.")
         if self.neighbor_direction not in NEIGHBOR_DIRECTIONS:
             raise RetroLMError(f"neighbor_direction must be one of {NEIGHBOR_DIRECTIONS}, got "
                                f"{self.neighbor_direction!r}.")

@@ -31,6 +31,7 @@ from .checkpoint import (ADAPTER_DIR, BASE_DIR, RETRIEVER_WEIGHTS, check_base_id
                          record_base_path, resolve_base_path, save_into, weights_fingerprint)
 from .compat import cache_argument, causal_lm_output, quiet_peft
 from .config import CONFIG_NAME, RetroLMConfig
+from .device_decode import DeviceDecoder, device_decode_blocker
 from .errors import RetroLMError
 from .files import read_safetensors, write_safetensors_atomic
 from .hooks import PlanningHooks
@@ -282,10 +283,13 @@ class RetroLM(nn.Module):
 
     def _plan(self, cache: PagedKVCache, input_ids: torch.Tensor):
         """The plan of a forward encoding input_ids [1, q] into `cache` (called by the pre-forward hook)."""
+        device_decoder = getattr(self, "_device_decoder", None)
+        if device_decoder is not None and device_decoder.cache is cache and input_ids.shape[1] == 1:
+            return device_decoder.plan_step()
         inner = _inner_model(self.base_model)
         plan = plan_forward(cache, input_ids[0], self.retriever, inner.get_input_embeddings(), self.config,
                             rope_inv_freq(inner), self._refresh_table())
-        plan.backend = self._backend(input_ids.shape[1])
+        plan.backend = self._backend()
         return plan
 
     def _refresh_table(self) -> torch.Tensor | None:
@@ -298,12 +302,12 @@ class RetroLM(nn.Module):
                                                                   self.device))
         return self._refresh_table_for[1]
 
-    def _backend(self, new_tokens: int) -> str:
-        """The attention path of a forward: "triton" serves decode steps only; prefill runs on sdpa then."""
+    def _backend(self) -> str:
+        """The attention path of a forward: "triton" (decode and prefill kernels) on CUDA when Triton is there."""
         choice = self.config.attention_backend
         if choice in ("reference", "sdpa"):
             return choice
-        if new_tokens == 1 and self.device.type == "cuda" and (choice == "triton" or _triton_installed()):
+        if self.device.type == "cuda" and (choice == "triton" or _triton_installed()):
             return "triton"
         return "sdpa"
 
@@ -372,14 +376,45 @@ class RetroLM(nn.Module):
         encoded = time.perf_counter()
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         quiet = _window_warning_silenced() if self.config.position_mode == "contiguous" else contextlib.nullcontext()
-        with quiet, self._hooks.expect_paged():
+        mode = self._decode_mode(input_ids.shape[1])
+        with quiet, self.decoding(cache, max_new_tokens, mode):
             output = self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                               max_new_tokens=max_new_tokens,
                                               **{cache_argument(self.base_model): cache}, **generate_kwargs)
         self.last_cache = cache  # for inspection: cache.retrievals() lists the pages each decode step retrieved
         self.last_timings = {"encode_s": encoded - started, "decode_s": time.perf_counter() - encoded,
-                             "prompt_tokens": input_ids.shape[1], "new_tokens": output.shape[1] - input_ids.shape[1]}
+                             "prompt_tokens": input_ids.shape[1], "new_tokens": output.shape[1] - input_ids.shape[1],
+                             "decode_mode": mode}
         return output
+
+    @contextlib.contextmanager
+    def decoding(self, cache: PagedKVCache, max_new_tokens: int, mode: str = "eager"):
+        """Within this block, single-token forwards of the model on `cache` are decode steps of `mode`: "eager"
+        (planned on the host), "graph" or "static" (`device_decode.DeviceDecoder`, at most `max_new_tokens` steps;
+        the cache must have room for them). Every forward must run on the paged cache, as in `generate`."""
+        decoder = None if mode == "eager" else DeviceDecoder(self, cache, max_new_tokens, capture=mode == "graph")
+        self._device_decoder = decoder
+        try:
+            with self._hooks.expect_paged(), (decoder.installed() if decoder else contextlib.nullcontext()):
+                yield
+        finally:
+            self._device_decoder = None
+        if decoder is not None:
+            decoder.finish()
+
+    def _decode_mode(self, prompt_tokens: int) -> str:
+        """How this generate call decodes: config.decode_mode resolved ("auto" picks the CUDA graph where it applies);
+        an explicit "graph" or "static" that cannot apply raises rather than decoding another way."""
+        asked = self.config.decode_mode
+        if asked == "eager":
+            return "eager"
+        wanted = "graph" if asked == "auto" else asked
+        blocker = device_decode_blocker(self.config, self.device, prompt_tokens, wanted)
+        if blocker is None:
+            return wanted
+        if asked != "auto":
+            raise RetroLMError(f"decode_mode={asked!r} cannot run here: {blocker}. Use decode_mode='auto' or 'eager'.")
+        return "eager"
 
 
 _NO_TRAINED_RETRIEVER = (

@@ -44,6 +44,7 @@ class AttentionPlan:
     backend: str = "sdpa"  # attention path: a key of attention.BACKENDS
     decode_token: tuple[int, int] | None = None  # (page, offset) of the single new token of a decode step
     scratch: dict = field(default_factory=dict)  # per-forward values an attention path derives once, not per layer
+    write_rows: torch.Tensor | None = None  # [q] pool rows of the new K/V, on the device (device_decode.DeviceDecoder)
     resident_pages: torch.Tensor | None = None  # offload: pages copied in for this forward; page ids above are slots
     new_tokens: tuple[int, int] = (0, 0)  # [start, end) positions of the tokens this forward encodes
     attention_calls: int = 0  # layers whose attention ran with this plan (checked after the forward)

@@ -34,6 +34,7 @@ def random_case(seed, page_size, heads, kv_heads, dim, t0, q, mode, device="cpu"
 SHAPES = [  # page_size, heads, kv_heads, dim, tokens before, new tokens
     (4, 2, 2, 8, 0, 1), (4, 4, 2, 8, 0, 13), (8, 4, 1, 16, 37, 1), (8, 6, 2, 16, 40, 1),
     (8, 4, 4, 8, 23, 19), (16, 8, 2, 32, 100, 50), (5, 3, 1, 8, 61, 7), (8, 4, 2, 16, 64, 64),
+    (16, 32, 8, 128, 300, 1), (8, 12, 4, 80, 50, 1),  # Llama-3-8B's heads; a head width that is no power of two
 ]
 
 
@@ -74,3 +75,18 @@ def test_triton_decode_matches_reference(shape, mode):
         expected = reference_attention(plan, query, keys, values, 0.3)
         got = paged_decode_attention(plan, query, keys, values, 0.3)
         assert (got.float() - expected.float()).abs().max() <= 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton prefill kernel needs a CUDA GPU; run on the GPU host")
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[5] > 1])
+@pytest.mark.parametrize("mode", ["original", "contiguous"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_prefill_matches_reference(shape, mode, dtype):
+    from retrolm.triton_prefill import paged_prefill_attention
+
+    for seed in range(3):
+        plan, query, keys, values = random_case(seed, *shape, mode, device="cuda", dtype=dtype)
+        expected = reference_attention(plan, query, keys, values, 0.3)
+        got = paged_prefill_attention(plan, query, keys, values, 0.3)
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        assert (got.float() - expected.float()).abs().max() <= (2e-2 if dtype == torch.bfloat16 else 1e-4)

@@ -106,3 +106,23 @@ def test_offloaded_kv_with_triton_decode_on_gpu(tiny_dirs):
     assert offloaded.last_cache.plan.backend == "triton"
     assert torch.equal(got, expected)
     assert offloaded.last_cache.layers[0].keys.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton kernels); run on the GPU host")
+@pytest.mark.parametrize("mode", ["original", "contiguous"])
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_triton_prefill_with_every_page_is_the_plain_model(tiny_dirs, mode, scorer, monkeypatch):
+    import retrolm.triton_prefill
+
+    calls = []
+    kernel = retrolm.triton_prefill.paged_prefill_attention
+    monkeypatch.setattr(retrolm.triton_prefill, "paged_prefill_attention", lambda *a: calls.append(1) or kernel(*a))
+    base = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]).cuda().eval()
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], device="cuda", dtype=torch.float32, page_size=8, top_k=64,
+                                    position_mode=mode, prefill_chunk_pages=4, **SCORERS[scorer])
+    ids = torch.randint(0, 256, (1, 300), device="cuda")
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        got = model(input_ids=ids).logits
+    assert len(calls) == base.config.num_hidden_layers * 10  # every layer of the ten 32-token chunks
+    assert (got - expected).abs().max().item() <= 1e-4

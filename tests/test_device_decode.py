@@ -1,0 +1,129 @@
+"""Device-side decode steps (device_decode.py): the same tokens and retrievals as eager decoding.
+
+"static" runs the CUDA graph's step without capture, so the CPU tests check its logic (selection refresh,
+bookmarks of pages completed while decoding, positions) against the eager planner; the CUDA tests check the
+captured graph against both.
+"""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from retrolm import RetroLM
+from retrolm.errors import RetroLMError
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; run on the GPU host")
+TRAINED = dict(init_retriever=True, page_size=8, top_k=2, refresh_interval=3)
+
+
+def _pair(path, **knobs):
+    """The same model twice: decoding eagerly, and with the device-side step."""
+    eager = RetroLM.from_pretrained(path, decode_mode="eager", **knobs)
+    device = RetroLM.from_pretrained(path, **{"decode_mode": "static", **knobs})
+    return eager, device
+
+
+def _generate(model, ids, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    out = model.generate(input_ids=ids, max_new_tokens=kwargs.pop("max_new_tokens", 40), eos_token_id=None, **kwargs)
+    return out, model.last_cache.retrievals()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("mode", ["contiguous", "original"])
+@pytest.mark.parametrize("neighbors", [0, 1])
+@pytest.mark.parametrize("refresh_on", ["", "aeiou"])
+def test_static_step_decodes_like_eager(tiny_dirs, arch, mode, neighbors, refresh_on):
+    eager, device = _pair(tiny_dirs[arch], position_mode=mode, neighbor_pages=neighbors, refresh_on=refresh_on,
+                          **TRAINED)
+    for length in (9, 45, 64):  # the decode starts on a page boundary (8, 64) or inside a page (44)
+        ids = torch.randint(0, 256, (1, length))
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
+        got, got_retrievals = _generate(device, ids, do_sample=False)
+        assert device.last_timings["decode_mode"] == "static"
+        assert torch.equal(got, expected)
+        assert got_retrievals == expected_retrievals
+        assert len(got_retrievals) >= 5  # mid-page refreshes happened, so the comparison covers them
+
+
+def test_static_step_samples_like_eager(tiny_dirs):
+    eager, device = _pair(tiny_dirs["llama"], **TRAINED)
+    ids = torch.randint(0, 256, (1, 30))
+    for seed in range(3):
+        sample = dict(do_sample=True, temperature=0.9, top_k=40, top_p=0.95)
+        expected, _ = _generate(eager, ids, seed=seed, **sample)
+        got, _ = _generate(device, ids, seed=seed, **sample)
+        assert torch.equal(got, expected)
+
+
+def test_static_step_with_every_page_is_the_plain_model(tiny_dirs):
+    base = AutoModelForCausalLM.from_pretrained(tiny_dirs["mistral"]).eval()
+    model = RetroLM.from_pretrained(tiny_dirs["mistral"], init_retriever=True, page_size=8, top_k=64,
+                                    decode_mode="static")
+    ids = torch.randint(0, 256, (1, 37))
+    expected = base.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
+    got = model.generate(input_ids=ids, max_new_tokens=30, do_sample=False, eos_token_id=None)
+    assert torch.equal(got, expected)
+
+
+def test_auto_decodes_eagerly_where_the_graph_does_not_apply(tiny_dirs):
+    ids = torch.randint(0, 256, (1, 30))
+    trained = RetroLM.from_pretrained(tiny_dirs["llama"], **TRAINED)  # decode_mode="auto", on a CPU
+    trained.generate(input_ids=ids, max_new_tokens=4)
+    assert trained.last_timings["decode_mode"] == "eager"
+    if torch.cuda.is_available():
+        trained.to("cuda")
+        trained.generate(input_ids=ids.cuda(), max_new_tokens=4)
+        assert trained.last_timings["decode_mode"] == "graph"
+
+
+@pytest.mark.parametrize("knobs, length, message", [
+    ({"decode_mode": "static", "scorer": "attention"}, 30, "scorer='trained'"),
+    ({"decode_mode": "static", **TRAINED}, 8, r"shorter than page_size \+ 1"),
+    ({"decode_mode": "graph", **TRAINED}, 30, "CUDA"),
+])
+def test_a_device_decode_that_cannot_apply_raises(tiny_dirs, knobs, length, message):
+    if knobs["decode_mode"] == "graph" and torch.cuda.is_available():
+        pytest.skip("checks the error on hosts without CUDA")
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], **knobs)
+    with pytest.raises(RetroLMError, match=message):
+        model.generate(input_ids=torch.randint(0, 256, (1, length)), max_new_tokens=4)
+
+
+def test_decode_mode_is_validated(tiny_dirs):
+    with pytest.raises(RetroLMError, match="decode_mode must be one of"):
+        RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="cudagraph")
+
+
+@CUDA
+@pytest.mark.parametrize("mode", ["contiguous", "original"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_decodes_like_eager(tiny_dirs, mode, dtype):
+    knobs = dict(device="cuda", dtype=dtype, position_mode=mode, neighbor_pages=1, refresh_on="aeiou",
+                 page_size=16, top_k=2, refresh_interval=3, init_retriever=True)
+    eager = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="eager", **knobs)
+    graph = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="graph", **knobs)
+    static = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs)
+    for length in (17, 100, 300):
+        ids = torch.randint(0, 256, (1, length), device="cuda")
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=70)
+        for model in (graph, static):
+            got, retrievals = _generate(model, ids, do_sample=False, max_new_tokens=70)
+            assert torch.equal(got, expected)
+            assert retrievals == expected_retrievals
+        assert graph.last_timings["decode_mode"] == "graph"
+        sample = dict(do_sample=True, temperature=0.9, top_k=40, max_new_tokens=70)
+        assert torch.equal(_generate(graph, ids, seed=1, **sample)[0], _generate(eager, ids, seed=1, **sample)[0])
+
+
+@CUDA
+def test_cuda_graph_decodes_like_eager_on_the_default_model():
+    eager = RetroLM.from_pretrained(device="cuda", dtype=torch.bfloat16, decode_mode="eager")
+    graph = RetroLM.from_pretrained(device="cuda", dtype=torch.bfloat16, decode_mode="graph")
+    text = "The quick brown fox jumps over the lazy dog. " * 200 + "The special magic number is 7421. " + \
+        "Water boils at one hundred degrees. " * 200 + "Question: what is the special magic number? Answer:"
+    ids = eager.tokenizer(text, return_tensors="pt").input_ids.cuda()
+    expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=64)
+    got, retrievals = _generate(graph, ids, do_sample=False, max_new_tokens=64)
+    assert graph.last_timings["decode_mode"] == "graph"
+    assert torch.equal(got, expected)
+    assert retrievals == expected_retrievals
