@@ -1,14 +1,27 @@
-"""Decode speed and memory: RetroLM vs full attention on a Llama-3-8B-shaped model with random bf16 weights.
+"""Decode speed against the strongest baselines, each beside its memory-bandwidth floor, in one run.
 
-For each context length: encode a random prompt (full attention: chunked prefill into HF's StaticCache and,
-optionally, the default DynamicCache; RetroLM: page-wise prefill into its paged cache), then greedy-decode
-and time every step (CUDA synchronised), reporting the median after warm-up and the peak GPU memory.
+Llama-3-8B shape with random bf16 weights, batch 1. Per context length, on the same prompt:
+- `hf-dynamic`: transformers' default DynamicCache, chunked prefill, eager decode;
+- `hf-static-compile`: StaticCache and `torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)`
+  (CUDA graphs through torch.compile: the fastest decode transformers offers);
+- `retrolm-eager`: RetroLM, decode steps planned on the host (Triton attention);
+- `retrolm-graph`: RetroLM, every decode step one CUDA graph replay (device_decode.py), trained-scorer path;
+- `retrolm-generate-graph`: `RetroLM.generate` itself, transformers' loop included (all steps, capture included).
+Each decode step is timed alone (synchronised before and after), median after warm-up. The floor of a method
+is the bytes one decode step must read (all weights, plus the KV it attends to: the whole context for full
+attention; sink + local + top_k pages and the token's own page for RetroLM) over the copy bandwidth measured
+on the same GPU in the same run. A token check decodes the same prompt eagerly and with the graph and
+compares the tokens.
 
-    python bench/decode.py --contexts 32768 131072 --out bench/results
+    python bench/decode.py --contexts 32768 --out bench/results/decode          # one JSON + table per run
+    python bench/decode.py --combine bench/results/decode                      # table + PNG over all runs
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import inspect
+import json
 import os
 import statistics
 import sys
@@ -21,75 +34,274 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import (environment, markdown_table, peak_gib, random_model, reset_peak, sync,  # noqa: E402
                           write_json, write_text)
 from retrolm import RetroLM, RetroLMConfig  # noqa: E402
+from retrolm.compat import cache_argument  # noqa: E402
+from retrolm.retriever import PageRetriever  # noqa: E402
 from retrolm.tiny import byte_tokenizer  # noqa: E402
 
+GIB = 1 << 30
 
-def timed_decode(model, cache, first_token, steps: int, warmup: int) -> list[float]:
-    """Greedy-decode warmup + steps tokens; returns per-step milliseconds of the timed steps."""
-    token = first_token
+
+def copy_bandwidth(device, gib: float = 4.0, repeats: int = 10) -> float:
+    """Bytes per second a device-to-device copy moves (read + write), median of `repeats`."""
+    source = torch.empty(int(gib * GIB), dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    del source, target
+    return 2 * gib * GIB / statistics.median(times)
+
+
+def kv_bytes_per_token(config, dtype) -> int:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def weight_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def timed_steps(step, token, steps: int, warmup: int) -> tuple[list[float], torch.Tensor]:
+    """Run `step(token) -> next token` warmup + steps times; per-step milliseconds of the timed ones."""
     times = []
     for i in range(warmup + steps):
         sync(token.device)
         start = time.perf_counter()
-        logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
-        token = logits[:, -1:].argmax(-1)
+        token = step(token)
         sync(token.device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return times, token
 
 
-def run_full(base, ids, cache_kind: str, steps: int, warmup: int, chunk: int) -> dict:
+def summary(times: list[float]) -> dict:
+    return dict(decode_ms=round(statistics.median(times), 2), decode_ms_p90=round(sorted(times)[int(0.9 * len(times))], 2))
+
+
+def run_hf(base, ids, kind: str, steps: int, warmup: int, chunk: int) -> dict:
+    """Full attention: chunked prefill, then greedy decode ("dynamic": eager; "static-compile": compiled)."""
     base.set_attn_implementation("sdpa")
     total = ids.shape[1] + warmup + steps + 1
-    cache = StaticCache(config=base.config, max_cache_len=total) if cache_kind == "static" else DynamicCache()
+    cache = StaticCache(config=base.config, max_cache_len=total) if kind == "static-compile" else DynamicCache()
+    cache_name = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    takes_cache_position = "cache_position" in inspect.signature(type(base).forward).parameters
     device = ids.device
     reset_peak(device)
     sync(device)
     start = time.perf_counter()
     with torch.no_grad():
         for s in range(0, ids.shape[1], chunk):
-            logits = base(input_ids=ids[:, s : s + chunk], past_key_values=cache, use_cache=True,
-                          logits_to_keep=1).logits
+            piece = ids[:, s : s + chunk]
+            extra = {"cache_position": torch.arange(s, s + piece.shape[1], device=device)} if takes_cache_position else {}
+            logits = base(input_ids=piece, use_cache=True, logits_to_keep=1, **{cache_name: cache}, **extra).logits
     sync(device)
-    prefill_s = time.perf_counter() - start
-    prefill_peak = peak_gib(device)
-    reset_peak(device)
-    with torch.no_grad():
-        times = timed_decode(base, cache, logits.argmax(-1), steps, warmup)
-    decode_peak = peak_gib(device)
-    del cache
-    torch.cuda.empty_cache()
-    return dict(prefill_s=round(prefill_s, 2), decode_ms=round(statistics.median(times), 2),
-                decode_ms_p90=round(sorted(times)[int(0.9 * len(times))], 2),
-                prefill_peak_gib=round(prefill_peak, 2), decode_peak_gib=round(decode_peak, 2))
+    result = dict(prefill_s=round(time.perf_counter() - start, 2), prefill_peak_gib=round(peak_gib(device), 2))
+    forward = base.forward
+    if kind == "static-compile":
+        forward = torch.compile(base.forward, mode="reduce-overhead", fullgraph=True)
+    position = torch.tensor([ids.shape[1]], device=device)
 
+    def step(token):
+        nonlocal position
+        extra = {"cache_position": position} if takes_cache_position else {}
+        out = forward(input_ids=token, position_ids=position[None], use_cache=True, **{cache_name: cache}, **extra)
+        position = position + 1
+        return out.logits[:, -1:].argmax(-1)
 
-def run_retrolm(model: RetroLM, ids, backends: list[str], steps: int, warmup: int) -> dict:
-    device = ids.device
-    cache = model.new_cache(ids.shape[1] + len(backends) * (warmup + steps) + 1)
     reset_peak(device)
-    sync(device)
-    start = time.perf_counter()
+    compile_start = time.perf_counter()
     with torch.no_grad():
-        cache, logits = model.encode(ids, cache, logits_to_keep=1, progress=True)
-    sync(device)
-    prefill_s = time.perf_counter() - start
-    result = dict(prefill_s=round(prefill_s, 2), prefill_peak_gib=round(peak_gib(device), 2))
-    token = logits.argmax(-1)
-    for backend in backends:
-        model.config.attention_backend = backend
-        cache.selection = None
-        reset_peak(device)
-        with torch.no_grad():
-            times = timed_decode(model.base_model, cache, token, steps, warmup)
-        result[f"decode_ms_{backend}"] = round(statistics.median(times), 2)
-        result[f"decode_ms_p90_{backend}"] = round(sorted(times)[int(0.9 * len(times))], 2)
-        result[f"decode_peak_gib_{backend}"] = round(peak_gib(device), 2)
-    result["retrieved_pages_last_step"] = cache.selection[1].tolist() if cache.selection else []
+        times, _ = timed_steps(step, logits.argmax(-1), steps, warmup)
+    result.update(summary(times), decode_peak_gib=round(peak_gib(device), 2),
+                  warmup_s=round(time.perf_counter() - compile_start - sum(times) / 1e3, 1))
     del cache
     torch.cuda.empty_cache()
     return result
+
+
+def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, prefills: int = 1) -> list[dict]:
+    """Page-wise prefill (`prefills` times: the first of a process also compiles kernels; the last is kept), then
+    greedy decode in each mode, continuing the same cache."""
+    device = ids.device
+    times = []
+    for _ in range(prefills):
+        cache = None
+        torch.cuda.empty_cache()
+        cache = model.new_cache(ids.shape[1] + len(modes) * (warmup + steps) + 1)
+        reset_peak(device)
+        sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            cache, logits = model.encode(ids, cache, logits_to_keep=1, progress=False)
+        sync(device)
+        times.append(round(time.perf_counter() - start, 2))
+    prefill = dict(prefill_s=times[-1], prefill_peak_gib=round(peak_gib(device), 2))
+    if prefills > 1:
+        prefill["prefill_s_first"] = times[0]
+    token = logits.argmax(-1)
+    cache_name = cache_argument(model.base_model)
+    rows = []
+    for mode in modes:
+        reset_peak(device)
+        started = time.perf_counter()
+        try:
+            with torch.no_grad(), model.decoding(cache, warmup + steps, mode):
+                times, token = timed_steps(lambda t: model.base_model(input_ids=t, use_cache=True,
+                                                                      **{cache_name: cache}).logits[:, -1:].argmax(-1),
+                                           token, steps, warmup)
+        except Exception as error:  # noqa: BLE001 (recorded; the cache is no longer usable for later modes)
+            rows.append(dict(method=f"retrolm-{mode}", **prefill, error=f"{type(error).__name__}: {str(error)[:300]}"))
+            break
+        rows.append(dict(method=f"retrolm-{mode}", **prefill, **summary(times), decode_peak_gib=round(peak_gib(device), 2),
+                         warmup_s=round(time.perf_counter() - started - sum(times) / 1e3, 1)))
+    del cache
+    torch.cuda.empty_cache()
+    return rows
+
+
+def generate_rate(model: RetroLM, ids, new_tokens: int) -> dict:
+    """ms per new token of `RetroLM.generate` itself (transformers' loop, first step and capture included)."""
+    model.config.decode_mode = "auto"
+    model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    timings = model.last_timings
+    return dict(method=f"retrolm-generate-{timings['decode_mode']}", prefill_s=round(timings["encode_s"], 2),
+                decode_ms=round(timings["decode_s"] / timings["new_tokens"] * 1e3, 2))
+
+
+def tokens_match(model: RetroLM, ids, new_tokens: int) -> dict:
+    """Greedy tokens of the eager and the device-side decode ("graph" on CUDA) after the same prompt."""
+    device_mode = "graph" if ids.device.type == "cuda" else "static"
+    out = {}
+    for mode in ("eager", device_mode):
+        model.config.decode_mode = mode
+        out[mode] = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    model.config.decode_mode = "auto"
+    same = int((out["eager"] == out[device_mode]).all(dim=0)[ids.shape[1]:].sum())
+    return dict(prompt_tokens=ids.shape[1], new_tokens=new_tokens, identical_tokens=same, compared=device_mode,
+                identical=bool(torch.equal(out["eager"], out[device_mode])))
+
+
+def random_prompt(model: RetroLM, length: int) -> torch.Tensor:
+    """[1, length] random ids of the model's vocabulary, never RetroLM's bookmark token (inputs must not hold it)."""
+    ids = torch.randint(0, model.base_model.config.vocab_size - 1, (1, length), device=model.device)
+    return torch.where(ids == model.bookmark_id, 0, ids)
+
+
+def measure(args) -> None:
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    base = random_model(args.shape, dtype=torch.bfloat16, device=args.device)
+    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, scorer="trained",
+                           base_model_name_or_path=f"random:{args.shape}", base_model_fingerprint="random")
+    retriever = PageRetriever(config.retriever, base.config.hidden_size, config.page_size)  # random: speed only
+    bandwidth = copy_bandwidth(device)
+    weights = weight_bytes(base)
+    per_token = kv_bytes_per_token(base.config, base.dtype)
+    attended_tokens = (config.max_attended_pages + 1) * config.page_size
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, weights {weights / 1e9:.2f} GB, KV {per_token} B/token",
+          flush=True)
+    model = RetroLM(base, byte_tokenizer(), config, retriever)
+    try:
+        check = tokens_match(model, random_prompt(model, args.check_tokens), args.check_new_tokens)
+    except Exception as error:  # noqa: BLE001 (recorded: the speed rows still run)
+        check = dict(prompt_tokens=args.check_tokens, new_tokens=args.check_new_tokens, identical_tokens=0,
+                     identical=False, error=f"{type(error).__name__}: {str(error)[:300]}")
+    model._hooks.remove()  # the baselines run the plain model, as their users would
+    print("token check", check, flush=True)
+    rows = []
+    for context in args.contexts:
+        ids = random_prompt(model, context)
+        full_floor = (weights + context * per_token) / bandwidth * 1e3
+        retro_floor = (weights + weight_bytes(retriever) + attended_tokens * per_token) / bandwidth * 1e3
+        for kind in args.full:
+            print(f"full attention ({kind}), {context} tokens", flush=True)
+            try:
+                row = run_hf(base, ids, kind, args.steps, args.warmup, args.prefill_chunk)
+            except Exception as error:  # noqa: BLE001 (a failing baseline is recorded, the others still run)
+                row = dict(error=f"{type(error).__name__}: {str(error)[:300]}")
+            rows.append(dict(method=f"hf-{kind}", context=context, floor_ms=round(full_floor, 2), **row))
+            print(rows[-1], flush=True)
+        model = RetroLM(base, byte_tokenizer(), config, retriever)
+        print(f"RetroLM, {context} tokens", flush=True)
+        runs = run_retrolm(model, ids, args.modes, args.steps, args.warmup, args.prefills)
+        if args.generate_tokens:
+            try:
+                runs.append(generate_rate(model, ids, args.generate_tokens))
+            except Exception as error:  # noqa: BLE001 (recorded, the measured rows are kept)
+                runs.append(dict(method="retrolm-generate", error=f"{type(error).__name__}: {str(error)[:300]}"))
+        for row in runs:
+            rows.append(dict(row, context=context, floor_ms=round(retro_floor, 2)))
+            print(rows[-1], flush=True)
+        model._hooks.remove()
+        for row in rows:
+            if "decode_ms" in row:
+                row["x_floor"] = round(row["decode_ms"] / row["floor_ms"], 2)
+        result = dict(benchmark="decode", shape=args.shape, dtype="bfloat16", environment=environment(),
+                      copy_bandwidth_tb_s=round(bandwidth / 1e12, 3), weight_gb=round(weights / 1e9, 3),
+                      kv_bytes_per_token=per_token, retrolm_config=config.to_dict(), steps=args.steps,
+                      warmup=args.warmup, token_check=check, rows=rows)
+        name = args.name or "decode_" + "_".join(f"{c // 1024}k" for c in args.contexts)
+        write_json(os.path.join(args.out, f"{name}.json"), result)  # after every context: a timeout loses no row
+    print(markdown_table(rows, COLUMNS))
+
+
+COLUMNS = ["method", "context", "decode_ms", "decode_ms_p90", "floor_ms", "x_floor", "prefill_s", "prefill_peak_gib",
+           "decode_peak_gib", "warmup_s"]
+
+
+def combine(directory: str) -> None:
+    """decode.md and decode.png from every run's JSON in `directory` (each run's ratios are within that run)."""
+    runs = [json.load(open(path)) for path in glob.glob(os.path.join(directory, "decode_*.json"))]
+    runs.sort(key=lambda run: min(row["context"] for row in run["rows"]))
+    lines = ["# Decode speed (random bf16 weights, batch 1)", ""]
+    for run in runs:
+        env, check = run["environment"], run["token_check"]
+        cfg = run["retrolm_config"]
+        lines += [f"## {run['shape']} on {env['gpu']}: contexts {sorted({r['context'] for r in run['rows']})}", "",
+                  f"torch {env['torch']}, transformers {env['transformers']}; copy bandwidth "
+                  f"{run['copy_bandwidth_tb_s']} TB/s; weights {run['weight_gb']} GB; median ms/token over "
+                  f"{run['steps']} steps after {run['warmup']} warm-up; RetroLM page_size {cfg['page_size']}, top_k "
+                  f"{cfg['top_k']}, sink {cfg['sink_pages']}, local {cfg['local_pages']}. Graph vs eager greedy tokens "
+                  f"after a {check['prompt_tokens']}-token prompt: {check['identical_tokens']}/{check['new_tokens']} "
+                  "identical.", "", markdown_table(run["rows"], COLUMNS)]
+        by_context = {}
+        for row in run["rows"]:
+            by_context.setdefault(row["context"], {})[row["method"]] = row.get("decode_ms")
+        for context, methods in sorted(by_context.items()):
+            graph, static = methods.get("retrolm-graph"), methods.get("hf-static-compile")
+            if graph and static:
+                lines.append(f"- {context} tokens: retrolm-graph is {static / graph:.1f}x faster than hf-static-compile.")
+        lines.append("")
+    write_text(os.path.join(directory, "decode.md"), "\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    series = {}
+    for run in runs:
+        for row in run["rows"]:
+            if row.get("decode_ms"):
+                series.setdefault(row["method"], []).append((row["context"], row["decode_ms"]))
+                series.setdefault(row["method"] + " floor", []).append((row["context"], row["floor_ms"]))
+    for name, points in sorted(series.items()):
+        points.sort()
+        axis.plot(*zip(*points), marker="o" if "floor" not in name else None,
+                  linestyle=":" if "floor" in name else "-", label=name)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("context tokens")
+    axis.set_ylabel("ms / token")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    tmp = os.path.join(directory, "decode.tmp.png")
+    figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, os.path.join(directory, "decode.png"))
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -100,52 +312,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--page-size", type=int, default=128)
     parser.add_argument("--top-k", type=int, default=16)
-    parser.add_argument("--full-caches", nargs="+", default=["static", "dynamic"], choices=["static", "dynamic"])
-    parser.add_argument("--backends", nargs="+", default=["triton", "sdpa"])
+    parser.add_argument("--full", nargs="*", default=["static-compile", "dynamic"], choices=["static-compile", "dynamic"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "graph"], choices=["eager", "graph", "static"])
     parser.add_argument("--prefill-chunk", type=int, default=8192)
-    parser.add_argument("--offload-contexts", type=int, nargs="*", default=[131072],
-                        help="also run RetroLM with offload_kv=True (K/V pages in pinned host memory) at these lengths")
+    parser.add_argument("--check-tokens", type=int, default=8192, help="prompt length of the graph-vs-eager token check")
+    parser.add_argument("--check-new-tokens", type=int, default=64)
+    parser.add_argument("--prefills", type=int, default=1,
+                        help="RetroLM prefills per context; the last is reported, the first as prefill_s_first")
+    parser.add_argument("--generate-tokens", type=int, default=128,
+                        help="also time RetroLM.generate for this many new tokens (0: skip)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--out", default="bench/results/decode")
+    parser.add_argument("--name", help="result file name (default: decode_<contexts>)")
+    parser.add_argument("--combine", metavar="DIR", help="only build DIR/decode.md and decode.png from its runs")
     args = parser.parse_args()
-
-    torch.manual_seed(0)
-    base = random_model(args.shape, dtype=torch.bfloat16 if args.device == "cuda" else torch.float32,
-                        device=args.device)
-    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, base_model_name_or_path=f"random:{args.shape}")
-    rows = []
-    for context in args.contexts:
-        ids = torch.randint(0, base.config.vocab_size - 1, (1, context), device=args.device)
-        for kind in args.full_caches:
-            print(f"full attention ({kind} cache), {context} tokens", flush=True)
-            rows.append(dict(method=f"full-sdpa-{kind}", context=context, **run_full(
-                base, ids, kind, args.steps, args.warmup, args.prefill_chunk)))
-            print(rows[-1], flush=True)
-        model = RetroLM(base, byte_tokenizer(), config)
-        print(f"RetroLM, {context} tokens", flush=True)
-        rows.append(dict(method="retrolm", context=context, **run_retrolm(model, ids, args.backends, args.steps,
-                                                                          args.warmup)))
-        model._hooks.remove()
-        print(rows[-1], flush=True)
-        if context in args.offload_contexts:
-            model = RetroLM(base, byte_tokenizer(), config.replace(offload_kv=True))
-            print(f"RetroLM with offloaded KV, {context} tokens", flush=True)
-            rows.append(dict(method="retrolm-offload", context=context, **run_retrolm(
-                model, ids, args.backends[:1], args.steps, args.warmup)))
-            model._hooks.remove()
-            print(rows[-1], flush=True)
-
-    result = dict(benchmark="decode", shape=args.shape, dtype=str(base.dtype), device=args.device, retrolm_config=config.to_dict(),
-                  steps=args.steps, warmup=args.warmup, environment=environment(), rows=rows)
-    columns = ["method", "context", "prefill_s", "decode_ms", "decode_ms_triton", "decode_ms_sdpa",
-               "prefill_peak_gib", "decode_peak_gib", "decode_peak_gib_triton"]
-    table = markdown_table(rows, columns)
-    write_json(os.path.join(args.out, "decode.json"), result)
-    write_text(os.path.join(args.out, "decode.md"),
-               f"# Decode benchmark ({result['environment']['gpu']}, {args.shape}, bf16, random weights)\n\n"
-               f"median ms/token over {args.steps} steps after {args.warmup} warm-up; RetroLM page_size="
-               f"{args.page_size}, top_k={args.top_k}\n\n" + table)
-    print(table)
+    if args.combine:
+        combine(args.combine)
+    else:
+        measure(args)
 
 
 if __name__ == "__main__":

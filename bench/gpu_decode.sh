@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# GPU runs of issue 12 (decode), results under $OUT; stages as arguments (default: tests 32k):
+#   bench/gpu_decode.sh [tests] [32k] [128k] [both] [profile] [profile-prefill]
+#   tests   the CUDA tests of the decode paths: CUDA graph = eager = static tokens, Triton kernel, RetroLM = plain model
+#   32k     bench/decode.py at 32K: hf-dynamic, hf-static-compile, retrolm-eager, retrolm-graph, floors, token check
+#   128k    the same at 128K
+#   both    32K and 128K in one run (one model, one token check)
+#   profile bench/profile_decode.py: kernels of one decode step
+#   profile-prefill  the same for prefill chunks
+#   prefill RetroLM's 128K prefill twice (first of the process, then warm), a short graph decode
+# A failing tests stage stops the script (no benchmark of broken kernels).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONPATH=$(pwd)
+for stage in ${*:-tests 32k}; do
+    case $stage in
+    tests)
+        python3 -m pytest -q -p no:cacheprovider -rs -x tests/test_device_decode.py tests/test_attention_paths.py \
+            tests/test_equivalence.py > "$OUT/gpu_tests_decode.log" 2>&1
+        status=$?; tail -15 "$OUT/gpu_tests_decode.log"; [ $status = 0 ] || exit 1 ;;
+    32k|128k|both)
+        contexts=$(case $stage in 32k) echo 32768;; 128k) echo 131072;; both) echo 32768 131072;; esac)
+        python3 bench/decode.py --contexts $contexts --out "$OUT" 2>&1 | tee "$OUT/decode_$stage.log" | tail -14 ;;
+    profile)
+        python3 bench/profile_decode.py --out "$OUT" 2>&1 | grep -v Warning | head -30 ;;
+    prefill)
+        python3 bench/decode.py --contexts 131072 --full --modes graph --steps 8 --warmup 2 --generate-tokens 0 \
+            --check-tokens 1024 --check-new-tokens 8 --prefills 2 --name prefill_128k --out "$OUT" 2>&1 \
+            | grep -v "encoding pages" | tail -4 ;;
+    profile-prefill)
+        python3 bench/profile_decode.py --modes prefill --context 16384 --steps 3 --name profile_prefill --out "$OUT" \
+            2>&1 | grep -v -i warn | head -30 ;;
+    esac
+done
