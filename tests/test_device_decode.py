@@ -9,6 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM
+from retrolm.compat import cache_argument
+from retrolm.device_decode import DeviceDecoder
 from retrolm.errors import RetroLMError
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; run on the GPU host")
@@ -127,3 +129,29 @@ def test_cuda_graph_decodes_like_eager_on_the_default_model():
     assert graph.last_timings["decode_mode"] == "graph"
     assert torch.equal(got, expected)
     assert retrievals == expected_retrievals
+
+
+def test_decoding_block_serves_a_manual_decode_loop(tiny_dirs, monkeypatch):
+    """`RetroLM.decoding` (what bench/decode.py times) turns plain forwards on the paged cache into device-side
+    steps: a hand-written greedy loop gives the eager loop's tokens."""
+    steps = []
+    device_step = DeviceDecoder._step
+    monkeypatch.setattr(DeviceDecoder, "_step", lambda self: steps.append(1) or device_step(self))
+    tokens = {}
+    for mode in ("eager", "static"):
+        model = RetroLM.from_pretrained(tiny_dirs["llama"], **TRAINED)
+        torch.manual_seed(3)
+        ids = torch.randint(0, 256, (1, 50))
+        cache = model.new_cache(ids.shape[1] + 30)
+        with torch.no_grad():
+            cache, logits = model.encode(ids, cache, logits_to_keep=1)
+            token, out = logits.argmax(-1), []
+            with model.decoding(cache, 30, mode):
+                for _ in range(30):
+                    token = model.base_model(input_ids=token, use_cache=True,
+                                             **{cache_argument(model.base_model): cache}).logits.argmax(-1)
+                    out.append(int(token))
+        tokens[mode] = out
+        assert cache.num_tokens == ids.shape[1] + 30
+    assert tokens["static"] == tokens["eager"]
+    assert len(steps) == 30  # the static loop's steps, and none of the eager loop's
