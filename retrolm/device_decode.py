@@ -37,6 +37,7 @@ from .planner import AttentionPlan
 from .retriever import packed_key_shift, score_pages, select_pages
 from .rope import rope_inv_freq
 
+
 def device_decode_blocker(config, device: torch.device, prompt_tokens: int, mode: str) -> str | None:
     """Why a generate call cannot decode with `mode` ("graph" or "static") on the device; None when it can."""
     if config.scorer != "trained":
@@ -134,7 +135,6 @@ class DeviceDecoder:
 
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
-        calls = None
         with torch.cuda.graph(graph):
             self.output = self._step()
             calls = self.plan.attention_calls
