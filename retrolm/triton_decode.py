@@ -15,6 +15,11 @@ import triton.language as tl
 from .planner import AttentionPlan
 
 
+def dot_side(n: int) -> int:
+    """A block side of at least n for tl.dot, which needs every side a power of two >= 16."""
+    return max(16, triton.next_power_of_2(n))
+
+
 def dot_precision(dtype: torch.dtype) -> str | None:
     """tl.dot's input precision: full float32 for float32 models (tl.dot would round them to tf32 by default, a
     1e-3 relative error the plain model does not make); None (Triton's default) for bf16/fp16, exact either way."""
@@ -131,8 +136,7 @@ def paged_decode_attention(plan: AttentionPlan, query, key_pool, value_pool, sca
     attended, shift, inv_freq, has_shift, own = plan.scratch["triton"]
     slots = attended.numel() + 1
     half = dim // 2
-    pad = lambda n: max(16, triton.next_power_of_2(n))  # tl.dot needs every side >= 16
-    group_pad, half_pad = pad(group), pad(half)
+    group_pad, half_pad = dot_side(group), dot_side(half)
     dim_pad = 2 * half_pad
     out_m = torch.empty(kv_heads, slots, group_pad, device=query.device, dtype=torch.float32)
     out_l = torch.empty_like(out_m)
@@ -143,11 +147,11 @@ def paged_decode_attention(plan: AttentionPlan, query, key_pool, value_pool, sca
         slots - 1, float(scaling),
         q.stride(0), key_pool.stride(1), key_pool.stride(2), value_pool.stride(1), value_pool.stride(2),
         GROUP=group, GROUP_PAD=group_pad, HALF=half, HALF_PAD=half_pad, DIM_PAD=dim_pad, PAGE=plan.page_size,
-        BLOCK_N=min(64, pad(plan.page_size)), HAS_SHIFT=has_shift, DOT_PRECISION=dot_precision(query.dtype),
+        BLOCK_N=min(64, dot_side(plan.page_size)), HAS_SHIFT=has_shift, DOT_PRECISION=dot_precision(query.dtype),
     )
     out = torch.empty(heads, dim, device=query.device, dtype=query.dtype)
     # one launch rather than a torch reduction's ~10 per layer: in a graph-captured step these small kernels,
-    # not the bytes they move, were a tenth of the step (bench/results/profile_decode)
+    # not the bytes they move, were a tenth of the step (bench/results/decode/profile_decode.md)
     _merge_pages_kernel[(heads,)](out_m, out_l, out_acc, out, SLOTS=slots, GROUP=group, GROUP_PAD=group_pad, DIM=dim,
                                   DIM_PAD=dim_pad)
     return out[None, None]

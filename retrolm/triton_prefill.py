@@ -14,8 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .attention import query_blocks, unblock
 from .planner import AttentionPlan
-from .triton_decode import dot_precision
+from .triton_decode import dot_precision, dot_side
 
 
 @triton.jit
@@ -89,8 +90,6 @@ def _page_prefill_kernel(
 
 def paged_prefill_attention(plan: AttentionPlan, query, key_pool, value_pool, scaling: float) -> torch.Tensor:
     """query [1, H, q, D] of a forward's new tokens; pools [1, kv_heads, capacity, D]. Returns [1, q, H, D]."""
-    from .attention import query_blocks, unblock  # here: attention.py imports this module lazily
-
     heads, dim = query.shape[1], query.shape[-1]
     kv_heads = key_pool.shape[1]
     if "triton_prefill" not in plan.scratch:  # once per forward (per layer under the training-free scorer)
@@ -113,9 +112,8 @@ def paged_prefill_attention(plan: AttentionPlan, query, key_pool, value_pool, sc
     out = torch.empty_like(q)
     groups, _, rows, _ = q.shape
     half = dim // 2
-    pad = lambda n: max(16, triton.next_power_of_2(n))  # tl.dot needs every side >= 16
-    half_pad = pad(half)
-    block_m = min(64, pad(rows))
+    half_pad = dot_side(half)
+    block_m = min(64, dot_side(rows))
     grid = (groups, heads, triton.cdiv(rows, block_m))
     _page_prefill_kernel[grid](
         q, key_pool, value_pool, out, attended, shift, query_pages, row_offsets, inv_freq,
@@ -123,7 +121,7 @@ def paged_prefill_attention(plan: AttentionPlan, query, key_pool, value_pool, sc
         q.stride(0), q.stride(1), q.stride(2), key_pool.stride(1), key_pool.stride(2), value_pool.stride(1),
         value_pool.stride(2), out.stride(0), out.stride(1), out.stride(2),
         NUM_SLOTS=attended.shape[1], GROUP=heads // kv_heads, HALF=half, HALF_PAD=half_pad, DIM_PAD=2 * half_pad,
-        PAGE=plan.page_size, BLOCK_M=block_m, BLOCK_N=min(64, pad(plan.page_size)), HAS_SHIFT=has_shift,
+        PAGE=plan.page_size, BLOCK_M=block_m, BLOCK_N=min(64, dot_side(plan.page_size)), HAS_SHIFT=has_shift,
         DOT_PRECISION=dot_precision(query.dtype),
     )
     return unblock(plan, out)
