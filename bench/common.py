@@ -8,13 +8,17 @@ import tempfile
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 SHAPES = {
     # Llama-3-8B: 32 layers, 4096 wide, GQA 32/8, 128K vocab, rope_theta 5e5
     "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
                       max_position_embeddings=131072),
+    # Qwen2.5-7B: 28 layers, 3584 wide, GQA 28/4 (half Llama-3-8B's KV per token: 1M tokens of bf16 KV is 56 GiB)
+    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0,
+                       max_position_embeddings=1 << 21, tie_word_embeddings=False),
     # a tiny stand-in, for dry runs of the scripts on a CPU
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20),
@@ -26,14 +30,17 @@ SHAPES = {
 
 
 def random_model(shape: str, dtype=torch.bfloat16, device="cuda"):
-    """A randomly initialised Llama model of a named shape, built directly on `device` in `dtype`."""
-    config = LlamaConfig(**SHAPES[shape])
+    """A randomly initialised model of a named shape (Qwen2 for qwen shapes, else Llama), built directly on
+    `device` in `dtype`."""
+    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if shape.startswith("qwen") else \
+        (LlamaConfig, LlamaForCausalLM)
+    config = config_class(**SHAPES[shape])
     config._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(config)
+            model = model_class(config)
     finally:
         torch.set_default_dtype(default)
     return model.eval()

@@ -6,7 +6,10 @@ Llama-3-8B shape with random bf16 weights, batch 1. Per context length, on the s
   (CUDA graphs through torch.compile: the fastest decode transformers offers);
 - `retrolm-eager`: RetroLM, decode steps planned on the host (Triton attention);
 - `retrolm-graph`: RetroLM, every decode step one CUDA graph replay (device_decode.py), trained-scorer path;
-- `retrolm-generate-graph`: `RetroLM.generate` itself, transformers' loop included (all steps, capture included).
+- `retrolm-generate-graph`: `RetroLM.generate` itself, transformers' loop included (all steps, capture included);
+- `retrolm-offload-graph` (`--offload-contexts`, e.g. 512K and 1M): every page in page-locked host memory and
+  `--offload-device-pages` page slots per layer on the GPU (offload.py); prefill includes reserving and
+  page-locking the host pool. Full attention is not run there (its floor is listed).
 Each decode step is timed alone (synchronised before and after), median after warm-up. The floor of a method
 is the bytes one decode step must read (all weights, plus the KV it attends to: the whole context for full
 attention; sink + local + top_k pages and the token's own page for RetroLM) over the copy bandwidth measured
@@ -19,6 +22,7 @@ compares the tokens.
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import inspect
 import json
@@ -79,7 +83,9 @@ def timed_steps(step, token, steps: int, warmup: int) -> tuple[list[float], torc
 
 
 def summary(times: list[float]) -> dict:
-    return dict(decode_ms=round(statistics.median(times), 2), decode_ms_p90=round(sorted(times)[int(0.9 * len(times))], 2))
+    """Median, mean (refresh steps that copy pages in count here) and 90th percentile ms/token."""
+    return dict(decode_ms=round(statistics.median(times), 2), decode_ms_mean=round(statistics.mean(times), 2),
+                decode_ms_p90=round(sorted(times)[int(0.9 * len(times))], 2))
 
 
 def run_hf(base, ids, kind: str, steps: int, warmup: int, chunk: int) -> dict:
@@ -123,7 +129,8 @@ def run_hf(base, ids, kind: str, steps: int, warmup: int, chunk: int) -> dict:
     return result
 
 
-def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, prefills: int = 1) -> list[dict]:
+def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, prefills: int = 1,
+                prefix: str = "retrolm") -> list[dict]:
     """Page-wise prefill (`prefills` times: the first of a process also compiles kernels; the last is kept), then
     greedy decode in each mode, continuing the same cache."""
     device = ids.device
@@ -139,26 +146,44 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
             cache, logits = model.encode(ids, cache, logits_to_keep=1, progress=False)
         sync(device)
         times.append(round(time.perf_counter() - start, 2))
-    prefill = dict(prefill_s=times[-1], prefill_peak_gib=round(peak_gib(device), 2))
+    prefill = dict(prefill_s=times[-1], prefill_peak_gib=round(peak_gib(device), 2),
+                   kv_host_gib=round(cache.memory_bytes() / GIB, 2) if cache.slots is not None else 0.0,
+                   kv_device_gib=round(cache.device_bytes() / GIB, 2))
+    if cache.slots is not None:
+        prefill["host_pool_s"] = round(sum(layer.allocate_s for layer in cache.layers), 2)
     if prefills > 1:
         prefill["prefill_s_first"] = times[0]
     token = logits.argmax(-1)
     cache_name = cache_argument(model.base_model)
     rows = []
+    offloaded = cache.slots is not None
     for mode in modes:
         reset_peak(device)
         started = time.perf_counter()
+        fetched_before = int(cache.slots.fetched) if offloaded else 0
+        extra = {}
         try:
-            with torch.no_grad(), model.decoding(cache, warmup + steps, mode):
-                times, token = timed_steps(lambda t: model.base_model(input_ids=t, use_cache=True,
-                                                                      **{cache_name: cache}).logits[:, -1:].argmax(-1),
-                                           token, steps, warmup)
+            with torch.no_grad(), model.decoding(cache, warmup + steps + (COLD_STEPS if offloaded else 0), mode):
+                step = lambda t: model.base_model(input_ids=t, use_cache=True,  # noqa: E731
+                                                  **{cache_name: cache}).logits[:, -1:].argmax(-1)
+                times, token = timed_steps(step, token, steps, warmup)
+                if offloaded:  # what a refresh costs when none of its pages is on the GPU: clear, then one step
+                    extra["pages_fetched_per_step"] = round((int(cache.slots.fetched) - fetched_before)
+                                                            / (warmup + steps), 2)
+                    cold = []
+                    for _ in range(COLD_STEPS):
+                        cache.slots.clear()
+                        before = int(cache.slots.fetched)
+                        cold += timed_steps(step, token, 1, 0)[0]
+                        extra["cold_step_pages"] = int(cache.slots.fetched) - before
+                    extra["cold_step_ms"] = round(statistics.median(cold), 2)
         except Exception as error:  # noqa: BLE001 (recorded; the cache is no longer usable for later modes)
-            rows.append(dict(method=f"retrolm-{mode}", **prefill, error=f"{type(error).__name__}: {str(error)[:300]}"))
+            rows.append(dict(method=f"{prefix}-{mode}", **prefill, error=f"{type(error).__name__}: {str(error)[:300]}"))
             break
-        rows.append(dict(method=f"retrolm-{mode}", **prefill, **summary(times), decode_peak_gib=round(peak_gib(device), 2),
-                         warmup_s=round(time.perf_counter() - started - sum(times) / 1e3, 1)))
+        rows.append(dict(method=f"{prefix}-{mode}", **prefill, **summary(times), decode_peak_gib=round(peak_gib(device), 2),
+                         warmup_s=round(time.perf_counter() - started - sum(times) / 1e3, 1), **extra))
     del cache
+    gc.collect()  # an offloaded cache's host pool (tens of GiB, page-locked) goes now, not at some later collection
     torch.cuda.empty_cache()
     return rows
 
@@ -183,6 +208,26 @@ def tokens_match(model: RetroLM, ids, new_tokens: int) -> dict:
     same = int((out["eager"] == out[device_mode]).all(dim=0)[ids.shape[1]:].sum())
     return dict(prompt_tokens=ids.shape[1], new_tokens=new_tokens, identical_tokens=same, compared=device_mode,
                 identical=bool(torch.equal(out["eager"], out[device_mode])))
+
+
+def offload_tokens_match(base, config, offloaded, retriever, args) -> dict:
+    """Greedy tokens of the offloaded graph decode against resident eager decoding, same prompt; the check
+    prompt is longer than the offloaded runs' slot budget so prefill and decode evict and fetch pages back."""
+    slots = (offloaded.max_attended_pages + 2) * 4  # prefill chunks of 4 pages
+    check_config = RetroLMConfig(**{**offloaded.to_dict(), "offload_device_pages": slots, "prefill_chunk_pages": 4})
+    device_mode = "graph" if base.device.type == "cuda" else "static"
+    out = {}
+    for name, cfg, mode in (("resident-eager", config, "eager"), ("offload-device", check_config, device_mode)):
+        model = RetroLM(base, byte_tokenizer(), RetroLMConfig(**{**cfg.to_dict(), "decode_mode": mode}), retriever)
+        torch.manual_seed(1)
+        ids = random_prompt(model, args.check_tokens * 2)
+        out[name] = model.generate(input_ids=ids, max_new_tokens=args.check_new_tokens, do_sample=False,
+                                   eos_token_id=None)
+        model._hooks.remove()
+    same = int((out["resident-eager"] == out["offload-device"]).all(dim=0)[ids.shape[1]:].sum())
+    return dict(prompt_tokens=ids.shape[1], new_tokens=args.check_new_tokens, identical_tokens=same,
+                offload_device_pages=slots, compared=device_mode,
+                identical=bool(torch.equal(out["resident-eager"], out["offload-device"])))
 
 
 def random_prompt(model: RetroLM, length: int) -> torch.Tensor:
@@ -213,6 +258,10 @@ def measure(args) -> None:
     model._hooks.remove()  # the baselines run the plain model, as their users would
     print("token check", check, flush=True)
     rows = []
+    result = dict(benchmark="decode", shape=args.shape, dtype="bfloat16", environment=environment(),
+                  copy_bandwidth_tb_s=round(bandwidth / 1e12, 3), weight_gb=round(weights / 1e9, 3),
+                  kv_bytes_per_token=per_token, retrolm_config=config.to_dict(), steps=args.steps,
+                  warmup=args.warmup, token_check=check, rows=rows)
     for context in args.contexts:
         ids = random_prompt(model, context)
         full_floor = (weights + context * per_token) / bandwidth * 1e3
@@ -240,17 +289,42 @@ def measure(args) -> None:
         for row in rows:
             if "decode_ms" in row:
                 row["x_floor"] = round(row["decode_ms"] / row["floor_ms"], 2)
-        result = dict(benchmark="decode", shape=args.shape, dtype="bfloat16", environment=environment(),
-                      copy_bandwidth_tb_s=round(bandwidth / 1e12, 3), weight_gb=round(weights / 1e9, 3),
-                      kv_bytes_per_token=per_token, retrolm_config=config.to_dict(), steps=args.steps,
-                      warmup=args.warmup, token_check=check, rows=rows)
-        name = args.name or "decode_" + "_".join(f"{c // 1024}k" for c in args.contexts)
-        write_json(os.path.join(args.out, f"{name}.json"), result)  # after every context: a timeout loses no row
+        # after every context: a timeout loses no row
+        write_json(os.path.join(args.out, f"{run_name(args)}.json"), result)
+    offloaded = RetroLMConfig(**{**config.to_dict(), "offload_kv": True,
+                                 "offload_device_pages": args.offload_device_pages})
+    if args.offload_contexts:
+        result.update(retrolm_offload_config=offloaded.to_dict(),
+                      offload_token_check=offload_tokens_match(base, config, offloaded, retriever, args))
+        print("offload token check", result["offload_token_check"], flush=True)
+    for context in args.offload_contexts:
+        model = RetroLM(base, byte_tokenizer(), offloaded, retriever)
+        print(f"RetroLM offloaded, {context} tokens", flush=True)
+        ids = random_prompt(model, context)
+        full_floor = (weights + context * per_token) / bandwidth * 1e3
+        retro_floor = (weights + weight_bytes(retriever) + attended_tokens * per_token) / bandwidth * 1e3
+        rows.append(dict(method="hf-full-attention-not-run", context=context, floor_ms=round(full_floor, 2)))
+        mode = "graph" if device.type == "cuda" else "static"
+        for row in run_retrolm(model, ids, [mode], args.steps, args.warmup, prefix="retrolm-offload"):
+            rows.append(dict(row, context=context, floor_ms=round(retro_floor, 2),
+                             x_floor=round(row["decode_ms"] / retro_floor, 2) if "decode_ms" in row else None))
+            print(rows[-1], flush=True)
+        model._hooks.remove()
+        del ids
+        write_json(os.path.join(args.out, f"{run_name(args)}.json"), result)
     print(markdown_table(rows, COLUMNS))
 
 
-COLUMNS = ["method", "context", "decode_ms", "decode_ms_p90", "floor_ms", "x_floor", "prefill_s", "prefill_peak_gib",
-           "decode_peak_gib", "warmup_s"]
+def run_name(args) -> str:
+    contexts = list(args.contexts) + list(args.offload_contexts)
+    return args.name or "decode_" + "_".join(f"{c // 1024}k" for c in contexts)
+
+
+COLD_STEPS = 3  # offloaded runs: decode steps timed after emptying the GPU's page slots
+
+COLUMNS = ["method", "context", "decode_ms", "decode_ms_mean", "decode_ms_p90", "floor_ms", "x_floor", "prefill_s",
+           "prefill_peak_gib", "decode_peak_gib", "kv_host_gib", "kv_device_gib", "host_pool_s",
+           "pages_fetched_per_step", "cold_step_ms", "cold_step_pages", "warmup_s"]
 
 
 def combine(directory: str) -> None:
@@ -271,10 +345,26 @@ def combine(directory: str) -> None:
         by_context = {}
         for row in run["rows"]:
             by_context.setdefault(row["context"], {})[row["method"]] = row.get("decode_ms")
+        resident_128k = by_context.get(131072, {}).get("retrolm-graph")
         for context, methods in sorted(by_context.items()):
             graph, static = methods.get("retrolm-graph"), methods.get("hf-static-compile")
             if graph and static:
                 lines.append(f"- {context} tokens: retrolm-graph is {static / graph:.1f}x faster than hf-static-compile.")
+            offloaded = methods.get("retrolm-offload-graph")
+            if offloaded and resident_128k:
+                lines.append(f"- {context} tokens offloaded: {offloaded / resident_128k:.2f}x the resident 128K "
+                             "decode time.")
+        for row in run["rows"]:
+            if "cold_step_ms" in row:
+                lines.append(f"- {row['context']} tokens offloaded: a step with no page on the GPU (all "
+                             f"{row['cold_step_pages']} of each layer copied in) takes {row['cold_step_ms']} ms; "
+                             f"decoding fetched {row['pages_fetched_per_step']} pages per step; reserving and page-locking the "
+                             f"{row['kv_host_gib']} GiB host pool took {row['host_pool_s']} s of the prefill.")
+        offload_check = run.get("offload_token_check")
+        if offload_check:
+            lines.append(f"- Offloaded {offload_check['compared']} decode ({offload_check['offload_device_pages']} page "
+                         f"slots, a {offload_check['prompt_tokens']}-token prompt) vs resident eager: "
+                         f"{offload_check['identical_tokens']}/{offload_check['new_tokens']} greedy tokens identical.")
         lines.append("")
     write_text(os.path.join(directory, "decode.md"), "\n".join(lines))
     import matplotlib
@@ -282,22 +372,34 @@ def combine(directory: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    series = {}
-    for run in runs:
-        for row in run["rows"]:
-            if row.get("decode_ms"):
-                series.setdefault(row["method"], []).append((row["context"], row["decode_ms"]))
-                series.setdefault(row["method"] + " floor", []).append((row["context"], row["floor_ms"]))
-    for name, points in sorted(series.items()):
-        points.sort()
-        axis.plot(*zip(*points), marker="o" if "floor" not in name else None,
-                  linestyle=":" if "floor" in name else "-", label=name)
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("context tokens")
-    axis.set_ylabel("ms / token")
-    axis.legend(fontsize=7)
-    axis.grid(alpha=0.3)
+    shapes = sorted({run["shape"] for run in runs})
+    figure, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
+    for axis, shape in zip(axes[0], shapes):
+        series = {}
+        for run in (r for r in runs if r["shape"] == shape):
+            for row in run["rows"]:
+                if not row.get("decode_ms") and "not-run" not in row["method"]:
+                    continue
+                # offloaded graph decode continues the resident graph line; one floor line per attention kind
+                method = "retrolm-graph" if row["method"] == "retrolm-offload-graph" else row["method"]
+                floor = "full attention floor" if method.startswith("hf-") else "RetroLM floor"
+                series.setdefault(floor, {})[row["context"]] = row["floor_ms"]
+                if row.get("decode_ms"):
+                    series.setdefault(method, {})[row["context"]] = row["decode_ms"]
+        for name, points in sorted(series.items()):
+            contexts = sorted(points)
+            floor = "floor" in name
+            axis.plot(contexts, [points[c] for c in contexts], marker=None if floor else "o",
+                      linestyle=":" if floor else "-", label=name)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        offloaded = any(row["method"] == "retrolm-offload-graph" for run in runs if run["shape"] == shape
+                        for row in run["rows"])
+        axis.set_title(shape + (" (RetroLM past 128K: KV offloaded to host memory)" if offloaded else ""), fontsize=9)
+        axis.set_xlabel("context tokens")
+        axis.set_ylabel("ms / token (log)")
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3, which="both")
     tmp = os.path.join(directory, "decode.tmp.png")
     figure.savefig(tmp, dpi=120, bbox_inches="tight")
     os.replace(tmp, os.path.join(directory, "decode.png"))
@@ -307,7 +409,7 @@ def combine(directory: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="llama3-8b")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--contexts", type=int, nargs="*", default=[32768, 131072])
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--page-size", type=int, default=128)
@@ -321,6 +423,9 @@ def main() -> None:
                         help="RetroLM prefills per context; the last is reported, the first as prefill_s_first")
     parser.add_argument("--generate-tokens", type=int, default=128,
                         help="also time RetroLM.generate for this many new tokens (0: skip)")
+    parser.add_argument("--offload-contexts", type=int, nargs="*", default=[],
+                        help="also run RetroLM with offload_kv=True at these contexts (e.g. 524288 1048576)")
+    parser.add_argument("--offload-device-pages", type=int, default=1024, help="offload_device_pages of those runs")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="bench/results/decode")
     parser.add_argument("--name", help="result file name (default: decode_<contexts>)")

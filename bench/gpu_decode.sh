@@ -8,6 +8,9 @@
 #   profile bench/profile_decode.py: kernels of one decode step
 #   profile-prefill  the same for prefill chunks
 #   prefill RetroLM's 128K prefill twice (first of the process, then warm), a short graph decode
+#   offload-tests  the CUDA tests of offloaded K/V (Triton fetch, page-locked host view, graph = resident eager)
+#   offload Qwen2.5-7B shape: HF baselines and RetroLM at 32K and 128K, RetroLM offloaded at 512K and 1M
+#   offload-1m  the offloaded 1M run alone (host pool time, pages fetched per step, a step with no page resident)
 # A failing tests stage stops the script (no benchmark of broken kernels).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -22,6 +25,16 @@ for stage in ${*:-tests 32k}; do
     32k|128k|both)
         contexts=$(case $stage in 32k) echo 32768;; 128k) echo 131072;; both) echo 32768 131072;; esac)
         python3 bench/decode.py --contexts $contexts --out "$OUT" 2>&1 | tee "$OUT/decode_$stage.log" | tail -14 ;;
+    offload-tests)
+        python3 -m pytest -q -p no:cacheprovider -rs -x tests/test_offload.py tests/test_equivalence.py \
+            tests/test_device_decode.py > "$OUT/gpu_tests_offload.log" 2>&1
+        status=$?; tail -15 "$OUT/gpu_tests_offload.log"; [ $status = 0 ] || exit 1 ;;
+    offload)
+        python3 bench/decode.py --shape qwen2.5-7b --contexts 32768 131072 --offload-contexts 524288 1048576 \
+            --generate-tokens 0 --out "$OUT" 2>&1 | grep -v "encoding pages" | tee "$OUT/decode_offload.log" | tail -16 ;;
+    offload-1m)
+        python3 bench/decode.py --shape qwen2.5-7b --contexts --full --offload-contexts 1048576 --generate-tokens 0 \
+            --name decode_offload_cold_1024k --out "$OUT" 2>&1 | grep -v "encoding pages" | tail -4 ;;
     profile)
         python3 bench/profile_decode.py --out "$OUT" 2>&1 | grep -v Warning | head -30 ;;
     prefill)

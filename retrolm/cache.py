@@ -8,13 +8,19 @@ the gather paths read pages in place, and pages never need re-packing. Capacity 
 
 Shared across layers (one retrieval decision serves every layer): the token ids seen so far, the bookmark
 key and query of every complete page, and the position each page was encoded at.
+
+Offloaded (`offload_kv`, offload.py): the pools above live in host memory, reserved whole, and each layer's
+`keys` / `values` are instead a device pool of page slots (plus a trash slot) holding the pages in use.
 """
 from __future__ import annotations
+
+import time
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .errors import RetroLMError
+from .offload import PageSlots, fetch_pages, host_pool
 from .scorer import LayerSummaries
 
 
@@ -37,11 +43,13 @@ class PagedLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, page_size: int, capacity_tokens: int = 0):
+    def __init__(self, page_size: int, capacity_tokens: int = 0, index: int = 0, slots: PageSlots | None = None):
         super().__init__()
         self.page_size = page_size
         self.capacity_pages = max(1, -(-capacity_tokens // page_size))  # allocated at first update
         self.length = 0  # tokens written
+        self.index = index
+        self.slots = slots  # offloaded: the cache's slot table (None: the pool is resident)
         self.summaries = LayerSummaries()  # the training-free scorer's state for this layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -59,7 +67,7 @@ class PagedLayer(CacheLayerMixin):
                 "this forward. Run the model through RetroLM (forward / generate), or pass the paged cache as the "
                 "forward's cache argument so the hook can plan it."
             )
-        if plan.resident_pages is not None:
+        if self.slots is not None:
             return self._update_offloaded(key_states, value_states, plan)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -78,24 +86,41 @@ class PagedLayer(CacheLayerMixin):
         return self.keys, self.values
 
     def _update_offloaded(self, key_states, value_states, plan):
-        """Write the new K/V to the host pool; return a device pool of just the pages `plan` needs."""
+        """Write the new K/V to the host pool and to their pages' slots, bring in the missing pages this forward
+        attends to, and return the device slot pools (the plan's page ids are slots)."""
         if not self.is_initialized:
-            host = lambda t: t.new_zeros(1, 0, 0, 0, device="cpu")  # noqa: E731
-            self.keys, self.values = host(key_states), host(value_states)
-            self.lazy_initialization(key_states.to("cpu"), value_states.to("cpu"))
-            if torch.cuda.is_available():  # pinned host memory makes the per-forward copies asynchronous DMA
-                self.keys, self.values = self.keys.pin_memory(), self.values.pin_memory()
+            self._allocate_offloaded(key_states, value_states)
         start, end = plan.new_tokens
-        pages_needed = -(-end // self.page_size)
-        self.keys = _grow(self.keys, 2, pages_needed * self.page_size)
-        self.values = _grow(self.values, 2, pages_needed * self.page_size)
-        self.keys[:, :, start:end] = key_states.to("cpu")
-        self.values[:, :, start:end] = value_states.to("cpu")
-        self.length = end
-        rows = (plan.resident_pages.cpu()[:, None] * self.page_size + torch.arange(self.page_size)).flatten()
+        if plan.write_rows is not None:  # a device-side decode step: rows on the device
+            self.host_keys_view.index_copy_(2, plan.write_rows, key_states)
+            self.host_values_view.index_copy_(2, plan.write_rows, value_states)
+        else:
+            self.host_keys_view[:, :, start:end] = key_states
+            self.host_values_view[:, :, start:end] = value_states
+            self.length = end
+        if plan.fetch_events is not None:  # copied in on a side stream while earlier layers ran
+            torch.cuda.current_stream(key_states.device).wait_event(plan.fetch_events[self.index])
+        else:
+            fetch_pages(self.host_keys_view, self.host_values_view, self.keys, self.values, *plan.fetch,
+                        self.page_size)
+        self.keys.index_copy_(2, plan.slot_rows, key_states)
+        self.values.index_copy_(2, plan.slot_rows, value_states)
+        return self.keys, self.values
+
+    def _allocate_offloaded(self, key_states, value_states) -> None:
+        started = time.perf_counter()
+        batch, kv_heads, _, head_dim = key_states.shape
+        capacity = self.capacity_pages * self.page_size
         device = key_states.device
-        return (self.keys[:, :, rows].to(device, non_blocking=True),
-                self.values[:, :, rows].to(device, non_blocking=True))
+        self.host_keys, self.host_keys_view = host_pool((batch, kv_heads, capacity, head_dim), key_states.dtype,
+                                                        device)  # [1, kvh, cap, D]
+        self.host_values, self.host_values_view = host_pool((batch, kv_heads, capacity, value_states.shape[-1]),
+                                                            value_states.dtype, device)
+        rows = (self.slots.slots + 1) * self.page_size  # the slots, then the trash slot
+        self.keys = key_states.new_zeros(batch, kv_heads, rows, head_dim)  # [1, kvh, (slots + 1) * P, D]
+        self.values = value_states.new_zeros(batch, kv_heads, rows, value_states.shape[-1])
+        self.is_initialized = True
+        self.allocate_s = time.perf_counter() - started  # zeroing and page-locking the host pool dominate
 
     def get_seq_length(self) -> int:
         return self.length
@@ -128,11 +153,16 @@ class PagedKVCache(Cache):
     """Paged KV cache for one sequence. Build it with `RetroLM.new_cache()`; pass it as `past_key_values`."""
 
     def __init__(self, num_layers: int, page_size: int, score_heads: int, score_dim: int, device=None,
-                 capacity_tokens: int = 0):
-        """capacity_tokens: reserve room for this many tokens up front (pools otherwise grow by doubling)."""
-        super().__init__(layers=[PagedLayer(page_size, capacity_tokens) for _ in range(num_layers)])
-        self.page_size = page_size
+                 capacity_tokens: int = 0, offload_pages: int = 0):
+        """capacity_tokens: reserve room for this many tokens up front (pools otherwise grow by doubling).
+        offload_pages: > 0 keeps every page in host memory (reserved for capacity_tokens, no growth) and this many
+        page slots per layer on `device` (offload.py)."""
         device = torch.device("cpu") if device is None else torch.device(device)
+        capacity_pages = max(1, -(-capacity_tokens // page_size))
+        self.slots = PageSlots(min(offload_pages, capacity_pages), capacity_pages, device) if offload_pages else None
+        super().__init__(layers=[PagedLayer(page_size, capacity_tokens, i, self.slots) for i in range(num_layers)])
+        self.page_size = page_size
+        self._fetch_stream = None
         # reserved whole up front (a graph-captured decode step needs buffers that never move), one spare page row
         pages = -(-max(capacity_tokens, page_size) // page_size) + 1
         self.token_ids = torch.zeros(pages * page_size, dtype=torch.long, device=device)  # [capacity]
@@ -190,6 +220,28 @@ class PagedKVCache(Cache):
         self.page_starts = _grow(self.page_starts, 0, int(pages.max()) + 1)
         self.page_starts[pages] = starts
 
+    def prefetch(self, plan) -> None:
+        """Offloaded, on CUDA, once every layer's pools exist: start copying in the plan's missing pages of every
+        layer on a side stream now, so the copies overlap the forward's compute (each layer waits for its own)."""
+        layers = self.layers
+        if not all(layer.is_initialized for layer in layers) or layers[0].keys.device.type != "cuda":
+            return
+        device = layers[0].keys.device
+        main = torch.cuda.current_stream(device)
+        if self._fetch_stream is None:
+            self._fetch_stream = torch.cuda.Stream(device)
+        side = self._fetch_stream
+        side.wait_stream(main)  # the victim slots may still be read by the previous forward's kernels
+        events = []
+        with torch.cuda.stream(side):
+            for layer in layers:
+                fetch_pages(layer.host_keys_view, layer.host_values_view, layer.keys, layer.values, *plan.fetch,
+                            self.page_size)
+                events.append(side.record_event())
+        for tensor in plan.fetch:
+            tensor.record_stream(side)
+        plan.fetch_events = events
+
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         # the forward's plan tells an offloaded layer which pages to bring in
         return self.layers[layer_idx].update(key_states, value_states, plan=self.plan)
@@ -199,4 +251,9 @@ class PagedKVCache(Cache):
 
     def memory_bytes(self) -> int:
         """Bytes held by the K/V pools of all layers (in host memory when offloaded)."""
+        pools = [(l.host_keys if self.slots is not None else l.keys) for l in self.layers if l.is_initialized]
+        return sum(pool.numel() * pool.element_size() * 2 for pool in pools)
+
+    def device_bytes(self) -> int:
+        """Bytes of K/V on the model's device: the whole pools, or the page slots when offloaded."""
         return sum(l.keys.numel() * l.keys.element_size() * 2 for l in self.layers if l.is_initialized)

@@ -81,7 +81,12 @@ class RetroLMConfig:
     refresh_on: str = "\n,"
     prefill_chunk_pages: int = 32  # pages encoded per LLM forward during prefill (memory vs speed)
     max_context_tokens: int = 1_048_576  # longer inputs are refused with an error naming this knob
-    offload_kv: bool = False  # keep K/V pages in (pinned) CPU memory; copy in only the pages a forward attends to
+    # Keep every K/V page in (page-locked) host memory and only the pages in use on the GPU: a cache of
+    # `offload_device_pages` page slots per layer, least recently used out first (offload.py); for inputs whose KV
+    # does not fit on the GPU. A forward needing more slots than that raises (one prefill chunk needs up to
+    # prefill_chunk_pages x (sink + local + top_k + 1) slots).
+    offload_kv: bool = False
+    offload_device_pages: int = 1024
     attention_backend: str = "auto"  # "auto": triton on CUDA (decode and prefill), sdpa elsewhere; "reference": torch
     # How generate decodes (device_decode.py): "graph" each step one CUDA graph replay, every decision on the device;
     # "eager" planned on the host per step (the reference); "static" the graph's step without capture (any device,
@@ -101,7 +106,7 @@ class RetroLMConfig:
     def validate(self) -> None:
         """Raise `RetroLMError` naming the fix for any out-of-range knob."""
         for name in ("page_size", "prefill_chunk_pages", "refresh_interval", "max_context_tokens",
-                     "scorer_query_tokens"):
+                     "scorer_query_tokens", "offload_device_pages"):
             _check_int("", name, getattr(self, name), 1)
         for name in ("top_k", "sink_pages", "local_pages", "neighbor_pages"):
             _check_int("", name, getattr(self, name), 0)
@@ -123,6 +128,9 @@ class RetroLMConfig:
             raise RetroLMError(f"scorer must be one of {SCORERS}, got {self.scorer!r}.")
         if not isinstance(self.offload_kv, bool):
             raise RetroLMError(f"offload_kv must be true or false, got {self.offload_kv!r}.")
+        if self.offload_kv and self.offload_device_pages < self.max_attended_pages + 1:
+            raise RetroLMError(f"offload_device_pages ({self.offload_device_pages}) must hold a decode step's pages: "
+                               f"sink + local + top_k + its own page = {self.max_attended_pages + 1}; raise it.")
         if not isinstance(self.bookmark_token, str) or not self.bookmark_token.strip():
             raise RetroLMError(f"bookmark_token must be a non-empty string, got {self.bookmark_token!r}; "
                                "leave it at its default '<retrolm_bookmark>'.")

@@ -14,6 +14,8 @@ is a fixed-shape function of device buffers:
 - selection is sink + local + top-k over the cache's reserved bookmark rows, padded to sink + local + top_k
   slots (pages not yet complete are never eligible: they are not before the token's page). Every layer then
   runs with a plan whose tensors are these buffers and writes its K/V at the position's row (`index_copy_`).
+With offloaded K/V (offload.py) the step also makes the selection and its own page resident in the device's
+page slots (`PageSlots.assign` on the device, copies of missing pages by the layers) and plans with slots.
 The host only counts tokens (plain ints), so the step can be captured: on CUDA ("graph") the first step runs
 as is (kernels compile, the allocator warms up), the second is captured into a `torch.cuda.CUDAGraph` and
 every later step is one replay. "static" runs the same step without capture on any device: tests compare it
@@ -43,8 +45,6 @@ def device_decode_blocker(config, device: torch.device, prompt_tokens: int, mode
     if config.scorer != "trained":
         return ("the training-free scorer chooses pages per layer inside the attention, which runs eagerly for now; "
                 "decode_mode='graph' needs scorer='trained'")
-    if config.offload_kv:
-        return "offload_kv=True copies pages in on the host at every step"
     if prompt_tokens - 1 < config.page_size:
         return (f"the prompt ({prompt_tokens} tokens) is shorter than page_size + 1 ({config.page_size + 1}): the "
                 "retriever's decode window would be short")
@@ -93,6 +93,10 @@ class DeviceDecoder:
             position_ids=longs(1, 1), inv_freq=rope_inv_freq(inner) if self.contiguous else None,
             backend=model._backend(), write_rows=longs(1),
         )
+        if cache.slots is not None:  # offloaded: the plan reads slots; the pages to copy in are chosen per step
+            self.plan.attended = longs(1, width, fill=-1)
+            self.plan.slot_rows = longs(1)
+            self.plan.fetch = (longs(width + 1, fill=-1), longs(width + 1))
         self.steps = 0
         self.graph = None
         self.output = None
@@ -199,7 +203,10 @@ class DeviceDecoder:
         else:
             cache.page_starts.index_copy_(0, page, page * P)
             position = t0
-        plan.query_pages.copy_(page)
+        if cache.slots is None:
+            plan.query_pages.copy_(page)
+        else:
+            self._bring_in(page, offset)
         plan.q_offset.copy_(offset)
         plan.row_offsets.copy_(offset[None])
         plan.write_rows.copy_(t0)
@@ -208,6 +215,19 @@ class DeviceDecoder:
                                         retrolm_plan=plan, **{self.cache_name: cache})
         self.position += 1
         return output
+
+    def _bring_in(self, page: torch.Tensor, offset: torch.Tensor) -> None:
+        """Offloaded: make the selection and the own page resident in the device slots (the layers copy in the
+        missing ones, a no-op program per resident page) and point the plan at their slots."""
+        plan, slots, P = self.plan, self.cache.slots, self.config.page_size
+        pages, targets = slots.assign(torch.cat([self.attended[0], page]))
+        plan.fetch[0].copy_(torch.where(pages * P < self.position, pages, -1))  # pages not yet written need no copy
+        plan.fetch[1].copy_(targets)
+        lookup = slots.slot_of_page
+        plan.attended.copy_(torch.where(self.attended >= 0, lookup[self.attended.clamp(min=0)], -1))
+        own = lookup[page]
+        plan.query_pages.copy_(own)
+        plan.slot_rows.copy_(own * P + offset)
 
     @contextlib.contextmanager
     def installed(self):

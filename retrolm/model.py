@@ -279,7 +279,8 @@ class RetroLM(nn.Module):
         inner = _inner_model(self.base_model)
         r = self.config.retriever
         return PagedKVCache(inner.config.num_hidden_layers, self.config.page_size, r.num_score_heads, r.score_dim,
-                            device=self.device, capacity_tokens=capacity_tokens)
+                            device=self.device, capacity_tokens=capacity_tokens,
+                            offload_pages=self.config.offload_device_pages if self.config.offload_kv else 0)
 
     def _plan(self, cache: PagedKVCache, input_ids: torch.Tensor):
         """The plan of a forward encoding input_ids [1, q] into `cache` (called by the pre-forward hook)."""

@@ -21,6 +21,7 @@ import torch
 
 from .cache import PagedKVCache
 from .config import RetroLMConfig
+from .errors import RetroLMError
 from .pager import page_windows
 from .retriever import PageRetriever, eligible_pages, packed_key_shift, score_pages, select_pages
 from .scorer import fresh_decode_selection
@@ -45,7 +46,11 @@ class AttentionPlan:
     decode_token: tuple[int, int] | None = None  # (page, offset) of the single new token of a decode step
     scratch: dict = field(default_factory=dict)  # per-forward values an attention path derives once, not per layer
     write_rows: torch.Tensor | None = None  # [q] pool rows of the new K/V, on the device (device_decode.DeviceDecoder)
-    resident_pages: torch.Tensor | None = None  # offload: pages copied in for this forward; page ids above are slots
+    # offload (offload.py): page ids above are device slots; (pages [W], slots [W]) to copy in from the host pool
+    # (page -1: nothing), the slot-pool rows of the new tokens [q], and the side-stream copies' events per layer
+    fetch: tuple[torch.Tensor, torch.Tensor] | None = None
+    slot_rows: torch.Tensor | None = None
+    fetch_events: list | None = None
     new_tokens: tuple[int, int] = (0, 0)  # [start, end) positions of the tokens this forward encodes
     attention_calls: int = 0  # layers whose attention ran with this plan (checked after the forward)
     # the training-free scorer (scorer.select_for_layer) chooses `attended` per layer from these:
@@ -117,8 +122,14 @@ def plan_forward(
     """Plan the forward that encodes `new_ids` [q] after the tokens already in `cache`; the plan is also set as
     `cache.plan`, which the cache's layers require for this forward's update. refresh_table: [V] bool on the
     device, the ids whose decode step refreshes retrieval (`refresh_trigger_table`); None: none do."""
+    end = cache.num_tokens + new_ids.shape[0]
+    room = cache.slots.pages * config.page_size if cache.slots is not None else end
+    if end > room:  # checked before the cache changes
+        raise RetroLMError(f"an offloaded KV cache is reserved whole: this one holds {room} tokens, the forward "
+                           f"writes up to {end}. Build it with RetroLM.new_cache(capacity_tokens) large enough for "
+                           "prompt + new tokens.")
     plan = _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table)
-    cache.plan = _to_resident_slots(plan) if config.offload_kv else plan
+    cache.plan = _to_slots(plan, cache) if cache.slots is not None else plan
     return cache.plan
 
 
@@ -180,16 +191,20 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table=None
     return plan
 
 
-def _to_resident_slots(plan: AttentionPlan) -> AttentionPlan:
-    """Offload: list the pages this forward needs and renumber them as slots of a compact resident pool."""
-    needed = torch.cat([plan.attended[plan.attended >= 0], plan.query_pages]).unique()  # sorted
-    slot_of = torch.full((int(needed[-1]) + 1,), -1, dtype=torch.long, device=needed.device)
-    slot_of[needed] = torch.arange(needed.numel(), device=needed.device)
-    plan.resident_pages = needed
-    plan.attended = torch.where(plan.attended >= 0, slot_of[plan.attended.clamp(min=0)], -1)
-    plan.query_pages = slot_of[plan.query_pages]
-    if plan.decode_token is not None:
-        plan.decode_token = (int(plan.query_pages[0]), plan.decode_token[1])
+def _to_slots(plan: AttentionPlan, cache: PagedKVCache) -> AttentionPlan:
+    """Offload: make the pages this forward reads and writes resident in the device slots (copies of pages already
+    written start now, on CUDA on a side stream) and renumber the plan's pages as slots."""
+    P, slots = plan.page_size, cache.slots
+    start, end = plan.new_tokens
+    needed = torch.cat([plan.attended[plan.attended >= 0], plan.query_pages]).unique()
+    slots.check_fits(needed.numel())
+    pages, targets = slots.assign(needed)
+    plan.fetch = (torch.where(pages * P < start, pages, -1), targets)  # pages not yet written need no copy
+    lookup = slots.slot_of_page
+    plan.attended = torch.where(plan.attended >= 0, lookup[plan.attended.clamp(min=0)], -1)
+    plan.query_pages = lookup[plan.query_pages]
+    plan.slot_rows = slots.slot_rows(torch.arange(start, end, device=needed.device), P)
+    cache.prefetch(plan)
     return plan
 
 
