@@ -73,7 +73,7 @@ class PageSlots:
         self.page_of_slot = torch.full((slots + 1,), -1, dtype=torch.long, device=device)
         self.last_used = torch.full((slots + 1,), -1, dtype=torch.long, device=device)
         self.clock = torch.zeros(1, dtype=torch.long, device=device)
-        self.fetched = torch.zeros(1, dtype=torch.long, device=device)  # pages brought in so far (all layers each)
+        self.fetched = torch.zeros(1, dtype=torch.long, device=device)  # pages made resident so far (in every layer)
 
     def clear(self) -> None:
         """Forget every resident page: the next forward copies in all it needs (frees nothing; for measuring)."""
@@ -90,7 +90,8 @@ class PageSlots:
             )
 
     def assign(self, needed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """needed [W]: distinct page ids, -1 padded, W <= slots. Makes every needed page resident in the tables.
+        """needed [W]: distinct page ids, -1 padded, at most `slots` of them valid. Makes every needed page resident
+        in the tables.
 
         Returns (fetch_pages [W], fetch_slots [W]): the pages to copy in from the host and the slot each goes to
         (-1 / the trash slot for entries already resident or padding). Look slots up in `slot_of_page` after.
