@@ -165,6 +165,8 @@ class PagedKVCache(Cache):
         self._fetch_stream = None
         # reserved whole up front (a graph-captured decode step needs buffers that never move), one spare page row
         pages = -(-max(capacity_tokens, page_size) // page_size) + 1
+        for layer in self.layers:
+            layer.summaries.reserve = pages
         self.token_ids = torch.zeros(pages * page_size, dtype=torch.long, device=device)  # [capacity]
         self.num_tokens = 0
         self.bookmark_keys = torch.zeros(pages, score_heads, score_dim, device=device)  # [pages, heads, dim]

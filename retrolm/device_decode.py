@@ -37,14 +37,23 @@ from .compat import cache_argument
 from .errors import RetroLMError
 from .planner import AttentionPlan
 from .retriever import packed_key_shift, score_pages, select_pages
+from .device_scorer import DeviceScorer
 from .rope import rope_inv_freq
 
 
 def device_decode_blocker(config, device: torch.device, prompt_tokens: int, mode: str) -> str | None:
     """Why a generate call cannot decode with `mode` ("graph" or "static") on the device; None when it can."""
     if config.scorer != "trained":
-        return ("the training-free scorer chooses pages per layer inside the attention, which runs eagerly for now; "
-                "decode_mode='graph' needs scorer='trained'")
+        if mode == "graph":
+            return ("the training-free scorer's graph-captured step has not been verified on a GPU yet, so "
+                    "decode_mode='graph' needs scorer='trained'; decode_mode='static' runs its device-side step "
+                    "uncaptured")
+        pages_needed = config.max_attended_pages
+        if (prompt_tokens - 1) // config.page_size < pages_needed or prompt_tokens - 1 < config.scorer_query_tokens:
+            return (f"the training-free scorer's device-side step needs a prompt of at least (sink_pages + "
+                    f"local_pages + top_k) x page_size + 1 = {pages_needed * config.page_size + 1} tokens (and "
+                    f"scorer_query_tokens + 1); this one has {prompt_tokens}")
+        return None
     if prompt_tokens - 1 < config.page_size:
         return (f"the prompt ({prompt_tokens} tokens) is shorter than page_size + 1 ({config.page_size + 1}): the "
                 "retriever's decode window would be short")
@@ -93,6 +102,19 @@ class DeviceDecoder:
             position_ids=longs(1, 1), inv_freq=rope_inv_freq(inner) if self.contiguous else None,
             backend=model._backend(), write_rows=longs(1),
         )
+        self.scorer = None
+        if config.scorer != "trained":  # every layer chooses its pages inside its attention (device_scorer.py)
+            plan = self.plan
+            plan.attended = plan.key_shift = None
+            plan.scorer, plan.rope_inv_freq, plan.page_starts = "attention", rope_inv_freq(inner), cache.page_starts
+            plan.layer_states = cache.layer_summaries()
+            plan.sink_pages, plan.local_pages, plan.top_k = config.sink_pages, config.local_pages, config.top_k
+            plan.scorer_window, plan.contiguous = config.scorer_query_tokens, self.contiguous
+            plan.refresh_interval, plan.neighbors = config.refresh_interval, config.neighbor_offsets
+            self.refresh = torch.zeros(1, dtype=torch.bool, device=device)
+            self.scorer = DeviceScorer(plan.layer_states, plan, self.start, max_new_tokens, self.position,
+                                       self.refresh)
+            plan.device_scorer = self.scorer
         if cache.slots is not None:  # offloaded: the plan reads slots; the pages to copy in are chosen per step
             self.plan.attended = longs(1, width, fill=-1)
             self.plan.slot_rows = longs(1)
@@ -153,10 +175,15 @@ class DeviceDecoder:
         for layer in cache.layers:
             layer.length = cache.num_tokens
         cache.num_complete_pages = cache.num_tokens // self.config.page_size
+        if self.scorer is not None:
+            self.scorer.advance(cache.num_tokens, self.config.page_size)
         self.steps += 1
 
     def finish(self) -> None:
         """After generate: record the mid-page refreshes in `cache.selection_log` (one read of the device log)."""
+        if self.scorer is not None:
+            self.scorer.finish(self.cache, self.steps, self.config.page_size)
+            return
         refreshed = self.log_refresh[: self.steps].nonzero().flatten().tolist()
         for step in refreshed:
             pages = self.log_pages[step]
@@ -171,34 +198,20 @@ class DeviceDecoder:
         cache.token_ids.index_copy_(0, t0, self.input_ids[0])
         page = t0 // P
         offset = t0 - page * P
-        window = cache.token_ids[t0 + self.window_offsets]  # the P tokens before t0
-        retriever = self.model.retriever
-        embeds = self.embed(window)[None].to(next(retriever.parameters()).device)
-        query, key = retriever(embeds, self.full_length, full_windows=True)  # [1, heads, dim]
         boundary = offset == 0
-        completed = (page - 1).clamp(min=0)
-        row = torch.where(boundary & (page - 1 >= self.pages_before), completed, self.spare_page)
-        cache.bookmark_keys.index_copy_(0, row, key.to(cache.bookmark_keys.device))
-        cache.page_queries.index_copy_(0, row, query.to(cache.page_queries.device))
-        query = torch.where(boundary, cache.page_queries[completed], query)
-
         refresh = boundary | (t0 - self.made_at >= config.refresh_interval)
         if self.trigger_table is not None:
             refresh |= self.trigger_table[self.input_ids[0]]
-        scores = score_pages(query, cache.bookmark_keys[: self.spare_page])
-        fresh = select_pages(scores, page, config.top_k, config.sink_pages, config.local_pages, fixed_width=True,
-                             neighbors=config.neighbor_offsets)
-        fresh = F.pad(fresh, (0, self.attended.shape[1] - fresh.shape[1]), value=-1)
-        self.attended.copy_(torch.where(refresh, fresh, self.attended))
+        if self.scorer is None:
+            count = self._select_trained(t0, page, boundary, refresh)  # [1]: pages the own page is packed after
+        else:  # the layers select (device_scorer.py); the prompt's length guarantees every slot fills
+            self.refresh.copy_(refresh)
+            count = config.max_attended_pages
         self.made_at.copy_(torch.where(refresh, t0, self.made_at))
-        step = t0 - self.start
-        self.log_pages.index_copy_(0, step, self.attended)
-        self.log_refresh.index_copy_(0, step, refresh & ~boundary)
-
         if self.contiguous:
-            count = (self.attended >= 0).sum(dim=1)  # [1]: the own page is packed right after the attended ones
-            cache.page_starts.index_copy_(0, page, count * P)
-            self.key_shift.copy_(packed_key_shift(self.attended, cache.page_starts, P))
+            cache.page_starts.index_copy_(0, page, count * P + torch.zeros_like(page))
+            if self.scorer is None:
+                self.key_shift.copy_(packed_key_shift(self.attended, cache.page_starts, P))
             position = count * P + offset
         else:
             cache.page_starts.index_copy_(0, page, page * P)
@@ -215,6 +228,30 @@ class DeviceDecoder:
                                         retrolm_plan=plan, **{self.cache_name: cache})
         self.position += 1
         return output
+
+    def _select_trained(self, t0, page, boundary, refresh) -> torch.Tensor:
+        """The trained scorer's pages for this step into `self.attended` (kept unless `refresh`); returns their
+        count [1]."""
+        config, cache = self.config, self.cache
+        P = config.page_size
+        window = cache.token_ids[t0 + self.window_offsets]  # the P tokens before t0
+        retriever = self.model.retriever
+        embeds = self.embed(window)[None].to(next(retriever.parameters()).device)
+        query, key = retriever(embeds, self.full_length, full_windows=True)  # [1, heads, dim]
+        completed = (page - 1).clamp(min=0)
+        row = torch.where(boundary & (page - 1 >= self.pages_before), completed, self.spare_page)
+        cache.bookmark_keys.index_copy_(0, row, key.to(cache.bookmark_keys.device))
+        cache.page_queries.index_copy_(0, row, query.to(cache.page_queries.device))
+        query = torch.where(boundary, cache.page_queries[completed], query)
+        scores = score_pages(query, cache.bookmark_keys[: self.spare_page])
+        fresh = select_pages(scores, page, config.top_k, config.sink_pages, config.local_pages, fixed_width=True,
+                             neighbors=config.neighbor_offsets)
+        fresh = F.pad(fresh, (0, self.attended.shape[1] - fresh.shape[1]), value=-1)
+        self.attended.copy_(torch.where(refresh, fresh, self.attended))
+        step = t0 - self.start
+        self.log_pages.index_copy_(0, step, self.attended)
+        self.log_refresh.index_copy_(0, step, refresh & ~boundary)
+        return (self.attended >= 0).sum(dim=1)
 
     def _bring_in(self, page: torch.Tensor, offset: torch.Tensor) -> None:
         """Offloaded: make the selection and the own page resident in the device slots (the layers copy in the

@@ -67,6 +67,7 @@ class AttentionPlan:
     neighbors: tuple = ()  # page offsets each retrieved page brings along (RetroLMConfig.neighbor_offsets)
     contiguous: bool = False
     log_selection: list | None = None  # per-layer selections of a decode step, for cache.selection_log
+    device_scorer: object | None = None  # a device-side decode step's per-layer scorer (device_scorer.DeviceScorer)
 
 
 def _window_bookmarks(cache, retriever, embed, ends, page_size):

@@ -38,10 +38,12 @@ class LayerSummaries:
     recent_queries: torch.Tensor | None = None  # [W, H, D], the last W tokens' queries before this forward
     decode_selection: tuple | None = None  # (page, attended, key shift, token) of the last fresh decode selection
     pending_queries: list = dataclasses.field(default_factory=list)  # (query [1, H, D], position) of reused steps
+    reserve: int = 0  # rows allocated at the first extend (the cache's capacity in pages + a spare row)
 
     def extend(self, center: torch.Tensor, radius: torch.Tensor) -> None:
         if self.center is None or self.center.shape[0] < self.pages + center.shape[0]:
-            capacity = max(self.pages + center.shape[0], 2 * (0 if self.center is None else self.center.shape[0]))
+            capacity = max(self.pages + center.shape[0], 2 * (0 if self.center is None else self.center.shape[0]),
+                           self.reserve)
             grown = [center.new_zeros(capacity, *center.shape[1:]) for _ in range(2)]
             if self.center is not None:
                 grown[0][: self.pages], grown[1][: self.pages] = self.center[: self.pages], self.radius[: self.pages]
@@ -108,8 +110,11 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
 
     query: [1, H, q, D] (RoPE applied at plan.position_ids); key_pool: [1, kvh, T, D] this layer's keys.
     Summaries of pages completed by this forward are added to the layer's state (inference) or computed
-    for all complete pages (no cache: training's one-pass forward).
+    for all complete pages (no cache: training's one-pass forward). A device-side decode step hands the
+    choice to its `device_scorer.DeviceScorer`.
     """
+    if plan.device_scorer is not None:
+        return plan.device_scorer.select(plan, layer_idx, query, key_pool, scaling)
     P = plan.page_size
     t0, t1 = plan.new_tokens
     complete = t1 // P
@@ -159,30 +164,37 @@ def _has_decode_shortcut(plan) -> bool:
     return plan.decode_token[0] - plan.sink_pages - plan.local_pages >= plan.top_k
 
 
-def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: torch.Tensor,
-                     scaling: float) -> torch.Tensor:
+def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: torch.Tensor, scaling: float,
+                     page: torch.Tensor | None = None) -> torch.Tensor:
     """`group_selection` of one decode token in a few kernels (it runs at every layer of a refresh step, where
     per-kernel host cost dominates): rows [w, H, D] are its window; every page before its page m is reachable,
     the candidates are the contiguous range [sink, m - local), and all sink + top_k + local slots fill (with
-    neighbours too: there are at least top_k candidates)."""
-    m = plan.decode_token[0]
+    neighbours too: there are at least top_k candidates).
+
+    Scores every row of center / radius (the layer's reserved rows) with the pages >= m masked, so the shapes
+    do not depend on m: m is the plan's host int, or `page` [1] on the device (device_scorer.py), and both
+    compute bit for bit the same selection.
+    """
+    m = plan.decode_token[0] if page is None else page
     sink, local, k = plan.sink_pages, plan.local_pages, plan.top_k
     width, heads, dim = rows.shape
-    kv_heads = center.shape[1]
-    q = rows.float().view(width, kv_heads, heads // kv_heads, dim).transpose(0, 1).reshape(kv_heads, -1, dim)
-    bound = torch.baddbmm(q @ center[:m].float().permute(1, 2, 0), q.abs(), radius[:m].float().permute(1, 2, 0))
-    share = (bound * scaling).softmax(dim=-1).sum(dim=(0, 1))  # [m] estimated attention each earlier page gets
+    rows_reserved, kv_heads = center.shape[0], center.shape[1]
     device = rows.device
+    index = torch.arange(rows_reserved, device=device)
+    q = rows.float().view(width, kv_heads, heads // kv_heads, dim).transpose(0, 1).reshape(kv_heads, -1, dim)
+    bound = torch.baddbmm(q @ center.float().permute(1, 2, 0), q.abs(), radius.float().permute(1, 2, 0))
+    bound = (bound * scaling).masked_fill(index >= m, float("-inf"))
+    share = bound.softmax(dim=-1).sum(dim=(0, 1))  # [rows] estimated attention each earlier page gets
+    candidates = (index >= sink) & (index < m - local)
+    ranked = share.masked_fill(~candidates, float("-inf")).topk(k).indices  # [k] best first
     if plan.neighbors:
-        seeds = share[sink : m - local].topk(k).indices[None] + sink  # [1, k] best first
-        page = torch.arange(m, device=device)
-        candidates = ((page >= sink) & (page < m - local))[None]  # [1, m]
-        pages, taken = with_neighbors(seeds, torch.ones_like(seeds, dtype=torch.bool), candidates,
-                                      list(plan.neighbors), k)
-        top = torch.where(taken, pages, m).sort(dim=1).values[0, :k]  # exactly k taken: a fixed shape, no sync
+        pages, taken = with_neighbors(ranked[None], torch.ones_like(ranked[None], dtype=torch.bool),
+                                      candidates[None], list(plan.neighbors), k)
+        top = torch.where(taken, pages, rows_reserved).sort(dim=1).values[0, :k]  # exactly k taken: fixed shape
     else:
-        top = share[sink : m - local].topk(k).indices.sort().values + sink
-    return torch.cat([torch.arange(sink, device=device), top, torch.arange(m - local, m, device=device)])[None]
+        top = ranked.sort().values
+    local_pages = m - local + torch.arange(local, device=device)
+    return torch.cat([torch.arange(sink, device=device), top, local_pages])[None]
 
 
 def _rope_free_recent(state: LayerSummaries, inv_freq: torch.Tensor) -> torch.Tensor | None:

@@ -47,6 +47,25 @@ def test_static_step_decodes_like_eager(tiny_dirs, arch, mode, neighbors, refres
         assert len(got_retrievals) >= 5  # mid-page refreshes happened, so the comparison covers them
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("mode", ["contiguous", "original"])
+@pytest.mark.parametrize("neighbors", [0, 1])
+@pytest.mark.parametrize("refresh_on", ["", "aeiou"])
+def test_static_step_with_the_training_free_scorer_decodes_like_eager(tiny_dirs, arch, mode, neighbors,
+                                                                      refresh_on):
+    """Every layer chooses its pages on the device (device_scorer.py): same tokens and per-layer retrievals."""
+    eager, device = _pair(tiny_dirs[arch], scorer="attention", page_size=8, top_k=2, refresh_interval=3,
+                          position_mode=mode, neighbor_pages=neighbors, refresh_on=refresh_on)
+    for length in (33, 45, 64, 100):  # the decode starts on a page boundary (32, 64) or inside a page (44, 99)
+        ids = torch.randint(0, 256, (1, length))
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
+        got, got_retrievals = _generate(device, ids, do_sample=False)
+        assert device.last_timings["decode_mode"] == "static"
+        assert torch.equal(got, expected)
+        assert got_retrievals == expected_retrievals
+        assert len(got_retrievals) >= 30  # every mid-page step is logged, refreshes and reuses
+
+
 def test_static_step_samples_like_eager(tiny_dirs):
     eager, device = _pair(tiny_dirs["llama"], **TRAINED)
     ids = torch.randint(0, 256, (1, 30))
@@ -67,6 +86,18 @@ def test_static_step_with_every_page_is_the_plain_model(tiny_dirs):
     assert torch.equal(got, expected)
 
 
+def test_static_step_with_the_training_free_scorer_and_every_page_is_the_plain_model(tiny_dirs):
+    """A prompt of exactly sink + local + top_k pages: the step attends to all of them, so it is the plain model."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_dirs["mistral"]).eval()
+    model = RetroLM.from_pretrained(tiny_dirs["mistral"], scorer="attention", page_size=8, top_k=8,
+                                    decode_mode="static")
+    ids = torch.randint(0, 256, (1, 81))  # 10 complete pages before the first decode token, which opens page 10
+    expected = base.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    got = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=None)
+    assert model.last_timings["decode_mode"] == "static"
+    assert torch.equal(got, expected)
+
+
 def test_auto_decodes_eagerly_where_the_graph_does_not_apply(tiny_dirs):
     ids = torch.randint(0, 256, (1, 30))
     trained = RetroLM.from_pretrained(tiny_dirs["llama"], **TRAINED)  # decode_mode="auto", on a CPU
@@ -79,7 +110,8 @@ def test_auto_decodes_eagerly_where_the_graph_does_not_apply(tiny_dirs):
 
 
 @pytest.mark.parametrize("knobs, length, message", [
-    ({"decode_mode": "static", "scorer": "attention"}, 30, "scorer='trained'"),
+    ({"decode_mode": "static", "scorer": "attention", "page_size": 8}, 30, r"a prompt of at least .* = 145 tokens"),
+    ({"decode_mode": "graph", "scorer": "attention"}, 3000, "not been verified on a GPU"),
     ({"decode_mode": "static", **TRAINED}, 8, r"shorter than page_size \+ 1"),
     pytest.param({"decode_mode": "graph", **TRAINED}, 30, "CUDA", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="checks the error on hosts without CUDA")),
@@ -114,6 +146,21 @@ def test_cuda_graph_decodes_like_eager(tiny_dirs, mode, dtype):
         assert graph.last_timings["decode_mode"] == "graph"
         sample = dict(do_sample=True, temperature=0.9, top_k=40, max_new_tokens=70)
         assert torch.equal(_generate(graph, ids, seed=1, **sample)[0], _generate(eager, ids, seed=1, **sample)[0])
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_free_scorer_device_step_on_gpu_decodes_like_eager(tiny_dirs, dtype):
+    knobs = dict(device="cuda", dtype=dtype, scorer="attention", neighbor_pages=1, refresh_on="aeiou", page_size=16,
+                 top_k=2, refresh_interval=3)
+    eager, static = _pair(tiny_dirs["llama"], **knobs)
+    for length in (65, 300):
+        ids = torch.randint(0, 256, (1, length), device="cuda")
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=70)
+        got, retrievals = _generate(static, ids, do_sample=False, max_new_tokens=70)
+        assert static.last_timings["decode_mode"] == "static" and static._backend() == "triton"
+        assert torch.equal(got, expected)
+        assert retrievals == expected_retrievals
 
 
 @CUDA

@@ -1,0 +1,85 @@
+"""The training-free scorer inside a device-side decode step (device_decode.py): its per-layer state in fixed buffers.
+
+Eager decoding (scorer.select_for_layer) keeps each layer's recent queries in a growing tensor and decides on the
+host whether a step scores afresh. Here, per layer, every step does the same fixed-shape work:
+- this token's RoPE-free query goes into a ring of the last `scorer_query_tokens` queries (slot position % W),
+  read back oldest first: the eager path's window;
+- the key bounds of the token's own page are computed and written to the page's row at its last token (to a spare
+  row otherwise), the step at which the eager path summarises a page;
+- the step scores with `scorer.decode_selection` (the eager function, over the layer's reserved rows with later
+  pages masked, so both compute the same bits) and keeps the new selection where the step refreshes
+  (`refresh`, the rule the decoder shares with the trained scorer), the old one elsewhere.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import RetroLMError
+from .retriever import packed_key_shift
+from .rope import shift_keys
+from .scorer import _rope_free_recent, _with_selection, decode_selection, page_bounds
+
+
+class DeviceScorer:
+    """Per-layer selection buffers of one device-side decode (the attention scorer)."""
+
+    def __init__(self, states: list, plan, start: int, steps: int, position: torch.Tensor, refresh: torch.Tensor):
+        """states: the cache's `LayerSummaries`; plan: the decoder's plan (scorer fields set); start: the first
+        decode position; position, refresh: the decoder's device buffers ([1] long, [1] bool)."""
+        self.states, self.start, self.position, self.refresh = states, start, position, refresh
+        window, width = plan.scorer_window, plan.sink_pages + plan.local_pages + plan.top_k
+        device = position.device
+        self.offsets = torch.arange(window, device=device)
+        slots = (start - window + self.offsets) % window  # where the prefill's last W queries sit in the ring
+        self.rings, self.attended, self.key_shift, self.logs = [], [], [], []
+        for state in states:
+            recent = _rope_free_recent(state, plan.rope_inv_freq)
+            if recent is None or recent.shape[0] < window or state.center is None \
+                    or state.center.shape[0] != state.reserve:
+                raise RetroLMError("internal: the scorer state was not prepared for a device-side decode.")
+            ring = recent.new_zeros(window, *recent.shape[1:])  # [W, H, D]
+            ring[slots] = recent[-window:]
+            self.rings.append(ring)
+            self.attended.append(torch.full((1, width), -1, dtype=torch.long, device=device))
+            self.key_shift.append(torch.zeros(1, width, dtype=torch.long, device=device))
+            self.logs.append(torch.full((steps, width), -1, dtype=torch.long, device=device))
+
+    def select(self, plan, layer: int, query: torch.Tensor, key_pool: torch.Tensor, scaling: float):
+        """This layer's plan for the step (called from the attention): query [1, H, 1, D], key_pool [1, kvh, T, D]."""
+        state, P = self.states[layer], plan.page_size
+        t0 = self.position
+        page = t0 // P
+        center, radius = page_bounds(key_pool, page, plan.page_starts, plan.rope_inv_freq, P)
+        row = torch.where(t0 - page * P == P - 1, page, state.reserve - 1)  # the last row is never a page
+        state.center.index_copy_(0, row, center)
+        state.radius.index_copy_(0, row, radius)
+        ring = self.rings[layer]
+        window = ring.shape[0]
+        ring.index_copy_(0, t0 % window, shift_keys(query[0].transpose(0, 1), -plan.position_ids[0][:, None],
+                                                    plan.rope_inv_freq))
+        recent = ring[(t0 + 1 + self.offsets) % window]  # oldest first, this token last
+        fresh = decode_selection(plan, recent, state.center, state.radius, scaling, page=page)
+        attended = self.attended[layer]
+        attended.copy_(torch.where(self.refresh, fresh, attended))
+        key_shift = None
+        if plan.contiguous:
+            key_shift = self.key_shift[layer]
+            key_shift.copy_(torch.where(self.refresh, packed_key_shift(fresh, plan.page_starts, P), key_shift))
+        self.logs[layer].index_copy_(0, t0 - self.start, attended)
+        return _with_selection(plan, attended, key_shift)
+
+    def advance(self, tokens: int, page_size: int) -> None:
+        """Host bookkeeping after a step: pages summarised so far."""
+        for state in self.states:
+            state.pages = tokens // page_size
+
+    def finish(self, cache, steps: int, page_size: int) -> None:
+        """Log each mid-page step's per-layer pages (as eager decoding does) and leave the states as eager decoding
+        would continue from: the recent window, no reusable selection."""
+        for step in range(steps):
+            if (self.start + step) % page_size:
+                cache.selection_log.append((self.start + step, [log[step] for log in self.logs]))
+        end = self.start + steps
+        for state, ring in zip(self.states, self.rings):
+            state.recent_queries = ring[(end + self.offsets) % ring.shape[0]]
+            state.decode_selection = None
