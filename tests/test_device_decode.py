@@ -30,6 +30,18 @@ def _generate(model, ids, seed=0, **kwargs):
     return out, model.last_cache.retrievals()
 
 
+def _assert_static_decodes_like_eager(eager, device, lengths, logged_at_least):
+    """Greedy tokens and logged retrievals of the static step equal eager decoding's, after prompts of `lengths`."""
+    for length in lengths:
+        ids = torch.randint(0, 256, (1, length))
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
+        got, got_retrievals = _generate(device, ids, do_sample=False)
+        assert device.last_timings["decode_mode"] == "static"
+        assert torch.equal(got, expected)
+        assert got_retrievals == expected_retrievals
+        assert len(got_retrievals) >= logged_at_least  # so the comparison covers the retrievals
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("mode", ["contiguous", "original"])
 @pytest.mark.parametrize("neighbors", [0, 1])
@@ -37,14 +49,8 @@ def _generate(model, ids, seed=0, **kwargs):
 def test_static_step_decodes_like_eager(tiny_dirs, arch, mode, neighbors, refresh_on):
     eager, device = _pair(tiny_dirs[arch], position_mode=mode, neighbor_pages=neighbors, refresh_on=refresh_on,
                           **TRAINED)
-    for length in (9, 45, 64):  # the decode starts on a page boundary (8, 64) or inside a page (44)
-        ids = torch.randint(0, 256, (1, length))
-        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
-        got, got_retrievals = _generate(device, ids, do_sample=False)
-        assert device.last_timings["decode_mode"] == "static"
-        assert torch.equal(got, expected)
-        assert got_retrievals == expected_retrievals
-        assert len(got_retrievals) >= 5  # mid-page refreshes happened, so the comparison covers them
+    # the decode starts on a page boundary (8, 64) or inside a page (44); mid-page refreshes are logged
+    _assert_static_decodes_like_eager(eager, device, lengths=(9, 45, 64), logged_at_least=5)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
@@ -56,14 +62,8 @@ def test_static_step_with_the_training_free_scorer_decodes_like_eager(tiny_dirs,
     """Every layer chooses its pages on the device (device_scorer.py): same tokens and per-layer retrievals."""
     eager, device = _pair(tiny_dirs[arch], scorer="attention", page_size=8, top_k=2, refresh_interval=3,
                           position_mode=mode, neighbor_pages=neighbors, refresh_on=refresh_on)
-    for length in (33, 45, 64, 100):  # the decode starts on a page boundary (32, 64) or inside a page (44, 99)
-        ids = torch.randint(0, 256, (1, length))
-        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
-        got, got_retrievals = _generate(device, ids, do_sample=False)
-        assert device.last_timings["decode_mode"] == "static"
-        assert torch.equal(got, expected)
-        assert got_retrievals == expected_retrievals
-        assert len(got_retrievals) >= 30  # every mid-page step is logged, refreshes and reuses
+    # the decode starts on a page boundary (32, 64) or inside a page (44, 99); every mid-page step is logged
+    _assert_static_decodes_like_eager(eager, device, lengths=(33, 45, 64, 100), logged_at_least=30)
 
 
 def test_static_step_samples_like_eager(tiny_dirs):
