@@ -9,6 +9,7 @@
 #   held_out  --fact-fraction 1.0: no RULER template in training at all
 #   mixed     --fact-fraction 0.5: half the lessons in RULER's templates, half varied
 # PRETRAIN_STEPS (default 3000, the shipped recipe's) sets the base LM's pretraining length in build and diagnose.
+# Dense recall texts are cut at their end (--cut-dense-end): no question outlives its needle.
 # The device returns only a few files: results are gathered in few files, and bulky ones (a base) are tarred.
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
@@ -25,7 +26,7 @@ case $stage in
 build)
     for v in held_out mixed; do
         timeout "${BUILD_SECONDS:-570}" python3 train/build_default_model.py --work "work/variants/$v" \
-            --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 8 --pretrain-set "max_steps=$STEPS" \
+            --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 8 --pretrain-set "max_steps=$STEPS" --cut-dense-end \
             > "$OUT/build_$v.log" 2>&1 &
     done
     wait
@@ -47,7 +48,8 @@ eval)
 diagnose)  # one variant's base LM alone (pretraining only), its RULER predictions at 1x, the base as a tarball
     v=${2:-mixed}
     timeout "${BUILD_SECONDS:-570}" python3 train/build_default_model.py --work "work/variants/$v" \
-        --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 12 --pretrain-set "max_steps=$STEPS" > "$OUT/build_$v.log" 2>&1
+        --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 12 --pretrain-set "max_steps=$STEPS" --cut-dense-end \
+        > "$OUT/build_$v.log" 2>&1
     tar -C "work/variants/$v" -czf "$OUT/base_$v.tgz" base
     for base in "work/variants/$v/base" assets/retrolm-byte-llama/base; do  # the shipped base is the control
         name=$(basename "$(dirname "$base")")

@@ -101,6 +101,9 @@ def main(argv=None) -> int:
                              "templates; 1.0 keeps every evaluated template out of training")
     parser.add_argument("--short-fraction", type=float, default=0.0,
                         help="share of long (stage 1 and 2) documents made of window-sized documents in a row")
+    parser.add_argument("--cut-dense-end", action="store_true",
+                        help="cut dense recall texts to length at their end, so no question outlives its needle "
+                             "(the shipped corpus cuts at the front)")
     for phase, config in (("pretrain", "pretrain.json"), ("stage1", "train_retriever.json"),
                           ("stage2", "post_train.json")):
         parser.add_argument(f"--{phase}-set", action="append", default=[], metavar="KEY=VALUE",
@@ -118,7 +121,8 @@ def main(argv=None) -> int:
     if os.path.isfile(results_path):
         with open(results_path) as f:
             results = json.load(f)
-    results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction}
+    results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
+                         "cut_dense_end": args.cut_dense_end}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     if args.base:
         paths["base"] = results["base"] = os.path.abspath(args.base)
@@ -144,7 +148,8 @@ def main(argv=None) -> int:
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,
-        fact_fraction=args.fact_fraction, short_fraction=args.short_fraction, short_length=window - 2))
+        fact_fraction=args.fact_fraction, short_fraction=args.short_fraction, short_length=window - 2,
+        cut_end=args.cut_dense_end))
     if not args.base:
         _phase("pretrain_data", paths["pretrain-data"], results, lambda: prepare_packed_data(
             paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))

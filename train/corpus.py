@@ -158,6 +158,10 @@ class DocumentSpec:
     fact_fraction: float = 0.0  # of dense texts and tasks: varied formats (train/facts.py), else RULER's templates
     short_fraction: float = 0.0  # the document is short documents of `short_length` in a row instead
     short_length: int = 0
+    # dense texts are drawn a little long and cut to length: at the front (the shipped corpus; a needle can be cut
+    # off while its question stays, about one document in five) or, with cut_end, at the end (a question can go,
+    # never a needle whose question stays)
+    cut_end: bool = False
 
 
 def document(spec: DocumentSpec) -> str:
@@ -174,20 +178,22 @@ def document(spec: DocumentSpec) -> str:
         text = "\n\n".join(shorts)
     else:
         text = _document(spec.seed, spec.length, spec.text_fraction, spec.min_task, spec.dense_fraction,
-                         spec.fact_fraction)
+                         spec.fact_fraction, spec.cut_end)
     return (text[:spec.length] + " " * (spec.length - len(text))).encode("ascii", "replace").decode("ascii")
 
 
 def _document(seed: int, length: int, text_fraction: float, min_task: int, dense_fraction: float,
-              fact_fraction: float) -> str:
+              fact_fraction: float, cut_end: bool = False) -> str:
     rng = random.Random(f"doc/{seed}")
     if rng.random() < text_fraction:
         return text_filler(rng, length)
     varied = fact_fraction > 0 and rng.random() < fact_fraction  # no draw at 0: the shipped model's corpus stays
     if rng.random() < dense_fraction:
         if varied:
-            return dense_fact_text(rng, length + 200, min(2048, length // 4), varied_filler)[-length:]
-        return dense_recall_text(rng, length + 200, gap=min(2048, length // 4))[-length:]
+            text = dense_fact_text(rng, length + 200, min(2048, length // 4), varied_filler)
+        else:
+            text = dense_recall_text(rng, length + 200, gap=min(2048, length // 4))
+        return text[:length] if cut_end else text[-length:]
     if varied:
         text = fact_task_text(rng, rng.randint(min(min_task, length), length), varied_filler)[-length:]
         lead = length - len(text)
@@ -206,12 +212,12 @@ def _document(seed: int, length: int, text_fraction: float, min_task: int, dense
 
 def write_documents(path: str, count: int, length: int, seed: int, text_fraction: float, min_task_tokens: int,
                     dense_fraction: float = 0.0, workers: int | None = None, fact_fraction: float = 0.0,
-                    short_fraction: float = 0.0, short_length: int = 0) -> str:
+                    short_fraction: float = 0.0, short_length: int = 0, cut_end: bool = False) -> str:
     """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically;
     the options are `DocumentSpec`'s."""
     stdlib_docstrings()  # read once in the parent: forked workers inherit it
     specs = [DocumentSpec(seed + i, length, text_fraction, min_task_tokens, dense_fraction, fact_fraction,
-                          short_fraction, short_length) for i in range(count)]
+                          short_fraction, short_length, cut_end) for i in range(count)]
     tmp = path + ".tmp"
     with Pool(workers or os.cpu_count()) as pool, open(tmp, "w") as f:
         for text in pool.imap(document, specs, chunksize=64):
