@@ -198,8 +198,9 @@ def generate_rate(model: RetroLM, ids, new_tokens: int) -> dict:
 
 
 def tokens_match(model: RetroLM, ids, new_tokens: int) -> dict:
-    """Greedy tokens of the eager and the device-side decode ("graph" on CUDA) after the same prompt."""
-    device_mode = "graph" if ids.device.type == "cuda" else "static"
+    """Greedy tokens of the eager and the device-side decode ("graph" on CUDA with the trained scorer) after the
+    same prompt."""
+    device_mode = "graph" if ids.device.type == "cuda" and model.config.scorer == "trained" else "static"
     out = {}
     for mode in ("eager", device_mode):
         model.config.decode_mode = mode
@@ -240,13 +241,16 @@ def measure(args) -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     base = random_model(args.shape, dtype=torch.bfloat16, device=args.device)
-    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, scorer="trained",
+    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, scorer=args.scorer,
                            base_model_name_or_path=f"random:{args.shape}", base_model_fingerprint="random")
-    retriever = PageRetriever(config.retriever, base.config.hidden_size, config.page_size)  # random: speed only
+    retriever = None  # the training-free scorer has none
+    if args.scorer == "trained":  # random weights: speed only
+        retriever = PageRetriever(config.retriever, base.config.hidden_size, config.page_size)
     bandwidth = copy_bandwidth(device)
     weights = weight_bytes(base)
     per_token = kv_bytes_per_token(base.config, base.dtype)
     attended_tokens = (config.max_attended_pages + 1) * config.page_size
+    retriever_bytes = weight_bytes(retriever) if retriever is not None else 0
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, weights {weights / 1e9:.2f} GB, KV {per_token} B/token",
           flush=True)
     model = RetroLM(base, byte_tokenizer(), config, retriever)
@@ -265,7 +269,7 @@ def measure(args) -> None:
     for context in args.contexts:
         ids = random_prompt(model, context)
         full_floor = (weights + context * per_token) / bandwidth * 1e3
-        retro_floor = (weights + weight_bytes(retriever) + attended_tokens * per_token) / bandwidth * 1e3
+        retro_floor = (weights + retriever_bytes + attended_tokens * per_token) / bandwidth * 1e3
         for kind in args.full:
             print(f"full attention ({kind}), {context} tokens", flush=True)
             try:
@@ -302,7 +306,7 @@ def measure(args) -> None:
         print(f"RetroLM offloaded, {context} tokens", flush=True)
         ids = random_prompt(model, context)
         full_floor = (weights + context * per_token) / bandwidth * 1e3
-        retro_floor = (weights + weight_bytes(retriever) + attended_tokens * per_token) / bandwidth * 1e3
+        retro_floor = (weights + retriever_bytes + attended_tokens * per_token) / bandwidth * 1e3
         rows.append(dict(method="hf-full-attention-not-run", context=context, floor_ms=round(full_floor, 2)))
         mode = "graph" if device.type == "cuda" else "static"
         for row in run_retrolm(model, ids, [mode], args.steps, args.warmup, prefix="retrolm-offload"):
@@ -415,7 +419,10 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=128)
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--full", nargs="*", default=["static-compile", "dynamic"], choices=["static-compile", "dynamic"])
-    parser.add_argument("--modes", nargs="+", default=["eager", "graph"], choices=["eager", "graph", "static"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "graph"], choices=["eager", "graph", "static"],
+                        help="RetroLM decode modes (the training-free scorer: eager and static)")
+    parser.add_argument("--scorer", default="trained", choices=["trained", "attention"],
+                        help="RetroLM's page scorer: a (random) trained retriever, or the training-free scorer")
     parser.add_argument("--prefill-chunk", type=int, default=8192)
     parser.add_argument("--check-tokens", type=int, default=8192, help="prompt length of the graph-vs-eager token check")
     parser.add_argument("--check-new-tokens", type=int, default=64)

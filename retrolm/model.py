@@ -392,7 +392,12 @@ class RetroLM(nn.Module):
     def decoding(self, cache: PagedKVCache, max_new_tokens: int, mode: str = "eager"):
         """Within this block, single-token forwards of the model on `cache` are decode steps of `mode`: "eager"
         (planned on the host), "graph" or "static" (`device_decode.DeviceDecoder`, at most `max_new_tokens` steps;
-        the cache must have room for them). Every forward must run on the paged cache, as in `generate`."""
+        the cache must have room for them). Every forward must run on the paged cache, as in `generate`; a mode
+        that cannot apply raises as in `generate`."""
+        if mode != "eager":
+            blocker = device_decode_blocker(self.config, self.device, cache.num_tokens + 1, mode)
+            if blocker is not None:
+                raise RetroLMError(f"decode_mode={mode!r} cannot run here: {blocker}. Use 'eager'.")
         decoder = None if mode == "eager" else DeviceDecoder(self, cache, max_new_tokens, capture=mode == "graph")
         self._device_decoder = decoder
         try:
