@@ -122,6 +122,14 @@ def test_a_device_decode_that_cannot_apply_raises(tiny_dirs, knobs, length, mess
         model.generate(input_ids=torch.randint(0, 256, (1, length)), max_new_tokens=4)
 
 
+def test_decoding_block_refuses_a_mode_that_cannot_apply(tiny_dirs):
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], scorer="attention", page_size=8, top_k=2)
+    cache, _ = model.encode(torch.randint(0, 256, (1, 100)), model.new_cache(120))
+    with pytest.raises(RetroLMError, match="decode_mode='graph' cannot run here"):
+        with model.decoding(cache, 10, "graph"):
+            pass
+
+
 def test_decode_mode_is_validated(tiny_dirs):
     with pytest.raises(RetroLMError, match="decode_mode must be one of"):
         RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="cudagraph")
