@@ -29,7 +29,10 @@ def _generate(args) -> int:
     context = read_text(args.input, "input file")
     if not context.strip():
         raise RetroLMError(f"input file {args.input!r} is empty; pass a file with the text to read.")
-    knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k)) if v is not None}
+    knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k),
+                               ("offload_device_pages", args.offload_device_pages)) if v is not None}
+    if args.offload_kv:
+        knobs["offload_kv"] = True
     # dtype None: the checkpoint's (float32 for the embedded default model on the CPU)
     model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype, **knobs)
     ids = build_prompt_ids(model.tokenizer, context, args.question)
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
     gen.add_argument("--page-size", type=_positive_int)
     gen.add_argument("--top-k", type=int)
+    gen.add_argument("--offload-kv", action="store_true",
+                     help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
+                          "fit the GPU, e.g. 1M tokens; needs a trained retriever)")
+    gen.add_argument("--offload-device-pages", type=_positive_int,
+                     help="page slots per layer on the GPU with --offload-kv (default 1024)")
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES),
                      help="default: the checkpoint's (the embedded default model runs float32 on the CPU)")

@@ -17,6 +17,22 @@ def test_generate_prints_answer_pages_and_timings(tiny_dirs, tmp_path, capsys):
     assert "5 tokens generated" in out
 
 
+def test_generate_with_offloaded_kv_answers_as_resident(tmp_path, capsys):
+    """--offload-kv on the default model (trained retriever), with few enough slots that pages are evicted."""
+    text = tmp_path / "doc.txt"
+    text.write_text("Filler words go here. " * 300 + "The special magic number for amber-fox is 7741203. " +
+                    "More filler words follow. " * 300)
+    question = ["--question", "What is the special magic number for amber-fox?", "--max-new-tokens", "8"]
+    outputs = []
+    for extra in ([], ["--offload-kv", "--offload-device-pages", "48"]):
+        assert main(["generate", "--input", str(text), *question, "--device", "cpu", *extra]) == 0
+        outputs.append(capsys.readouterr().out)
+    answers = [out.split("answer:")[1].split("\n")[0] for out in outputs]
+    assert answers[0] == answers[1]
+    pages = [out.split("pages retrieved")[1].split("timings:")[0] for out in outputs]
+    assert pages[0] == pages[1]
+
+
 def test_generate_missing_input_is_one_clear_error(tiny_dirs, tmp_path, capsys):
     code = main(["generate", "--model", tiny_dirs["llama"], "--input", str(tmp_path / "nope.txt"), "--question", "q"])
     assert code == 2
