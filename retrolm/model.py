@@ -369,6 +369,7 @@ class RetroLM(nn.Module):
         input_ids = self._check(input_ids, attention_mask)
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         check_generation(self.base_model, generate_kwargs)
+        mode = self._decode_mode(input_ids.shape[1])  # before the prefill: a mode that cannot apply costs nothing
         cache = self.new_cache(input_ids.shape[1] + max_new_tokens)
         started = time.perf_counter()
         if input_ids.shape[1] > 1:
@@ -377,7 +378,6 @@ class RetroLM(nn.Module):
         encoded = time.perf_counter()
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         quiet = _window_warning_silenced() if self.config.position_mode == "contiguous" else contextlib.nullcontext()
-        mode = self._decode_mode(input_ids.shape[1])
         with quiet, self.decoding(cache, max_new_tokens, mode):
             output = self.base_model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                               max_new_tokens=max_new_tokens,
@@ -394,10 +394,7 @@ class RetroLM(nn.Module):
         (planned on the host), "graph" or "static" (`device_decode.DeviceDecoder`, at most `max_new_tokens` steps;
         the cache must have room for them). Every forward must run on the paged cache, as in `generate`; a mode
         that cannot apply raises as in `generate`."""
-        if mode != "eager":
-            blocker = device_decode_blocker(self.config, self.device, cache.num_tokens + 1, mode)
-            if blocker is not None:
-                raise RetroLMError(f"decode_mode={mode!r} cannot run here: {blocker}. Use 'eager'.")
+        self._check_decode_mode(mode, cache.num_tokens + 1)
         decoder = None if mode == "eager" else DeviceDecoder(self, cache, max_new_tokens, capture=mode == "graph")
         self._device_decoder = decoder
         try:
@@ -409,18 +406,19 @@ class RetroLM(nn.Module):
             decoder.finish()
 
     def _decode_mode(self, prompt_tokens: int) -> str:
-        """How this generate call decodes: config.decode_mode resolved ("auto" picks the CUDA graph where it applies);
-        an explicit "graph" or "static" that cannot apply raises rather than decoding another way."""
+        """How a generate call with this prompt decodes: config.decode_mode, "auto" resolved to the CUDA graph where
+        it applies and eager elsewhere; an explicit "graph" or "static" that cannot apply raises, never decodes
+        another way."""
         asked = self.config.decode_mode
-        if asked == "eager":
-            return "eager"
-        wanted = "graph" if asked == "auto" else asked
-        blocker = device_decode_blocker(self.config, self.device, prompt_tokens, wanted)
-        if blocker is None:
-            return wanted
         if asked != "auto":
-            raise RetroLMError(f"decode_mode={asked!r} cannot run here: {blocker}. Use decode_mode='auto' or 'eager'.")
-        return "eager"
+            self._check_decode_mode(asked, prompt_tokens)
+            return asked
+        return "graph" if device_decode_blocker(self.config, self.device, prompt_tokens, "graph") is None else "eager"
+
+    def _check_decode_mode(self, mode: str, prompt_tokens: int) -> None:
+        blocker = None if mode == "eager" else device_decode_blocker(self.config, self.device, prompt_tokens, mode)
+        if blocker is not None:
+            raise RetroLMError(f"decode_mode={mode!r} cannot run here: {blocker}. Use decode_mode='auto' or 'eager'.")
 
 
 _NO_TRAINED_RETRIEVER = (
