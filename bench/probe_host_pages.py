@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     parser.add_argument("--pool-gib", type=float, default=2.0)
     args = parser.parse_args()
-    out = {}
+    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     P, heads, dim = 128, 4, 128
     tokens = int(args.pool_gib * 2**30 / (heads * dim * 2))
     tokens -= tokens % P
