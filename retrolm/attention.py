@@ -111,10 +111,16 @@ def retrolm_attention(module, query, key, value, attention_mask, scaling=None, d
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return page_attention(plan, module, query, key, value, scaling), None
+
+
+@torch.compiler.disable  # inside compiled layers (layer_compile.py) this runs as written: the plan is a host object
+def page_attention(plan: AttentionPlan, module, query, key_pool, value_pool, scaling: float) -> torch.Tensor:
+    """`module`'s page attention under `plan` (the training-free scorer first chooses this layer's pages)."""
     plan.attention_calls += 1
     if plan.attended is None:  # the training-free scorer: this layer chooses its pages with its own queries
-        plan = select_for_layer(plan, module.layer_idx, query, key, scaling)
-    return BACKENDS[plan.backend](plan, query, key, value, scaling), None
+        plan = select_for_layer(plan, module.layer_idx, query, key_pool, scaling)
+    return BACKENDS[plan.backend](plan, query, key_pool, value_pool, scaling)
 
 
 def register_attention() -> str:

@@ -244,6 +244,7 @@ class PagedKVCache(Cache):
             tensor.record_stream(side)
         plan.fetch_events = events
 
+    @torch.compiler.disable  # compiled layers (layer_compile.py) call it as written: it reads the forward's plan
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         # the forward's plan tells an offloaded layer which pages to bring in
         return self.layers[layer_idx].update(key_states, value_states, plan=self.plan)

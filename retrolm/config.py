@@ -92,6 +92,10 @@ class RetroLMConfig:
     # "eager" planned on the host per step (the reference); "static" the graph's step without capture (any device,
     # for tests); "auto": graph on CUDA where it applies (trained scorer, KV resident), eager otherwise.
     decode_mode: str = "auto"
+    # Device decode steps ("graph", "static") run the model's decoder layers compiled by torch.compile, which fuses
+    # their small kernels (layer_compile.py): a faster step after a one-time compile (seconds per process). Fused
+    # kernels round differently from eager ones in the last bits. Refused where decoding would be eager.
+    decode_compile: bool = False
     bookmark_token: str = "<retrolm_bookmark>"
     # An absolute local path or a hub id ("base": the checkpoint's own base/ directory), and a fingerprint of
     # its weights: a checkpoint refuses any other base model, wherever it is loaded from.
@@ -126,6 +130,11 @@ class RetroLMConfig:
                                f"off), got {type(self.refresh_on).__name__} {self.refresh_on!r}.")
         if self.scorer not in SCORERS:
             raise RetroLMError(f"scorer must be one of {SCORERS}, got {self.scorer!r}.")
+        if not isinstance(self.decode_compile, bool):
+            raise RetroLMError(f"decode_compile must be true or false, got {self.decode_compile!r}.")
+        if self.decode_compile and self.decode_mode == "eager":
+            raise RetroLMError("decode_compile=True compiles the device decode step, and decode_mode='eager' has none; "
+                               "use decode_mode='auto', 'graph' or 'static' with it.")
         if not isinstance(self.offload_kv, bool):
             raise RetroLMError(f"offload_kv must be true or false, got {self.offload_kv!r}.")
         if self.offload_kv and self.offload_device_pages < self.max_attended_pages + 1:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .cache import PagedKVCache
 from .compat import cache_argument
 from .errors import RetroLMError
+from .layer_compile import compiled_layers
 from .planner import AttentionPlan
 from .retriever import packed_key_shift, score_pages, select_pages
 from .device_scorer import DeviceScorer
@@ -44,17 +45,12 @@ from .rope import rope_inv_freq
 def device_decode_blocker(config, device: torch.device, prompt_tokens: int, mode: str) -> str | None:
     """Why a generate call cannot decode with `mode` ("graph" or "static") on the device; None when it can."""
     if config.scorer != "trained":
-        if mode == "graph":
-            return ("the training-free scorer's graph-captured step has not been verified on a GPU yet, so "
-                    "decode_mode='graph' needs scorer='trained'; decode_mode='static' runs its device-side step "
-                    "uncaptured")
         pages_needed = config.max_attended_pages
         if (prompt_tokens - 1) // config.page_size < pages_needed or prompt_tokens - 1 < config.scorer_query_tokens:
             return (f"the training-free scorer's device-side step needs a prompt of at least (sink_pages + "
                     f"local_pages + top_k) x page_size + 1 = {pages_needed * config.page_size + 1} tokens (and "
                     f"scorer_query_tokens + 1); this one has {prompt_tokens}")
-        return None
-    if prompt_tokens - 1 < config.page_size:
+    elif prompt_tokens - 1 < config.page_size:
         return (f"the prompt ({prompt_tokens} tokens) is shorter than page_size + 1 ({config.page_size + 1}): the "
                 "retriever's decode window would be short")
     if mode == "graph" and device.type != "cuda":
@@ -113,7 +109,7 @@ class DeviceDecoder:
             plan.refresh_interval, plan.neighbors = config.refresh_interval, config.neighbor_offsets
             self.refresh = torch.zeros(1, dtype=torch.bool, device=device)
             self.scorer = DeviceScorer(plan.layer_states, plan, self.start, max_new_tokens, self.position,
-                                       self.refresh)
+                                       self.refresh, compiled=config.decode_compile)
             plan.device_scorer = self.scorer
         if cache.slots is not None:  # offloaded: the plan reads slots; the pages to copy in are chosen per step
             self.plan.attended = longs(1, width, fill=-1)
@@ -272,7 +268,8 @@ class DeviceDecoder:
         self._original_forward = self.decoder.forward
         self.decoder.forward = self.forward
         try:
-            yield self
+            with compiled_layers(self.decoder) if self.config.decode_compile else contextlib.nullcontext():
+                yield self
         finally:
             del self.decoder.forward  # the class's forward again
             self.cache.plan = None

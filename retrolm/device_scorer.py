@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .errors import RetroLMError
+from .layer_compile import compiled_function
 from .retriever import packed_key_shift
 from .rope import shift_keys
 from .scorer import _rope_free_recent, _with_selection, decode_selection, page_bounds
@@ -23,12 +24,16 @@ from .scorer import _rope_free_recent, _with_selection, decode_selection, page_b
 class DeviceScorer:
     """Per-layer selection buffers of one device-side decode (the attention scorer)."""
 
-    def __init__(self, states: list, plan, start: int, steps: int, position: torch.Tensor, refresh: torch.Tensor):
+    def __init__(self, states: list, plan, start: int, steps: int, position: torch.Tensor, refresh: torch.Tensor,
+                 compiled: bool = False):
         """states: the cache's `LayerSummaries`; plan: the decoder's plan (scorer fields set); start: the first
-        decode position; position, refresh: the decoder's device buffers ([1] long, [1] bool)."""
+        decode position; position, refresh: the decoder's device buffers ([1] long, [1] bool); compiled: run each
+        layer's step through torch.compile (decode_compile; one compiled graph serves every layer)."""
         self.states, self.start, self.position, self.refresh = states, start, position, refresh
         window, width = plan.scorer_window, plan.sink_pages + plan.local_pages + plan.top_k
         device = position.device
+        self.first = torch.tensor([start], device=device)
+        self.step = compiled_function(layer_step) if compiled else layer_step
         self.offsets = torch.arange(window, device=device)
         slots = (start - window + self.offsets) % window  # where the prefill's last W queries sit in the ring
         self.rings, self.attended, self.key_shift, self.logs = [], [], [], []
@@ -46,27 +51,11 @@ class DeviceScorer:
 
     def select(self, plan, layer: int, query: torch.Tensor, key_pool: torch.Tensor, scaling: float):
         """This layer's plan for the step (called from the attention): query [1, H, 1, D], key_pool [1, kvh, T, D]."""
-        state, P = self.states[layer], plan.page_size
-        t0 = self.position
-        page = t0 // P
-        center, radius = page_bounds(key_pool, page, plan.page_starts, plan.rope_inv_freq, P)
-        row = torch.where(t0 - page * P == P - 1, page, state.reserve - 1)  # the last row is never a page
-        state.center.index_copy_(0, row, center)
-        state.radius.index_copy_(0, row, radius)
-        ring = self.rings[layer]
-        window = ring.shape[0]
-        ring.index_copy_(0, t0 % window, shift_keys(query[0].transpose(0, 1), -plan.position_ids[0][:, None],
-                                                    plan.rope_inv_freq))
-        recent = ring[(t0 + 1 + self.offsets) % window]  # oldest first, this token last
-        fresh = decode_selection(plan, recent, state.center, state.radius, scaling, page=page)
-        attended = self.attended[layer]
-        attended.copy_(torch.where(self.refresh, fresh, attended))
-        key_shift = None
-        if plan.contiguous:
-            key_shift = self.key_shift[layer]
-            key_shift.copy_(torch.where(self.refresh, packed_key_shift(fresh, plan.page_starts, P), key_shift))
-        self.logs[layer].index_copy_(0, t0 - self.start, attended)
-        return _with_selection(plan, attended, key_shift)
+        state = self.states[layer]
+        key_shift = self.key_shift[layer] if plan.contiguous else None
+        self.step(plan, state.center, state.radius, self.rings[layer], self.attended[layer], key_shift,
+                  self.logs[layer], query, key_pool, self.position, self.refresh, self.offsets, self.first, scaling)
+        return _with_selection(plan, self.attended[layer], key_shift)
 
     def advance(self, tokens: int, page_size: int) -> None:
         """Host bookkeeping after a step: pages summarised so far."""
@@ -83,3 +72,27 @@ class DeviceScorer:
         for state, ring in zip(self.states, self.rings):
             state.recent_queries = ring[(end + self.offsets) % ring.shape[0]]
             state.decode_selection = None
+
+
+def layer_step(plan, center, radius, ring, attended, key_shift, log, query, key_pool, position, refresh, offsets,
+               first, scaling: float) -> None:
+    """One layer's scorer work in a decode step, on its buffers (all updated in place): the own page's bounds at
+    its last token, the token's RoPE-free query into the ring, the selection scored and kept where `refresh`, and
+    the step's entry of the log. Every input but `plan` and `scaling` is a tensor, so one compiled graph serves
+    every layer and step."""
+    P = plan.page_size
+    t0 = position
+    page = t0 // P
+    bounds = page_bounds(key_pool, page, plan.page_starts, plan.rope_inv_freq, P)
+    row = torch.where(t0 - page * P == P - 1, page, center.shape[0] - 1)  # the last reserved row is never a page
+    center.index_copy_(0, row, bounds[0])
+    radius.index_copy_(0, row, bounds[1])
+    window = ring.shape[0]
+    ring.index_copy_(0, t0 % window, shift_keys(query[0].transpose(0, 1), -plan.position_ids[0][:, None],
+                                                plan.rope_inv_freq))
+    recent = ring[(t0 + 1 + offsets) % window]  # oldest first, this token last
+    fresh = decode_selection(plan, recent, center, radius, scaling, page=page)
+    attended.copy_(torch.where(refresh, fresh, attended))
+    if key_shift is not None:
+        key_shift.copy_(torch.where(refresh, packed_key_shift(fresh, plan.page_starts, P), key_shift))
+    log.index_copy_(0, t0 - first, attended)

@@ -413,9 +413,16 @@ class RetroLM(nn.Module):
         if asked != "auto":
             self._check_decode_mode(asked, prompt_tokens)
             return asked
-        return "graph" if device_decode_blocker(self.config, self.device, prompt_tokens, "graph") is None else "eager"
+        blocker = device_decode_blocker(self.config, self.device, prompt_tokens, "graph")
+        if blocker is not None and self.config.decode_compile:
+            raise RetroLMError(f"decode_compile=True needs a device decode step, and this generate call would decode "
+                               f"eagerly: {blocker}. Set decode_compile=False, or decode_mode='static' off CUDA.")
+        return "graph" if blocker is None else "eager"
 
     def _check_decode_mode(self, mode: str, prompt_tokens: int) -> None:
+        if mode == "eager" and self.config.decode_compile:
+            raise RetroLMError("decode_compile=True compiles the device decode step, and eager decoding has none; "
+                               "decode with 'graph' or 'static', or set model.config.decode_compile = False.")
         blocker = None if mode == "eager" else device_decode_blocker(self.config, self.device, prompt_tokens, mode)
         if blocker is not None:
             raise RetroLMError(f"decode_mode={mode!r} cannot run here: {blocker}. Use decode_mode='auto' or 'eager'.")

@@ -76,10 +76,11 @@ def test_static_step_samples_like_eager(tiny_dirs):
         assert torch.equal(got, expected)
 
 
-def test_static_step_with_every_page_is_the_plain_model(tiny_dirs):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_static_step_with_every_page_is_the_plain_model(tiny_dirs, compiled):
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs["mistral"]).eval()
     model = RetroLM.from_pretrained(tiny_dirs["mistral"], init_retriever=True, page_size=8, top_k=64,
-                                    decode_mode="static")
+                                    decode_mode="static", decode_compile=compiled)
     ids = torch.randint(0, 256, (1, 37))
     expected = base.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
     got = model.generate(input_ids=ids, max_new_tokens=30, do_sample=False, eos_token_id=None)
@@ -111,7 +112,11 @@ def test_auto_decodes_eagerly_where_the_graph_does_not_apply(tiny_dirs):
 
 @pytest.mark.parametrize("knobs, length, message", [
     ({"decode_mode": "static", "scorer": "attention", "page_size": 8}, 30, r"a prompt of at least .* = 145 tokens"),
-    ({"decode_mode": "graph", "scorer": "attention"}, 3000, "not been verified on a GPU"),
+    pytest.param({"decode_mode": "graph", "scorer": "attention", "page_size": 8}, 300, "CUDA",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on hosts without CUDA")),
+    pytest.param({"decode_compile": True, **TRAINED}, 30, "decode_compile=True needs a device decode step",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="auto decodes eagerly only off CUDA")),
+    ({"decode_mode": "static", "decode_compile": True, **TRAINED}, 8, r"shorter than page_size \+ 1"),
     ({"decode_mode": "static", **TRAINED}, 8, r"shorter than page_size \+ 1"),
     pytest.param({"decode_mode": "graph", **TRAINED}, 30, "CUDA", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="checks the error on hosts without CUDA")),
@@ -124,10 +129,67 @@ def test_a_device_decode_that_cannot_apply_raises(tiny_dirs, knobs, length, mess
 
 def test_decoding_block_refuses_a_mode_that_cannot_apply(tiny_dirs):
     model = RetroLM.from_pretrained(tiny_dirs["llama"], scorer="attention", page_size=8, top_k=2)
-    cache, _ = model.encode(torch.randint(0, 256, (1, 100)), model.new_cache(120))
-    with pytest.raises(RetroLMError, match="decode_mode='graph' cannot run here"):
-        with model.decoding(cache, 10, "graph"):
+    cache, _ = model.encode(torch.randint(0, 256, (1, 20)), model.new_cache(40))  # 4 x 8 + 1 tokens needed
+    with pytest.raises(RetroLMError, match="decode_mode='static' cannot run here"):
+        with model.decoding(cache, 10, "static"):
             pass
+    model.config.decode_compile = True
+    with pytest.raises(RetroLMError, match="decode_compile=True compiles the device decode step"):
+        with model.decoding(cache, 10, "eager"):
+            pass
+
+
+def test_decode_compile_is_refused_with_eager_decoding(tiny_dirs):
+    with pytest.raises(RetroLMError, match="decode_mode='eager' has none"):
+        RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="eager", decode_compile=True)
+    with pytest.raises(RetroLMError, match="decode_compile must be true or false"):
+        RetroLM.from_pretrained(tiny_dirs["llama"], decode_compile="yes")
+
+
+def _eager_norm_calls(model, monkeypatch):
+    """Token counts of the layers' input-norm calls that ran as Python (not as a compiled graph). While dynamo
+    traces the norm, `is_compiling()` is true and the branch is dropped from the graph, so a compiled layer adds
+    nothing and a layer that runs uncompiled (never compiled, or dynamo gave up on it) is recorded."""
+    eager_calls = []
+    for layer in model.base_model.model.layers:
+        norm = layer.input_layernorm
+
+        def forward(hidden, _norm=norm, _forward=type(norm).forward):
+            if not torch.compiler.is_compiling():
+                eager_calls.append(hidden.shape[1])
+            return _forward(_norm, hidden)
+        monkeypatch.setattr(norm, "forward", forward)
+    return eager_calls
+
+
+def _eager_scorer_calls(monkeypatch):
+    """{"traced", "eager"}: how the device scorer's per-layer step reached `page_bounds` (see _eager_norm_calls)."""
+    import retrolm.device_scorer
+
+    calls, page_bounds = set(), retrolm.device_scorer.page_bounds
+
+    def recorded(*args):
+        calls.add("traced" if torch.compiler.is_compiling() else "eager")
+        return page_bounds(*args)
+    monkeypatch.setattr(retrolm.device_scorer, "page_bounds", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("scorer", ["trained", "attention"])
+def test_compiled_layers_decode_like_eager(tiny_dirs, arch, scorer, monkeypatch):
+    """decode_compile: the static step with inductor-compiled layers gives eager decoding's tokens and retrievals
+    (float32 on the CPU), and no layer runs uncompiled."""
+    knobs = TRAINED if scorer == "trained" else dict(scorer="attention", page_size=8, top_k=2, refresh_interval=3)
+    eager, device = _pair(tiny_dirs[arch], **knobs)
+    device.config.decode_compile = True
+    eager_calls = _eager_norm_calls(device, monkeypatch)
+    scorer_calls = _eager_scorer_calls(monkeypatch)
+    _assert_static_decodes_like_eager(eager, device, lengths=(45, 64), logged_at_least=5)
+    assert eager_calls and 1 not in eager_calls  # the prefill's layers ran eagerly, no decode step's did
+    assert "eager" not in scorer_calls  # the training-free scorer's per-layer step ran compiled too
+    assert scorer_calls == ({"traced"} if scorer == "attention" else set())
+    assert all("forward" not in vars(layer) for layer in device.base_model.model.layers)  # restored after generate
 
 
 def test_decode_mode_is_validated(tiny_dirs):
@@ -158,17 +220,47 @@ def test_cuda_graph_decodes_like_eager(tiny_dirs, mode, dtype):
 
 @CUDA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_training_free_scorer_device_step_on_gpu_decodes_like_eager(tiny_dirs, dtype):
+@pytest.mark.parametrize("mode", ["contiguous", "original"])
+def test_training_free_scorer_device_step_on_gpu_decodes_like_eager(tiny_dirs, dtype, mode):
     knobs = dict(device="cuda", dtype=dtype, scorer="attention", neighbor_pages=1, refresh_on="aeiou", page_size=16,
-                 top_k=2, refresh_interval=3)
+                 top_k=2, refresh_interval=3, position_mode=mode)
     eager, static = _pair(tiny_dirs["llama"], **knobs)
+    graph = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="graph", **knobs)
     for length in (65, 300):
         ids = torch.randint(0, 256, (1, length), device="cuda")
         expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=70)
-        got, retrievals = _generate(static, ids, do_sample=False, max_new_tokens=70)
-        assert static.last_timings["decode_mode"] == "static" and static._backend() == "triton"
+        for model in (static, graph):
+            got, retrievals = _generate(model, ids, do_sample=False, max_new_tokens=70)
+            assert model._backend() == "triton"
+            assert torch.equal(got, expected)
+            assert retrievals == expected_retrievals
+        assert graph.last_timings["decode_mode"] == "graph"
+        sample = dict(do_sample=True, temperature=0.9, top_k=40, max_new_tokens=70)
+        assert torch.equal(_generate(graph, ids, seed=1, **sample)[0], _generate(eager, ids, seed=1, **sample)[0])
+    auto = RetroLM.from_pretrained(tiny_dirs["llama"], **knobs)  # decode_mode="auto" takes the graph now
+    auto.generate(input_ids=torch.randint(0, 256, (1, 65), device="cuda"), max_new_tokens=4)
+    assert auto.last_timings["decode_mode"] == "graph"
+
+
+@CUDA
+@pytest.mark.parametrize("scorer", ["trained", "attention"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_with_compiled_layers_decodes_like_eager(tiny_dirs, scorer, dtype, monkeypatch):
+    """decode_compile on CUDA: the graph replays inductor's fused kernels; tokens and retrievals equal eager
+    decoding's on the tiny models (bench/decode.py reports the token agreement on a 7-8B shape)."""
+    knobs = dict(device="cuda", dtype=dtype, page_size=16, top_k=2, refresh_interval=3, neighbor_pages=1)
+    knobs.update(init_retriever=True) if scorer == "trained" else knobs.update(scorer="attention")
+    eager = RetroLM.from_pretrained(tiny_dirs["qwen2"], decode_mode="eager", **knobs)
+    graph = RetroLM.from_pretrained(tiny_dirs["qwen2"], decode_mode="graph", decode_compile=True, **knobs)
+    eager_calls = _eager_norm_calls(graph, monkeypatch)
+    for length in (65, 300):
+        ids = torch.randint(0, 256, (1, length), device="cuda")
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=70)
+        got, retrievals = _generate(graph, ids, do_sample=False, max_new_tokens=70)
+        assert graph.last_timings["decode_mode"] == "graph"
         assert torch.equal(got, expected)
         assert retrievals == expected_retrievals
+    assert eager_calls and 1 not in eager_calls
 
 
 @CUDA
