@@ -158,6 +158,8 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
     rows = []
     offloaded = cache.slots is not None
     for mode in modes:
+        mode, _, compiled = mode.partition("+")  # "graph+compile": decode_compile on
+        model.config.decode_compile = compiled == "compile"
         reset_peak(device)
         started = time.perf_counter()
         fetched_before = int(cache.slots.fetched) if offloaded else 0
@@ -178,36 +180,48 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
                         extra["cold_step_pages"] = int(cache.slots.fetched) - before
                     extra["cold_step_ms"] = round(statistics.median(cold), 2)
         except Exception as error:  # noqa: BLE001 (recorded; the cache is no longer usable for later modes)
-            rows.append(dict(method=f"{prefix}-{mode}", **prefill, error=f"{type(error).__name__}: {str(error)[:300]}"))
+            rows.append(dict(method=f"{prefix}-{mode}{'-compiled' * bool(compiled)}", **prefill,
+                             error=f"{type(error).__name__}: {str(error)[:300]}"))
             break
-        rows.append(dict(method=f"{prefix}-{mode}", **prefill, **summary(times), decode_peak_gib=round(peak_gib(device), 2),
+        rows.append(dict(method=f"{prefix}-{mode}{'-compiled' * bool(compiled)}", **prefill, **summary(times),
+                         decode_peak_gib=round(peak_gib(device), 2),
                          warmup_s=round(time.perf_counter() - started - sum(times) / 1e3, 1), **extra))
+    model.config.decode_compile = False
     del cache
     gc.collect()  # an offloaded cache's host pool (tens of GiB, page-locked) goes now, not at some later collection
     torch.cuda.empty_cache()
     return rows
 
 
-def generate_rate(model: RetroLM, ids, new_tokens: int) -> dict:
+def generate_rate(model: RetroLM, ids, new_tokens: int, compiled: bool = False) -> dict:
     """ms per new token of `RetroLM.generate` itself (transformers' loop, first step and capture included)."""
-    model.config.decode_mode = "auto"
-    model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    model.config.decode_mode, model.config.decode_compile = "auto", compiled
+    try:
+        model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    finally:
+        model.config.decode_compile = False
     timings = model.last_timings
-    return dict(method=f"retrolm-generate-{timings['decode_mode']}", prefill_s=round(timings["encode_s"], 2),
+    return dict(method=f"retrolm-generate-{timings['decode_mode']}{'-compiled' * compiled}",
+                prefill_s=round(timings["encode_s"], 2),
                 decode_ms=round(timings["decode_s"] / timings["new_tokens"] * 1e3, 2))
 
 
-def tokens_match(model: RetroLM, ids, new_tokens: int) -> dict:
-    """Greedy tokens of the eager and the device-side decode ("graph" on CUDA with the trained scorer) after the
-    same prompt."""
-    device_mode = "graph" if ids.device.type == "cuda" and model.config.scorer == "trained" else "static"
-    out = {}
+def tokens_match(model: RetroLM, ids, new_tokens: int, compiled: bool = False) -> dict:
+    """Greedy tokens of the eager and the device-side decode ("graph" on CUDA, "static" elsewhere; with the layers
+    compiled if `compiled`) after the same prompt."""
+    device_mode = "graph" if ids.device.type == "cuda" else "static"
+    out, seconds = {}, {}
     for mode in ("eager", device_mode):
-        model.config.decode_mode = mode
+        model.config.decode_mode, model.config.decode_compile = mode, compiled and mode != "eager"
         out[mode] = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
-    model.config.decode_mode = "auto"
+        seconds[mode] = round(model.last_timings["decode_s"], 2)
+    model.config.decode_mode, model.config.decode_compile = "auto", False
     same = int((out["eager"] == out[device_mode]).all(dim=0)[ids.shape[1]:].sum())
-    return dict(prompt_tokens=ids.shape[1], new_tokens=new_tokens, identical_tokens=same, compared=device_mode,
+    first_difference = next((i for i in range(new_tokens) if not bool(out["eager"][0, ids.shape[1] + i]
+                                                                        == out[device_mode][0, ids.shape[1] + i])), None)
+    # the process's first compiled decode includes compiling the layers: its time is the user's one-time cost
+    return dict(prompt_tokens=ids.shape[1], new_tokens=new_tokens, identical_tokens=same, compiled=compiled,
+                compared=device_mode, first_difference=first_difference, decode_s=seconds,
                 identical=bool(torch.equal(out["eager"], out[device_mode])))
 
 
@@ -254,18 +268,26 @@ def measure(args) -> None:
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, weights {weights / 1e9:.2f} GB, KV {per_token} B/token",
           flush=True)
     model = RetroLM(base, byte_tokenizer(), config, retriever)
-    try:
-        check = tokens_match(model, random_prompt(model, args.check_tokens), args.check_new_tokens)
-    except Exception as error:  # noqa: BLE001 (recorded: the speed rows still run)
-        check = dict(prompt_tokens=args.check_tokens, new_tokens=args.check_new_tokens, identical_tokens=0,
-                     identical=False, error=f"{type(error).__name__}: {str(error)[:300]}")
+    compiled = any(mode.endswith("+compile") for mode in args.modes)
+    checks = []
+    for check_compiled in (False, True)[: 1 + compiled]:
+        try:
+            checks.append(tokens_match(model, random_prompt(model, args.check_tokens), args.check_new_tokens,
+                                       check_compiled))
+        except Exception as error:  # noqa: BLE001 (recorded: the speed rows still run)
+            checks.append(dict(prompt_tokens=args.check_tokens, new_tokens=args.check_new_tokens, identical_tokens=0,
+                               compiled=check_compiled, identical=False,
+                               error=f"{type(error).__name__}: {str(error)[:300]}"))
+        print("token check", checks[-1], flush=True)
+    check = checks[0]
     model._hooks.remove()  # the baselines run the plain model, as their users would
-    print("token check", check, flush=True)
     rows = []
     result = dict(benchmark="decode", shape=args.shape, dtype="bfloat16", environment=environment(),
                   copy_bandwidth_tb_s=round(bandwidth / 1e12, 3), weight_gb=round(weights / 1e9, 3),
                   kv_bytes_per_token=per_token, retrolm_config=config.to_dict(), steps=args.steps,
                   warmup=args.warmup, token_check=check, rows=rows)
+    if compiled:
+        result["token_check_compiled"] = checks[1]
     for context in args.contexts:
         ids = random_prompt(model, context)
         full_floor = (weights + context * per_token) / bandwidth * 1e3
@@ -281,9 +303,9 @@ def measure(args) -> None:
         model = RetroLM(base, byte_tokenizer(), config, retriever)
         print(f"RetroLM, {context} tokens", flush=True)
         runs = run_retrolm(model, ids, args.modes, args.steps, args.warmup, args.prefills)
-        if args.generate_tokens:
+        for generate_compiled in (False, True)[: 1 + compiled] if args.generate_tokens else ():
             try:
-                runs.append(generate_rate(model, ids, args.generate_tokens))
+                runs.append(generate_rate(model, ids, args.generate_tokens, generate_compiled))
             except Exception as error:  # noqa: BLE001 (recorded, the measured rows are kept)
                 runs.append(dict(method="retrolm-generate", error=f"{type(error).__name__}: {str(error)[:300]}"))
         for row in runs:
@@ -339,7 +361,8 @@ def combine(directory: str) -> None:
     for run in runs:
         env, check = run["environment"], run["token_check"]
         cfg = run["retrolm_config"]
-        lines += [f"## {run['shape']} on {env['gpu']}: contexts {sorted({r['context'] for r in run['rows']})}", "",
+        scorer = ", training-free scorer" if cfg["scorer"] == "attention" else ""
+        lines += [f"## {run['shape']} on {env['gpu']}{scorer}: contexts {sorted({r['context'] for r in run['rows']})}", "",
                   f"torch {env['torch']}, transformers {env['transformers']}; copy bandwidth "
                   f"{run['copy_bandwidth_tb_s']} TB/s; weights {run['weight_gb']} GB; median ms/token over "
                   f"{run['steps']} steps after {run['warmup']} warm-up; RetroLM page_size {cfg['page_size']}, top_k "
@@ -351,9 +374,11 @@ def combine(directory: str) -> None:
             by_context.setdefault(row["context"], {})[row["method"]] = row.get("decode_ms")
         resident_128k = by_context.get(131072, {}).get("retrolm-graph")
         for context, methods in sorted(by_context.items()):
-            graph, static = methods.get("retrolm-graph"), methods.get("hf-static-compile")
-            if graph and static:
-                lines.append(f"- {context} tokens: retrolm-graph is {static / graph:.1f}x faster than hf-static-compile.")
+            static = methods.get("hf-static-compile")
+            for name in ("retrolm-graph", "retrolm-graph-compiled"):
+                if methods.get(name) and static:
+                    lines.append(f"- {context} tokens: {name} is {static / methods[name]:.1f}x faster than "
+                                 "hf-static-compile.")
             offloaded = methods.get("retrolm-offload-graph")
             if offloaded and resident_128k:
                 lines.append(f"- {context} tokens offloaded: {offloaded / resident_128k:.2f}x the resident 128K "
@@ -364,6 +389,13 @@ def combine(directory: str) -> None:
                              f"{row['cold_step_pages']} of each layer copied in) takes {row['cold_step_ms']} ms; "
                              f"decoding fetched {row['pages_fetched_per_step']} pages per step; reserving and page-locking the "
                              f"{row['kv_host_gib']} GiB host pool took {row['host_pool_s']} s of the prefill.")
+        compiled_check = run.get("token_check_compiled")
+        if compiled_check:
+            lines.append(f"- Compiled layers ({compiled_check['compared']}, decode_compile) vs eager: "
+                         f"{compiled_check['identical_tokens']}/{compiled_check['new_tokens']} greedy tokens identical "
+                         f"after a {compiled_check['prompt_tokens']}-token prompt" + (
+                             f" (the first difference at new token {compiled_check['first_difference']})."
+                             if compiled_check.get("first_difference") is not None else "."))
         offload_check = run.get("offload_token_check")
         if offload_check:
             lines.append(f"- Offloaded {offload_check['compared']} decode ({offload_check['offload_device_pages']} page "
@@ -380,20 +412,29 @@ def combine(directory: str) -> None:
     figure, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
     for axis, shape in zip(axes[0], shapes):
         series = {}
+        # where runs overlap (same method and context), the run that measured more methods there is drawn
+        richness = lambda run, context: sum(row["context"] == context for row in run["rows"])  # noqa: E731
         for run in (r for r in runs if r["shape"] == shape):
-            for row in run["rows"]:
+            scorer = " (training-free scorer)" if run["retrolm_config"]["scorer"] == "attention" else ""
+            for row in sorted(run["rows"], key=lambda row: richness(run, row["context"])):
                 if not row.get("decode_ms") and "not-run" not in row["method"]:
                     continue
+                if row["method"].startswith("retrolm-generate"):
+                    continue  # transformers' loop included: in the table, not in the per-step plot
                 # offloaded graph decode continues the resident graph line; one floor line per attention kind
                 method = "retrolm-graph" if row["method"] == "retrolm-offload-graph" else row["method"]
+                method += scorer if method.startswith("retrolm") else ""
+                point = series.get(method, {}).get(row["context"])
+                if point is not None and point[1] > richness(run, row["context"]):
+                    continue
                 floor = "full attention floor" if method.startswith("hf-") else "RetroLM floor"
-                series.setdefault(floor, {})[row["context"]] = row["floor_ms"]
+                series.setdefault(floor, {})[row["context"]] = (row["floor_ms"], 0)
                 if row.get("decode_ms"):
-                    series.setdefault(method, {})[row["context"]] = row["decode_ms"]
+                    series.setdefault(method, {})[row["context"]] = (row["decode_ms"], richness(run, row["context"]))
         for name, points in sorted(series.items()):
             contexts = sorted(points)
             floor = "floor" in name
-            axis.plot(contexts, [points[c] for c in contexts], marker=None if floor else "o",
+            axis.plot(contexts, [points[c][0] for c in contexts], marker=None if floor else "o",
                       linestyle=":" if floor else "-", label=name)
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
@@ -419,8 +460,9 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=128)
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--full", nargs="*", default=["static-compile", "dynamic"], choices=["static-compile", "dynamic"])
-    parser.add_argument("--modes", nargs="+", default=["eager", "graph"], choices=["eager", "graph", "static"],
-                        help="RetroLM decode modes (the training-free scorer: eager and static)")
+    parser.add_argument("--modes", nargs="+", default=["eager", "graph"],
+                        choices=["eager", "graph", "static", "graph+compile", "static+compile"],
+                        help="RetroLM decode modes; +compile: with decode_compile (the decoder layers compiled)")
     parser.add_argument("--scorer", default="trained", choices=["trained", "attention"],
                         help="RetroLM's page scorer: a (random) trained retriever, or the training-free scorer")
     parser.add_argument("--prefill-chunk", type=int, default=8192)

@@ -11,6 +11,11 @@
 #   offload-tests  the CUDA tests of offloaded K/V (Triton fetch, page-locked host view, graph = resident eager)
 #   offload Qwen2.5-7B shape: HF baselines and RetroLM at 32K and 128K, RetroLM offloaded at 512K and 1M
 #   offload-1m  the offloaded 1M run alone (host pool time, pages fetched per step, a step with no page resident)
+#   compiled   Qwen2.5-7B shape at 32K and 128K: HF StaticCache + compile against RetroLM eager, graph and graph with
+#              compiled layers (decode_compile), token checks of both graphs against eager
+#   compiled-llama  the same on the Llama-3-8B shape (graph and compiled graph only)
+#   scorer     the same RetroLM modes with the training-free scorer (no HF rows)
+#   profile-compiled  kernels of one step, graph with and without compiled layers (Qwen2.5-7B shape)
 # A failing tests stage stops the script (no benchmark of broken kernels).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -35,6 +40,21 @@ for stage in ${*:-tests 32k}; do
     offload-1m)
         python3 bench/decode.py --shape qwen2.5-7b --contexts --full --offload-contexts 1048576 --generate-tokens 0 \
             --name decode_offload_cold_1024k --out "$OUT" 2>&1 | grep -v "encoding pages" | tail -4 ;;
+    compiled)
+        python3 bench/decode.py --shape qwen2.5-7b --contexts 32768 131072 --full static-compile \
+            --modes eager graph graph+compile --name decode_qwen7b_compiled --out "$OUT" 2>&1 \
+            | grep -v "encoding pages" | tee "$OUT/decode_compiled.log" | tail -14 ;;
+    compiled-llama)
+        python3 bench/decode.py --shape llama3-8b --contexts 32768 131072 --full static-compile \
+            --modes graph graph+compile --name decode_llama8b_compiled --out "$OUT" 2>&1 \
+            | grep -v "encoding pages" | tee "$OUT/decode_compiled_llama.log" | tail -10 ;;
+    scorer)
+        python3 bench/decode.py --shape qwen2.5-7b --scorer attention --contexts 32768 131072 --full \
+            --modes eager graph graph+compile --name decode_qwen7b_attention_scorer --out "$OUT" 2>&1 \
+            | grep -v "encoding pages" | tee "$OUT/decode_scorer.log" | tail -12 ;;
+    profile-compiled)
+        python3 bench/profile_decode.py --shape qwen2.5-7b --modes graph graph+compile --name profile_decode_compiled \
+            --out "$OUT" 2>&1 | grep -v Warning | grep "^##" ;;
     profile)
         python3 bench/profile_decode.py --out "$OUT" 2>&1 | grep -v Warning | head -30 ;;
     prefill)

@@ -59,6 +59,8 @@ def profile_prefill(model, ids, steps: int) -> dict:
 def profile_mode(model, ids, mode: str, steps: int, warmup: int) -> dict:
     if mode == "prefill":
         return profile_prefill(model, ids, steps)
+    mode, _, compiled = mode.partition("+")  # "graph+compile": decode_compile on
+    model.config.decode_compile = compiled == "compile"
     cache = model.new_cache(ids.shape[1] + warmup + steps + 1)
     with torch.no_grad():
         cache, logits = model.encode(ids, cache, logits_to_keep=1, progress=False)
@@ -79,7 +81,8 @@ def profile_mode(model, ids, mode: str, steps: int, warmup: int) -> dict:
             torch.cuda.synchronize()
             wall_ms = (time.perf_counter() - start) * 1e3 / steps
     rows = kernel_table(prof, steps)
-    return dict(mode=mode, wall_ms_per_step=round(wall_ms, 2),
+    model.config.decode_compile = False
+    return dict(mode=mode + "+compile" * bool(compiled), wall_ms_per_step=round(wall_ms, 2),
                 kernel_ms_per_step=round(sum(r["us_per_step"] for r in rows) / 1e3, 2),
                 kernels_per_step=round(sum(r["per_step"] for r in rows), 1), kernels=rows)
 
@@ -90,7 +93,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--modes", nargs="+", default=["graph", "static"], choices=["graph", "static", "prefill"])
+    parser.add_argument("--modes", nargs="+", default=["graph", "static"], choices=["graph", "static", "prefill", "graph+compile"])
     parser.add_argument("--out", default="bench/results/decode")
     parser.add_argument("--name", default="profile_decode", help="result file name (.json and .md)")
     args = parser.parse_args()
