@@ -90,7 +90,7 @@ class RetroLMConfig:
     attention_backend: str = "auto"  # "auto": triton on CUDA (decode and prefill), sdpa elsewhere; "reference": torch
     # How generate decodes (device_decode.py): "graph" each step one CUDA graph replay, every decision on the device;
     # "eager" planned on the host per step (the reference); "static" the graph's step without capture (any device,
-    # for tests); "auto": graph on CUDA where it applies (trained scorer, KV resident), eager otherwise.
+    # for tests); "auto": graph on CUDA where it applies (a prompt long enough for its fixed widths), eager otherwise.
     decode_mode: str = "auto"
     # Device decode steps ("graph", "static") run the model's decoder layers compiled by torch.compile, which fuses
     # their small kernels (layer_compile.py): a faster step after a one-time compile (seconds per process). Fused
