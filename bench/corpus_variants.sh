@@ -21,12 +21,14 @@ if [ -d .whl ]; then
 fi
 declare -A FRACTION=([held_out]=1.0 [mixed]=0.5)
 STEPS=${PRETRAIN_STEPS:-3000}
+# stage 1 keeps the retriever that finds validation needles in held-out prose best (retrolm/training/needle_recall.py)
+NEEDLES=(--stage1-set needle_eval_samples=16 --stage1-set eval_steps=200 --stage1-set keep=needle_recall)
 stage=${1:-build}
 case $stage in
 build)
     for v in held_out mixed; do
         timeout "${BUILD_SECONDS:-570}" python3 train/build_default_model.py --work "work/variants/$v" \
-            --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 8 --pretrain-set "max_steps=$STEPS" --cut-dense-end \
+            --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 8 --pretrain-set "max_steps=$STEPS" --cut-dense-end "${NEEDLES[@]}" \
             > "$OUT/build_$v.log" 2>&1 &
     done
     wait
@@ -48,7 +50,7 @@ eval)
 diagnose)  # one variant's base LM alone (pretraining only), its RULER predictions at 1x, the base as a tarball
     v=${2:-mixed}
     timeout "${BUILD_SECONDS:-570}" python3 train/build_default_model.py --work "work/variants/$v" \
-        --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 12 --pretrain-set "max_steps=$STEPS" --cut-dense-end \
+        --out "work/variants/$v/model" --fact-fraction "${FRACTION[$v]}" --workers 12 --pretrain-set "max_steps=$STEPS" --cut-dense-end "${NEEDLES[@]}" \
         > "$OUT/build_$v.log" 2>&1
     tar -C "work/variants/$v" -czf "$OUT/base_$v.tgz" base
     for base in "work/variants/$v/base" assets/retrolm-byte-llama/base; do  # the shipped base is the control

@@ -23,7 +23,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +32,8 @@ sys.path.insert(0, ROOT)
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from bench.default_model_quality import plot  # noqa: E402
 from retrolm.model import RetroLM, default_model_path  # noqa: E402
+from retrolm.training.needle_recall import (Needle, answer_pages, build_sample, reference_topics,  # noqa: E402
+                                            value_pages)
 
 ADJECTIVES = ("amber", "brisk", "hollow", "crimson", "frozen", "golden", "quiet", "rapid", "silver", "velvet")
 NOUNS = ("orchard", "harbor", "lantern", "meadow", "compass", "falcon", "ledger", "canyon", "saddle", "tunnel")
@@ -46,14 +47,6 @@ def _digits(rng: random.Random, n: int) -> str:
 
 def _code(rng: random.Random) -> str:
     return rng.choice("BCDFGHJKLMNPRSTVWXZ") + rng.choice("BCDFGHJKLMNPRSTVWXZ") + "-" + _digits(rng, 4)
-
-
-@dataclass
-class Needle:
-    sentence: str  # hidden in the haystack
-    question: str
-    answer_start: str  # written after "Answer:", so the next tokens are the value
-    value: str
 
 
 def make_needle(rng: random.Random, form: int) -> Needle:
@@ -89,59 +82,19 @@ def make_needle(rng: random.Random, form: int) -> Needle:
 FORMATS = 5
 
 
-def reference_topics() -> list[str]:
-    """The language reference topics, ASCII only (the byte tokenizer maps other characters to several tokens)."""
-    from pydoc_data.topics import topics
-
-    return [text.strip() for _, text in sorted(topics.items()) if text.isascii()]
-
-
-def haystack(rng: random.Random, chars: int, topics: list[str]) -> str:
-    """About `chars` characters of consecutive reference topics from a random one on, cut at a line end."""
-    start = rng.randrange(len(topics))
-    parts, size, i = [], 0, start
-    while size < chars:
-        parts.append(topics[i % len(topics)])
-        size += len(parts[-1]) + 2
-        i += 1
-    text = "\n\n".join(parts)[:chars]
-    return text[: text.rfind("\n") + 1] if "\n" in text else text
-
-
-def hide(text: str, needle: str, depth: float) -> str:
-    """`needle` inserted at the first line end after `depth` of `text`."""
-    at = text.find("\n", int(len(text) * depth))
-    at = len(text) if at < 0 else at + 1
-    return text[:at] + needle + "\n" + text[at:]
-
-
-def build_sample(tokenizer, rng: random.Random, target_tokens: int, topics: list[str], form: int):
-    """(prompt ids [1, T], needle, first and last token of the value)."""
-    needle = make_needle(rng, form)
-    tail = f"\n\nAnswer the question using the text above.\nQuestion: {needle.question}\nAnswer: {needle.answer_start}"
-    chars = max(200, target_tokens - len(tokenizer(needle.sentence + tail, add_special_tokens=False).input_ids))
-    context = hide(haystack(rng, chars, topics), needle.sentence, rng.uniform(0.05, 0.95))
-    text = context + tail
-    ids = tokenizer(text, return_tensors="pt").input_ids
-    value_at = text.index(needle.sentence) + needle.sentence.index(needle.value)
-    first = len(tokenizer(text[:value_at]).input_ids)
-    last = len(tokenizer(text[: value_at + len(needle.value)]).input_ids) - 1
-    return ids, needle, (first, last)
-
-
 @torch.no_grad()
 def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, topics: list[str]) -> dict:
     P = model.config.page_size
     rows = []
     for i in range(samples):
         rng = random.Random(seed * 1_000_003 + factor * 1009 + i)  # same haystacks and needles for every scorer
-        ids, needle, (first, last) = build_sample(model.tokenizer, rng, factor * window, topics, i % FORMATS)
-        ids = ids.to(model.device)
+        needle = make_needle(rng, i % FORMATS)
+        sample = build_sample(model.tokenizer, rng, factor * window, topics, needle)
+        ids = sample.ids.to(model.device)
         out = model.generate(input_ids=ids, max_new_tokens=len(needle.value) + 6, do_sample=False)
         answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        retrievals = model.last_cache.retrievals()
-        pages = set(retrievals[0][1]) if retrievals else set(range(ids.shape[1] // P + 1))  # none: all attended
-        needle_pages = set(range(first // P, last // P + 1))
+        pages = answer_pages(model, ids.shape[1])
+        needle_pages = value_pages(sample, P)
         rows.append({"format": i % FORMATS, "tokens": ids.shape[1], "needle_pages": sorted(needle_pages),
                      "recalled": needle_pages <= pages, "correct": needle.value in answer, "answer": answer,
                      "value": needle.value})

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -15,3 +17,14 @@ def tiny_dirs(tmp_path_factory):
 def _seed():
     torch.manual_seed(0)
 
+
+
+@pytest.fixture(autouse=True)
+def _environment():
+    """Each test's environment changes end with it: an in-process training run sets RANK, MASTER_PORT, ... for
+    its one-process group, and a subprocess started by a later test must not inherit them (its group would try
+    the port that the first one still holds)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

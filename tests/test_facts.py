@@ -5,6 +5,7 @@ import re
 import pytest
 
 from bench.heldout_prose import FORMATS, make_needle
+from retrolm.training.needle_recall import VALIDATION_FORMATS, validation_needle
 from train import corpus, facts
 
 
@@ -29,10 +30,18 @@ def test_lessons_are_answerable_and_avoid_every_held_out_phrase(kind):
 
 
 def test_every_held_out_needle_format_is_guarded():
-    """Each needle format of the held-out evaluation contains a phrase training lessons may not use."""
-    for form in range(FORMATS):
-        needle = make_needle(random.Random(form), form)
-        assert facts.held_out_hits(f"{needle.sentence} {needle.question}"), needle.sentence
+    """Each needle format of the held-out evaluation and of the validation set contains a phrase training lessons
+    may not use, and no phrase is shared between the two sets."""
+    test = [make_needle(random.Random(form), form) for form in range(FORMATS)]
+    validation = [validation_needle(random.Random(form), form) for form in range(VALIDATION_FORMATS)]
+    hits = {}
+    for name, needles in (("test", test), ("validation", validation)):
+        hits[name] = set()
+        for needle in needles:
+            found = facts.held_out_hits(f"{needle.sentence} {needle.question}")
+            assert found, needle.sentence
+            hits[name].update(found)
+    assert not hits["test"] & hits["validation"], "a checkpoint chosen on validation needles is tested on others"
 
 
 def test_fact_documents_are_exact_and_hold_no_ruler_template():

@@ -59,6 +59,7 @@ def test_one_command_trains_a_retriever_that_loads_with_its_trained_scorer(tiny_
     argv = ["train-retriever", "--model", tiny_dirs["llama"], "--data", corpus(tmp_path / "docs.jsonl"),
             "--out", out, "--preset", "small", "--set", "seq_len=128", "--set", "held_out=2",
             "--set", "min_doc_tokens=0", "--set", "max_steps=2", "--set", "eval_steps=2", "--set", "eval_sequences=2",
+            "--set", "needle_eval_samples=1", "--set", "needle_eval_tokens=[400]",
             "--set", "save_steps=1", "--set", "warmup_steps=1", "--set", "report_to=none",
             "--set", "retrolm=" + json.dumps(TINY_RETROLM), "--push-to-hub", "me/tiny-retriever"]
     assert main(argv) == 0
@@ -69,12 +70,16 @@ def test_one_command_trains_a_retriever_that_loads_with_its_trained_scorer(tiny_
     assert model.config.scorer == "trained" and model.retriever is not None
     results = json.load(open(os.path.join(out, "train_results.json")))
     assert results["stage"] == "retriever" and results["steps"] == 2 and results["eval_after"]
+    assert [entry["step"] for entry in results["needle_recall"]] == [0, 2] and "validation needle recall" in printed
+    assert results["kept"]["step"] in (0, 2)
     repo, files = FakeHub.uploads[0]
     assert repo == "me/tiny-retriever" and {"retrolm_config.json", "retriever.safetensors", "base"} <= set(files)
 
     assert main(argv[:-2]) == 0  # run again: data reused and training resumed, nothing redone
     again = capsys.readouterr().out
     assert "prepared data found, reused" in again and "resumed from" in again
+    results = json.load(open(os.path.join(out, "train_results.json")))
+    assert [entry["step"] for entry in results["needle_recall"]] == [0, 2]
 
 
 def test_pushing_a_checkpoint_whose_base_is_a_local_directory_needs_its_weights(tiny_dirs, monkeypatch):

@@ -3,8 +3,9 @@
 A lesson hides facts ("subject, attribute, value") in text and asks about some of them at the end, in the
 phrasing of one of many statement, question and prompt templates, with values of several kinds. The model
 must learn to find the fact a question is about, whatever its wording, rather than one template: RULER's
-evaluated templates ("special magic number", "VAR X = ...") and the held-out needle formats of
-bench/heldout_prose.py never appear (HELD_OUT_PHRASES, checked by a test).
+evaluated templates ("special magic number", "VAR X = ..."), the held-out needle formats of
+bench/heldout_prose.py and the validation needles of retrolm/training/needle_recall.py never appear
+(HELD_OUT_PHRASES, checked by a test).
 
 Lesson kinds, each also in RULER's task structures but worded differently:
 - single: one fact asked, others around it (other subjects and attributes);
@@ -25,7 +26,8 @@ from eval.ruler_tasks import plain_words
 # phrases of the evaluated formats: never in a training lesson
 HELD_OUT_PHRASES = ("magic number", "special magic", "VAR ", "pass code", "locker", "spare key", "cottage",
                     "shipment", "tracking label", "depot", "ledger", "crowns", "password", "server", "uuid",
-                    "variable", "assigned the value")
+                    "variable", "assigned the value", "ferry", "pier", "invoice", "bakery", "greenhouse",
+                    "top shelf")
 HELD_OUT_WORDS = {w for phrase in HELD_OUT_PHRASES for w in phrase.lower().split()}
 
 

@@ -18,6 +18,7 @@ from ..files import read_json_object
 STAGES = ("retriever", "post_train")
 FINETUNE_MODES = ("lora", "full", "none")
 REPORT_TO = ("wandb", "none")
+KEEP = ("last", "needle_recall")
 
 
 @dataclass
@@ -64,6 +65,13 @@ class TrainConfig:
     logging_steps: int = 1
     eval_steps: int = 0  # 0: evaluate only before and after training
     eval_sequences: int = 8  # held-out sequences evaluated (at most those prepared)
+    # needle-page recall on held-out prose at every evaluation (training/needle_recall.py): validation needles of
+    # formats kept out of training and out of the test set, this many per prompt length; 0: off
+    needle_eval_samples: int = 0
+    needle_eval_tokens: list[int] = field(default_factory=lambda: [16384, 65536])  # prompt lengths, in tokens
+    # which retriever the run exports: "last" (the final step's) or, in stage 1, "needle_recall" (that of the
+    # evaluation, step 0 included, where the validation needles were found most often; the first on ties)
+    keep: str = "last"
     save_steps: int = 50  # DeepSpeed checkpoint every this many steps (and at the end)
     stop_at_step: int = 0  # >0: checkpoint and exit at this step (time-sliced jobs); a rerun resumes
     resume: bool = True  # continue from output_dir/checkpoints when it holds one
@@ -93,7 +101,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise RetroLMError(f"{name} must be an integer >= 1, got {value!r}.")
-        for name in ("warmup_steps", "eval_steps", "stop_at_step", "recall_k"):
+        for name in ("warmup_steps", "eval_steps", "stop_at_step", "recall_k", "needle_eval_samples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise RetroLMError(f"{name} must be an integer >= 0, got {value!r}.")
@@ -104,9 +112,33 @@ class TrainConfig:
             raise RetroLMError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}.")
         if self.report_to not in REPORT_TO:
             raise RetroLMError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}.")
+        self._validate_needle_eval(stage)
         if stage == "post_train" and self.finetune == "none" and not self.train_retriever:
             raise RetroLMError("nothing to train: finetune='none' and train_retriever=false; set finetune to "
                                "'lora' or 'full', or train_retriever to true.")
+
+    def _validate_needle_eval(self, stage: str) -> None:
+        if self.keep not in KEEP:
+            raise RetroLMError(f"keep must be one of {KEEP}, got {self.keep!r}.")
+        if self.keep == "needle_recall":
+            if stage != "retriever":
+                raise RetroLMError("keep='needle_recall' chooses among stage 1's retrievers; stage 2 exports the "
+                                   "last step's weights: use keep='last' here.")
+            if not self.needle_eval_samples:
+                raise RetroLMError("keep='needle_recall' needs needle_eval_samples >= 1 (the validation needles "
+                                   "it is chosen by).")
+        if not self.needle_eval_samples:
+            return
+        knobs = self.retrolm_config()
+        shortest = (knobs.max_attended_pages + 1) * knobs.page_size + 1
+        lengths = self.needle_eval_tokens
+        if not isinstance(lengths, list) or not lengths or not all(isinstance(n, int) for n in lengths):
+            raise RetroLMError(f"needle_eval_tokens must be a non-empty list of prompt lengths in tokens, got "
+                               f"{lengths!r}.")
+        if min(lengths) < shortest:
+            raise RetroLMError(f"needle_eval_tokens {lengths} holds a prompt too short to need retrieval: with "
+                               f"page_size {knobs.page_size} and {knobs.max_attended_pages} attended pages every "
+                               f"page is read below {shortest} tokens; use longer prompts.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,6 +223,10 @@ def load_deepspeed_config(path: str, config: TrainConfig, on_gpu: bool) -> dict:
     if "scheduler" in ds:
         raise RetroLMError(f"{path} sets a scheduler; remove it: the run's warmup + cosine schedule comes from "
                            "warmup_steps and min_lr_ratio in the training config.")
+    if config.needle_eval_samples and ds.get("zero_optimization", {}).get("stage", 0) == 3:
+        raise RetroLMError(f"{path} uses ZeRO stage 3, whose partitioned weights generate cannot read, and "
+                           "needle_eval_samples asks for generate calls; use configs/ds_zero2.json for stage 1, or "
+                           "needle_eval_samples=0.")
     ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as the client optimizer
     ds.setdefault("steps_per_print", 1 << 30)  # progress is ours (tqdm + metrics.jsonl), not DeepSpeed's prints
     return ds

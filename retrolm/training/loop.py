@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import RetroLMError, exit_code
 from .config import TrainConfig, load_deepspeed_config, load_train_config
 from .data import PackedSequences, check_fits_pages
+from .needle_validation import NeedleValidation
 from .objectives import build_objective
 from .tracking import MetricsLogger
 
@@ -69,13 +70,31 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
             print(f"resumed from {checkpoints} at step {step}")
     logger = MetricsLogger(train.output_dir, {"train": train.to_dict(), "deepspeed": ds_config}, train.report_to,
                            train.wandb_project, train.run_name, rank == 0, step)
+    needles = NeedleValidation(train, objective.model, resumed_at=step) if train.needle_eval_samples else None
+
+    def needle_recall(at_step: int) -> dict:
+        if needles is None:
+            return {}
+        found = needles.evaluate(engine, objective.model, device)
+        needles.record(at_step, found, objective.model, rank)
+        return found
+
+    def evaluate(at_step: int) -> dict:
+        return {**_evaluate(engine, objective, held_out, train, device), **needle_recall(at_step)}
+
     if eval_before is None:
         started = time.perf_counter()
         eval_before = _evaluate(engine, objective, held_out, train, device)
+        forward_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        eval_before.update(needle_recall(0))
         logger.log(0, {f"eval/{k}": v for k, v in eval_before.items()})
         evaluated = -(-min(train.eval_sequences, len(held_out)) // world)
         if rank == 0 and evaluated:
-            print(estimate_training_time(stage, train, (time.perf_counter() - started) / evaluated, step))
+            print(estimate_training_time(stage, train, forward_seconds / evaluated, step))
+        if rank == 0 and needles is not None:
+            print(f"validation needles: {time.perf_counter() - started:.0f} s per evaluation, recall "
+                  f"{eval_before['needle_recall']:.1f}% before training")
 
     seq_len = data.seq_len
     throughput = []
@@ -103,7 +122,7 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
             logger.log(step, {**metrics, "lr": scheduler.get_last_lr()[0], "tokens_per_s_per_gpu": tokens_per_s,
                               "peak_memory_gib": _peak_memory_gib(device)})
         if train.eval_steps and step % train.eval_steps == 0 and step < train.max_steps:
-            logger.log(step, {f"eval/{k}": v for k, v in _evaluate(engine, objective, held_out, train, device).items()})
+            logger.log(step, {f"eval/{k}": v for k, v in evaluate(step).items()})
         stopping = train.stop_at_step and step == train.stop_at_step and step < train.max_steps
         if step % train.save_steps == 0 or step == train.max_steps or stopping:
             _save_checkpoint(engine, checkpoints, step, eval_before, rank)
@@ -115,9 +134,9 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
             return None
     bar.close()
 
-    eval_after = _evaluate(engine, objective, held_out, train, device)
+    eval_after = evaluate(step)
     logger.log(step, {f"eval/{k}": v for k, v in eval_after.items()})
-    _export(engine, objective, train, rank)
+    _export(engine, objective, train, rank, needles)
     peak = _max_over_ranks(_peak_memory_gib(device), device)
     results = {
         "stage": stage, "steps": step, "world_size": world, "sequence_tokens": seq_len,
@@ -129,10 +148,12 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
         "zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
         "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in objective.trainable_parameters()),
         "train_config": train.to_dict(), "deepspeed_config": ds_config,
-        "versions": _versions(),
+        "versions": _versions(), **(needles.summary() if needles is not None else {}),
     }
     if rank == 0:
         _write_json(os.path.join(train.output_dir, RESULTS_FILE), results)
+        if needles is not None:
+            print(needles.report())
     logger.finish({"eval_after": eval_after})
     _barrier()
     return results if rank == 0 else None
@@ -332,13 +353,13 @@ def _save_checkpoint(engine, directory: str, step: int, eval_before: dict, rank:
             shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
 
 
-def _export(engine, objective, train: TrainConfig, rank: int) -> None:
+def _export(engine, objective, train: TrainConfig, rank: int, needles: NeedleValidation | None) -> None:
     """Write the trained RetroLM checkpoint into output_dir (loadable by `RetroLM.from_pretrained(output_dir)`).
 
     Under ZeRO-3 the saved weights are gathered first. `save_pretrained` moves the files in with
     retrolm_config.json last, so the directory is a complete checkpoint or not a checkpoint at all, and leaves
     the run's own files (checkpoints, metrics) alone. Without full fine-tuning the checkpoint points at the
-    base model the run started from.
+    base model the run started from. With keep="needle_recall" the retriever is the kept one, not the last.
     """
     import deepspeed
 
@@ -350,6 +371,8 @@ def _export(engine, objective, train: TrainConfig, rank: int) -> None:
               else contextlib.nullcontext())
     with gather:
         if rank == 0:
+            if needles is not None:
+                needles.restore_best(model)
             model.save_pretrained(train.output_dir, save_base_model=full)
     _barrier()
 
