@@ -8,13 +8,15 @@ The default model trained on the standard library's docstrings, essay-like fille
   text kept out of training, from a random topic onwards;
 - needles: five sentence formats unlike RULER's ("The pass code for the amber orchard locker is 4821907."),
   with values of several kinds (digits, words, letter-digit codes), asked with their own questions;
+  `--needles validation` uses stage 1's validation formats instead (retrolm/training/needle_recall.py: what
+  `keep="needle_recall"` chooses a retriever by), to compare the two sets;
 - the prompt: the one `retrolm generate` builds (text, the question, "Answer:") plus the start of the answer.
 For each context length (a multiple of the model's window) and page scorer, a sample hides one needle at a
 random depth and reports:
 - needle-page recall: every page holding the value is among those retrieved for the answer (the first decode
   step's retrieval; under the attention scorer, the pages most layers chose);
 - accuracy: the value appears in the first generated tokens.
-Writes heldout_prose.json, .md and .png under --out.
+Writes heldout_prose.json, .md and .png under --out (heldout_prose_validation.* with --needles validation).
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ sys.path.insert(0, ROOT)
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from bench.default_model_quality import plot  # noqa: E402
 from retrolm.model import RetroLM, default_model_path  # noqa: E402
-from retrolm.training.needle_recall import (Needle, answer_pages, build_sample, reference_topics,  # noqa: E402
-                                            value_pages)
+from retrolm.training.needle_recall import (VALIDATION_FORMATS, Needle, answer_pages, build_sample,  # noqa: E402
+                                            reference_topics, validation_needle, value_pages)
 
 ADJECTIVES = ("amber", "brisk", "hollow", "crimson", "frozen", "golden", "quiet", "rapid", "silver", "velvet")
 NOUNS = ("orchard", "harbor", "lantern", "meadow", "compass", "falcon", "ledger", "canyon", "saddle", "tunnel")
@@ -80,22 +82,26 @@ def make_needle(rng: random.Random, form: int) -> Needle:
 
 
 FORMATS = 5
+# --needles: the test formats above, or stage 1's validation needles (retrolm/training/needle_recall.py)
+NEEDLE_SETS = {"test": (make_needle, FORMATS), "validation": (validation_needle, VALIDATION_FORMATS)}
 
 
 @torch.no_grad()
-def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, topics: list[str]) -> dict:
+def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, topics: list[str],
+             needles: str = "test") -> dict:
+    make, formats = NEEDLE_SETS[needles]
     P = model.config.page_size
     rows = []
     for i in range(samples):
         rng = random.Random(seed * 1_000_003 + factor * 1009 + i)  # same haystacks and needles for every scorer
-        needle = make_needle(rng, i % FORMATS)
+        needle = make(rng, i % formats)
         sample = build_sample(model.tokenizer, rng, factor * window, topics, needle)
         ids = sample.ids.to(model.device)
         out = model.generate(input_ids=ids, max_new_tokens=len(needle.value) + 6, do_sample=False)
         answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         pages = answer_pages(model, ids.shape[1])
         needle_pages = value_pages(sample, P)
-        rows.append({"format": i % FORMATS, "tokens": ids.shape[1], "needle_pages": sorted(needle_pages),
+        rows.append({"format": i % formats, "tokens": ids.shape[1], "needle_pages": sorted(needle_pages),
                      "recalled": needle_pages <= pages, "correct": needle.value in answer, "answer": answer,
                      "value": needle.value})
     return {"recall": 100 * sum(r["recalled"] for r in rows) / samples,
@@ -109,6 +115,8 @@ def main() -> None:
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
     parser.add_argument("--samples", type=int, default=40, help="samples per cell (formats take turns)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--needles", default="test", choices=sorted(NEEDLE_SETS),
+                        help="the five test formats, or stage 1's three validation formats (its own result files)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
@@ -121,7 +129,7 @@ def main() -> None:
         started = time.perf_counter()
         scores[scorer] = {"needle-page recall": {}, "accuracy": {}}
         for factor in factors:
-            cell = run_cell(model, factor, window, args.samples, args.seed, topics)
+            cell = run_cell(model, factor, window, args.samples, args.seed, topics, args.needles)
             length = str(factor * window)
             scores[scorer]["needle-page recall"][length] = cell["recall"]
             scores[scorer]["accuracy"][length] = cell["accuracy"]
@@ -133,13 +141,16 @@ def main() -> None:
     record = {"model": args.model or default_model_path(), "window": window, "factors": factors,
               "samples": args.samples, "seed": args.seed, "device": args.device, "environment": environment(),
               "haystack": "pydoc_data.topics (Python language reference), held out of training",
-              "needle_formats": FORMATS, "scores": scores, "seconds": seconds, "samples_detail": details}
-    prefix = os.path.join(args.out, "heldout_prose")
+              "needles": args.needles, "needle_formats": NEEDLE_SETS[args.needles][1], "scores": scores,
+              "seconds": seconds, "samples_detail": details}
+    prefix = os.path.join(args.out, "heldout_prose" + ("_validation" if args.needles == "validation" else ""))
     write_json(prefix + ".json", record)
     table = [{"scorer": s, "metric": m, **{f"{f}x": f"{scores[s][m][str(f * window)]:.0f}" for f in factors}}
              for s in scores for m in scores[s]]
+    kind = ("five test formats" if args.needles == "test" else
+            "stage 1's three validation formats (retrolm/training/needle_recall.py)")
     text = (f"# Held-out prose and needle formats ({args.samples} samples per cell, {args.device})\n\n"
-            "Haystacks: Python's language reference (`pydoc_data.topics`), not in training. Needles: five formats "
+            f"Haystacks: Python's language reference (`pydoc_data.topics`), not in training. Needles: {kind}, "
             "not in training. Recall: the value's page(s) among those retrieved for the answer.\n\n"
             + markdown_table(table, ["scorer", "metric"] + [f"{f}x" for f in factors]))
     write_text(prefix + ".md", text)
