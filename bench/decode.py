@@ -194,16 +194,25 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
 
 
 def generate_rate(model: RetroLM, ids, new_tokens: int, compiled: bool = False) -> dict:
-    """ms per new token of `RetroLM.generate` itself (transformers' loop, first step and capture included)."""
+    """ms per new token of `RetroLM.generate` itself (transformers' loop, first step and capture included), and
+    that time split in two from a second, shorter call: per_token_ms, what each further token costs (the
+    step plus the loop's host work), and setup_s, what a call costs once (first uncaptured step, capture,
+    compiling)."""
     model.config.decode_mode, model.config.decode_compile = "auto", compiled
+    seconds = {}
     try:
-        model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+        for count in (max(1, new_tokens // 4), new_tokens):
+            model.generate(input_ids=ids, max_new_tokens=count, do_sample=False, eos_token_id=None)
+            seconds[model.last_timings["new_tokens"]] = model.last_timings["decode_s"]
     finally:
         model.config.decode_compile = False
     timings = model.last_timings
+    (short, short_s), (long, long_s) = sorted(seconds.items())
+    per_token = (long_s - short_s) / (long - short) if long > short else None
     return dict(method=f"retrolm-generate-{timings['decode_mode']}{'-compiled' * compiled}",
-                prefill_s=round(timings["encode_s"], 2),
-                decode_ms=round(timings["decode_s"] / timings["new_tokens"] * 1e3, 2))
+                prefill_s=round(timings["encode_s"], 2), decode_ms=round(long_s / long * 1e3, 2),
+                per_token_ms=round(per_token * 1e3, 2) if per_token is not None else None,
+                setup_s=round(long_s - long * per_token, 3) if per_token is not None else None)
 
 
 def tokens_match(model: RetroLM, ids, new_tokens: int, compiled: bool = False) -> dict:
@@ -350,7 +359,7 @@ COLD_STEPS = 3  # offloaded runs: decode steps timed after emptying the GPU's pa
 
 COLUMNS = ["method", "context", "decode_ms", "decode_ms_mean", "decode_ms_p90", "floor_ms", "x_floor", "prefill_s",
            "prefill_peak_gib", "decode_peak_gib", "kv_host_gib", "kv_device_gib", "host_pool_s",
-           "pages_fetched_per_step", "cold_step_ms", "cold_step_pages", "warmup_s"]
+           "pages_fetched_per_step", "cold_step_ms", "cold_step_pages", "warmup_s", "per_token_ms", "setup_s"]
 
 
 def combine(directory: str) -> None:
