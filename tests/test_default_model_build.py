@@ -108,6 +108,83 @@ def test_pretraining_learns_and_saves_a_loadable_model(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["base", "data", "p.json"], "no staging directory left behind"
 
 
+def _toy_pretrain_config(tmp_path, **overrides):
+    from training_toys import write_packed
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(60, 90, size=(40, 64), dtype=np.int32)
+    data = write_packed(str(tmp_path / "data"), rows[:32], rows[32:], 16)
+    model = {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 64,
+             "bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258}
+    values = {"model": model, "data": data, "output_dir": str(tmp_path / "base"), "batch_size": 8,
+              "max_steps": 9, "learning_rate": 1e-2, "warmup_steps": 2, "max_position": 256, "eval_sequences": 8,
+              "save_steps": 3, "bf16": False} | overrides
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(values))
+    return load_pretrain_config(str(path))
+
+
+def test_interrupted_pretraining_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """Killed after step 5 with resume state at step 3, a second start ends with an uninterrupted run's weights:
+    model, optimizer, schedule, data order and position skips all continue where they were."""
+    from retrolm.training import pretrain as pretraining
+    from safetensors.torch import load_file
+
+    whole = _toy_pretrain_config(tmp_path / "whole")
+    pretrain(whole)
+    config = _toy_pretrain_config(tmp_path / "resumed")
+    calls = {"n": 0}
+    real = pretraining.skipped_positions
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # inside step 6: steps 4-5 are lost, the state of step 3 is on disk
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(pretraining, "skipped_positions", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    assert not os.path.exists(config.output_dir) and os.path.isfile(pretraining.resume_path(config))
+    monkeypatch.setattr(pretraining, "skipped_positions", real)
+    results = pretrain(config)
+    assert results["steps"] == 9
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["base", "data", "p.json"], "resume state removed at the end"
+    expected = load_file(os.path.join(whole.output_dir, "model.safetensors"))
+    got = load_file(os.path.join(config.output_dir, "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_pretraining_resume_state_of_another_config_is_refused(tmp_path, monkeypatch):
+    from retrolm.training import pretrain as pretraining
+
+    config = _toy_pretrain_config(tmp_path)
+    monkeypatch.setattr(pretraining, "skipped_positions", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # no state yet: interrupted in step 1
+        pretrain(config)
+    assert not os.path.exists(pretraining.resume_path(config))
+    monkeypatch.undo()
+    calls = {"n": 0}
+    real = pretraining.skipped_positions
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(pretraining, "skipped_positions", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    monkeypatch.undo()
+    with pytest.raises(RetroLMError, match="differs in learning_rate.*delete the file"):
+        pretrain(_toy_pretrain_config(tmp_path, learning_rate=2e-2))
+    assert pretrain(_toy_pretrain_config(tmp_path, logging_steps=1))["steps"] == 9  # logging is not learning
+
+
 def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     """Every phase of train/build_default_model.py on a CPU, then the output answers through RetroLM."""
     out = tmp_path / "model"

@@ -9,6 +9,10 @@ model also sees relative distances up to `max_position` inside its short window.
 the model's full attention on sequences longer than the window; with skipped positions in pretraining those
 distances are ones the model has met (RetroLM itself never needs them: it re-packs retrieved pages inside
 the window).
+
+A run saves its whole state every `save_steps` steps to `<output_dir>.resume.pt` (written to a temporary file,
+then renamed); started again with the same config, it resumes from there and ends with the same weights as an
+uninterrupted run. The file is removed once the model is saved.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class PretrainConfig:
     max_position: int = 8192  # positions stay below this
     eval_sequences: int = 64
     logging_steps: int = 50
+    save_steps: int = 500  # resume state every this many steps (0: never; an interrupted run starts over)
     seed: int = 0
     bf16: bool = True
 
@@ -63,6 +68,8 @@ class PretrainConfig:
         for name in ("batch_size", "max_steps", "max_position", "logging_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RetroLMError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
+        if not isinstance(self.save_steps, int) or self.save_steps < 0:
+            raise RetroLMError(f"save_steps must be an integer >= 0 (0: no resume state), got {self.save_steps!r}.")
         if not 0.0 <= self.skip_fraction <= 1.0:
             raise RetroLMError(f"skip_fraction must be in [0, 1], got {self.skip_fraction!r}.")
         if not self.learning_rate > 0:
@@ -124,6 +131,38 @@ def _save(model, directory: str, results: dict) -> None:
         raise
 
 
+def resume_path(config: PretrainConfig) -> str:
+    return os.path.abspath(config.output_dir).rstrip(os.sep) + ".resume.pt"
+
+
+def _save_resume_state(path: str, state: dict) -> None:
+    staging = f"{path}.{os.getpid()}.tmp"
+    try:
+        torch.save(state, staging)
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+
+
+def _load_resume_state(path: str, config: PretrainConfig) -> dict | None:
+    """The saved state of an interrupted run of this same config, or None when there is none."""
+    if not os.path.isfile(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # logging and saving intervals change nothing that is learned; anything else would mix two runs
+    ignored = {"logging_steps", "save_steps"}
+    saved = {k: v for k, v in state["config"].items() if k not in ignored}
+    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    if saved != wanted:
+        changed = sorted(k for k in wanted.keys() | saved.keys() if saved.get(k) != wanted.get(k))
+        raise RetroLMError(f"{path} holds an interrupted pretraining run with another config (differs in "
+                           f"{', '.join(changed)}); restore that config to resume it, or delete the file to "
+                           "start over.")
+    return state
+
+
 def pretrain(config: PretrainConfig) -> dict:
     """Train the model of `config.model` from scratch; save it with its tokenizer; return the results."""
     data, held_out = PackedSequences(config.data, "train"), PackedSequences(config.data, "held_out")
@@ -142,8 +181,20 @@ def pretrain(config: PretrainConfig) -> dict:
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(data), generator=generator)
-    losses, started, cursor = [], time.perf_counter(), 0
-    bar = tqdm(range(config.max_steps), desc="pretraining", unit="step")
+    losses, cursor, first_step, seconds_before = [], 0, 0, 0.0
+    checkpoint = resume_path(config)
+    state = _load_resume_state(checkpoint, config)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        order, cursor, losses = state["order"], state["cursor"], state["losses"]
+        first_step, seconds_before = state["step"], state["seconds"]
+        print(f"pretraining: resuming at step {first_step} from {checkpoint}", flush=True)
+    started = time.perf_counter()
+    bar = tqdm(range(first_step, config.max_steps), initial=first_step, total=config.max_steps,
+               desc="pretraining", unit="step")
     for step in bar:
         if cursor + config.batch_size > len(order):  # next epoch: a fresh permutation
             order, cursor = torch.randperm(len(data), generator=generator), 0
@@ -165,7 +216,13 @@ def pretrain(config: PretrainConfig) -> dict:
         losses.append(float(loss.detach()))
         if (step + 1) % config.logging_steps == 0:
             bar.set_postfix(loss=f"{sum(losses[-config.logging_steps:]) / config.logging_steps:.3f}")
-    seconds = time.perf_counter() - started
+        if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
+            _save_resume_state(checkpoint, {
+                "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "order": order,
+                "cursor": cursor, "losses": losses, "seconds": seconds_before + time.perf_counter() - started,
+                "config": dataclasses.asdict(config)})
+    seconds = seconds_before + time.perf_counter() - started
     tokens = config.max_steps * config.batch_size * data.seq_len
     results = {
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -181,4 +238,6 @@ def pretrain(config: PretrainConfig) -> dict:
         "config": dataclasses.asdict(config),
     }
     _save(model, config.output_dir, results)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
     return results
