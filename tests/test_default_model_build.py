@@ -86,6 +86,8 @@ def test_pretraining_config_errors_are_clear(tmp_path):
         load_pretrain_config(str(config), ["data=x", "output_dir=y"])
     with pytest.raises(RetroLMError, match="unknown key"):
         load_pretrain_config(str(config), ["data=x", "output_dir=y", "max_steps=3", "batch=2"])
+    with pytest.raises(RetroLMError, match="save_steps must be an integer >= 0"):
+        load_pretrain_config(str(config), ["data=x", "output_dir=y", "max_steps=3", "save_steps=-1"])
 
 
 def test_pretraining_learns_and_saves_a_loadable_model(tmp_path):
@@ -188,11 +190,17 @@ def test_pretraining_resume_state_of_another_config_is_refused(tmp_path, monkeyp
 def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     """Every phase of train/build_default_model.py on a CPU, then the output answers through RetroLM."""
     out = tmp_path / "model"
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
-                           "--work", str(tmp_path / "work"), "--out", str(out), "--workers", "2",
-                           "--pretrain-set", "max_steps=12", "--stage2-set", "max_steps=3"],
-                          capture_output=True, text=True, cwd=ROOT)
+    build = [sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke", "--work",
+             str(tmp_path / "work"), "--out", str(out), "--workers", "2", "--pretrain-set", "max_steps=12",
+             "--stage2-set", "max_steps=3"]
+    stopped = subprocess.run(build + ["--stop-after", "pretrain"], capture_output=True, text=True, cwd=ROOT)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    results = json.load(open(tmp_path / "work" / "build_results.json"))
+    assert "pretrain" in results["seconds"] and "stage1" not in results["seconds"], "--stop-after ends the build"
+    assert not os.path.exists(tmp_path / "work" / "stage1") and not os.path.exists(out)
+    done = subprocess.run(build, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("exists: skipped") == 5, "the second run goes on after pretraining"
     results = json.load(open(tmp_path / "work" / "build_results.json"))
     for phase in ("documents", "long_documents", "pretrain_data", "long_data", "pretrain", "stage1", "stage2",
                   "export"):

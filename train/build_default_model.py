@@ -31,6 +31,8 @@ from retrolm.training.pretrain import load_pretrain_config, pretrain  # noqa: E4
 from train.corpus import write_documents  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "default_model")
+# phases --stop-after can end a build at ("documents" is both document phases, before their packing)
+PHASES = ("documents", "pretrain", "stage1", "stage2")
 DEFAULT_OUT = os.path.join(ROOT, "assets", "retrolm-byte-llama")
 # Inference-only settings of the exported model (training never reads them): a retrieved page brings its
 # successor, so a needle cut by a page boundary is read whole (the demo's third question; docs/decisions.md)
@@ -108,6 +110,9 @@ def main(argv=None) -> int:
                           ("stage2", "post_train.json")):
         parser.add_argument(f"--{phase}-set", action="append", default=[], metavar="KEY=VALUE",
                             help=f"override a key of configs/default_model/{config} (repeatable), e.g. max_steps=6000")
+    parser.add_argument("--stop-after", choices=PHASES, default=None,
+                        help="end the build after this phase (a later run goes on from there), e.g. pretrain to "
+                             "give pretraining a device call of its own")
     parser.add_argument("--base", default=None,
                         help="an already pretrained base LM directory: skip the pretraining corpus and pretraining")
     args = parser.parse_args(argv)
@@ -141,6 +146,12 @@ def main(argv=None) -> int:
             json.dump(results, f, indent=2)
         os.replace(results_path + ".tmp", results_path)
 
+    def stopping_after(phase: str) -> bool:
+        save_results()
+        if args.stop_after == phase:
+            print(f"stopped after {phase} (--stop-after): run again without it to go on")
+        return args.stop_after == phase
+
     if not args.base:
         _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
             paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
@@ -150,6 +161,8 @@ def main(argv=None) -> int:
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,
         fact_fraction=args.fact_fraction, short_fraction=args.short_fraction, short_length=window - 2,
         cut_end=args.cut_dense_end))
+    if stopping_after("documents"):
+        return 0
     if not args.base:
         _phase("pretrain_data", paths["pretrain-data"], results, lambda: prepare_packed_data(
             paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))
@@ -157,15 +170,18 @@ def main(argv=None) -> int:
         paths["long.jsonl"], tokenizer, paths["long-data"], size["long_len"], page, held_out=16))
     save_results()
     _phase("pretrain", paths["base"], results, lambda: pretrain(pretrain_config))  # skipped when --base exists
-    save_results()
+    if stopping_after("pretrain"):
+        return 0
     _phase("stage1", os.path.join(paths["stage1"], "train_results.json"), results, lambda: _stage(
         "train_retriever.py", "train_retriever.json", stage1_sets))
-    save_results()
+    if stopping_after("stage1"):
+        return 0
     stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
     stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets + args.stage2_set
     _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
         "post_train.py", "post_train.json", stage2_sets))
-    save_results()
+    if stopping_after("stage2"):
+        return 0
     _phase("export", os.path.join(args.out, "retrolm_config.json"), results, lambda: _export(paths["stage2"], args.out))
     save_results()
     print(f"default model: {args.out}\nbuild results: {results_path}")
