@@ -216,3 +216,16 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
                             "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
                            cwd=ROOT)
     assert rerun.returncode == 0 and rerun.stdout.count("exists: skipped") == 8, "a finished build resumes as done"
+    work = tmp_path / "work"
+    replayed = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
+                               "--work", str(tmp_path / "replay"), "--out", str(tmp_path / "replay_model"),
+                               "--workers", "2", "--base", str(work / "base"), "--stage1", str(work / "stage1"),
+                               "--stage2-replay", "0.5", "--stage2-set", "max_steps=4"],
+                              capture_output=True, text=True, cwd=ROOT)
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert "(--stage1): skipped" in replayed.stdout and not os.path.exists(tmp_path / "replay" / "stage1")
+    stage2 = json.load(open(tmp_path / "replay" / "stage2" / "train_results.json"))
+    assert stage2["train_config"]["replay_fraction"] == 0.5
+    assert stage2["train_config"]["replay_data"] == str(tmp_path / "replay" / "pretrain-data")
+    assert stage2["train_config"]["model"] == str(work / "stage1") and "replay_lm_loss" in stage2["eval_after"]
+    assert RetroLM.from_pretrained(str(tmp_path / "replay_model")).config.neighbor_pages == 1

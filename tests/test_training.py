@@ -16,7 +16,7 @@ from retrolm.compat import set_activation_checkpointing
 from retrolm.model import _inner_model
 from retrolm.retriever import PageRetriever, eligible_pages, score_pages
 from retrolm.training.config import TrainConfig
-from retrolm.training.loop import run
+from retrolm.training.loop import _source_of, run
 from retrolm.training.objectives import build_objective, page_bookmarks
 from retrolm.training.supervision import PageMassObserver, recall_at_k, retrieval_loss, top_pages
 from retrolm.training.tracking import read_metrics
@@ -157,9 +157,9 @@ def test_stage1_recall_rises_on_a_planted_task(tmp_path):
 
 
 # ------------------------------------------------------------------ stage 2 learns; resume is exact
-def _pattern_data(directory: str, page_size: int = 16, seq_len: int = 128) -> str:
+def _pattern_data(directory: str, page_size: int = 16, seq_len: int = 128, seed: int = 1) -> str:
     """A learnable toy: each sequence is one of three fixed 16-token motifs repeated, from a random phase."""
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(seed)
     motifs = [torch.randint(0, 256, (16,), generator=generator) for _ in range(3)]
     rows = []
     for i in range(24):
@@ -200,6 +200,36 @@ def test_resume_after_a_stop_reproduces_the_loss_curve(tmp_path, tiny_dirs):
     resumed = [r["loss"] for r in read_metrics(str(tmp_path / "resumed")) if "loss" in r]
     assert len(straight) == len(resumed) == 6
     np.testing.assert_allclose(resumed, straight, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1 / 3, 0.5, 0.9])
+def test_replay_steps_are_spread_evenly_and_each_source_walks_its_own_order(fraction):
+    sources = [_source_of(i, fraction) for i in range(60)]
+    replays = [ordinal for source, ordinal in sources if source == "replay"]
+    plain = [ordinal for source, ordinal in sources if source == "data"]
+    assert replays == list(range(len(replays))) and plain == list(range(len(plain)))
+    for n in range(1, 61):
+        assert sum(source == "replay" for source, _ in sources[:n]) == math.floor(n * fraction + 1e-9)
+
+
+def test_stage2_replay_trains_on_both_sources_and_reports_the_replay_loss(tmp_path, tiny_dirs, monkeypatch):
+    from retrolm.training import objectives
+
+    lengths = []
+    real_forward = objectives.PostTrainObjective.forward
+
+    def recording(self, input_ids):
+        lengths.append(input_ids.shape[1])
+        return real_forward(self, input_ids)
+
+    monkeypatch.setattr(objectives.PostTrainObjective, "forward", recording)
+    replay = _pattern_data(str(tmp_path / "replay"), seq_len=64, seed=2)  # other motifs, four pages a sequence
+    results = run("post_train", _stage2_config(tmp_path, tiny_dirs, "out", max_steps=40, replay_data=replay,
+                                               replay_fraction=0.5), DS_ZERO2)
+    assert lengths == [64 if _source_of(i, 0.5)[0] == "replay" else 128 for i in range(40)]
+    before, after = results["eval_before"], results["eval_after"]
+    assert after["replay_lm_loss"] < before["replay_lm_loss"] - 1.0, "the replay split is evaluated, and learned"
+    assert after["lm_loss"] < before["lm_loss"] - 1.0
 
 
 # ------------------------------------------------------------------ DeepSpeed launcher, 2 CPU processes
@@ -251,6 +281,11 @@ def _data_dir(tmp_path, seq_len=64):
     ({}, {"train_micro_batch_size_per_gpu": 4}, "train_micro_batch_size_per_gpu"),
     ({}, {"scheduler": {"type": "WarmupLR"}}, "scheduler"),
     ({}, {"fp16": {"enabled": True}}, "fp16"),
+    ({"replay_fraction": 0.25}, None, "needs replay_data"),
+    ({"replay_fraction": 1.0, "replay_data": "x"}, None, r"replay_fraction must be a number in \[0, 1\)"),
+    ({"replay_fraction": True, "replay_data": "x"}, None, "replay_fraction must be"),
+    ({"replay_data": "x"}, None, "never be read"),
+    ({"replay_fraction": 0.25, "replay_data": "/nonexistent/replay"}, None, "not prepared training data"),
 ])
 def test_bad_configs_fail_before_any_compute(tmp_path, values, ds, match):
     base = dict(model="/nonexistent/model", data=_data_dir(tmp_path), output_dir=str(tmp_path / "out"),
@@ -267,3 +302,10 @@ def test_command_line_reports_config_errors_in_one_line(tmp_path):
                            str(tmp_path / "missing.json"), "--deepspeed", DS_ZERO2], capture_output=True, text=True)
     assert done.returncode == 2
     assert "training config" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_replay_is_refused_in_stage1():
+    config = TrainConfig(model="m", data="d", output_dir="o", replay_data="r", replay_fraction=0.25)
+    config.validate("post_train")
+    with pytest.raises(RetroLMError, match="replay_fraction is stage 2's"):
+        config.validate("retriever")

@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)  # runs from a checkout without `pip install -e .` too
 
 import torch  # noqa: E402
 
+from retrolm.config import RetroLMConfig  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.tiny import byte_tokenizer  # noqa: E402
 from retrolm.training.config import load_train_config  # noqa: E402
@@ -115,6 +116,12 @@ def main(argv=None) -> int:
                              "give pretraining a device call of its own")
     parser.add_argument("--base", default=None,
                         help="an already pretrained base LM directory: skip the pretraining corpus and pretraining")
+    parser.add_argument("--stage1", default=None,
+                        help="an already trained stage-1 checkpoint (a RetroLM directory with its retriever, no "
+                             "adapter): skip stage 1")
+    parser.add_argument("--stage2-replay", type=float, default=0.0, metavar="F",
+                        help="share of stage 2's steps spent on the pretraining windows (replay_fraction), which "
+                             "keeps the base's short-input behaviour; 0 (the shipped recipe) turns replay off")
     args = parser.parse_args(argv)
     size = SIZES["smoke" if args.smoke else "full"]
     work = os.path.abspath(args.work)
@@ -131,6 +138,9 @@ def main(argv=None) -> int:
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     if args.base:
         paths["base"] = results["base"] = os.path.abspath(args.base)
+    if args.stage1:
+        paths["stage1"] = results["stage1_checkpoint"] = os.path.abspath(args.stage1)
+    needs_pretraining_windows = not args.base or args.stage2_replay > 0  # pretraining, or stage 2's replay
     # both configs are read (and checked) before any work; the page size is stage 1's
     pretrain_config = load_pretrain_config(os.path.join(CONFIGS, "pretrain.json"), size["pretrain"] + [
         f"data={paths['pretrain-data']}", f"output_dir={paths['base']}"] + args.pretrain_set)
@@ -138,6 +148,8 @@ def main(argv=None) -> int:
     stage1_sets = [f"model={paths['base']}", f"output_dir={paths['stage1']}"] + common + args.stage1_set
     page = load_train_config(os.path.join(CONFIGS, "train_retriever.json"), "retriever",
                              stage1_sets).retrolm_config().page_size
+    if args.stage1:
+        page = RetroLMConfig.load(paths["stage1"]).page_size  # also fails early when it is no RetroLM checkpoint
     window = pretrain_config.model["max_position_embeddings"]
     tokenizer = byte_tokenizer()
 
@@ -152,7 +164,7 @@ def main(argv=None) -> int:
             print(f"stopped after {phase} (--stop-after): run again without it to go on")
         return args.stop_after == phase
 
-    if not args.base:
+    if needs_pretraining_windows:
         _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
             paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
             min_task_tokens=window // 3, workers=args.workers, fact_fraction=args.fact_fraction))
@@ -163,7 +175,7 @@ def main(argv=None) -> int:
         cut_end=args.cut_dense_end))
     if stopping_after("documents"):
         return 0
-    if not args.base:
+    if needs_pretraining_windows:
         _phase("pretrain_data", paths["pretrain-data"], results, lambda: prepare_packed_data(
             paths["pretrain.jsonl"], tokenizer, paths["pretrain-data"], window, page, held_out=64))
     _phase("long_data", paths["long-data"], results, lambda: prepare_packed_data(
@@ -172,11 +184,16 @@ def main(argv=None) -> int:
     _phase("pretrain", paths["base"], results, lambda: pretrain(pretrain_config))  # skipped when --base exists
     if stopping_after("pretrain"):
         return 0
-    _phase("stage1", os.path.join(paths["stage1"], "train_results.json"), results, lambda: _stage(
-        "train_retriever.py", "train_retriever.json", stage1_sets))
+    if args.stage1:
+        print(f"[stage1] {paths['stage1']} given (--stage1): skipped")
+    else:
+        _phase("stage1", os.path.join(paths["stage1"], "train_results.json"), results, lambda: _stage(
+            "train_retriever.py", "train_retriever.json", stage1_sets))
     if stopping_after("stage1"):
         return 0
     stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
+    if args.stage2_replay:
+        stage2_sets += [f"replay_data={paths['pretrain-data']}", f"replay_fraction={args.stage2_replay}"]
     stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets + args.stage2_set
     _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
         "post_train.py", "post_train.json", stage2_sets))

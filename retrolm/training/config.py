@@ -61,6 +61,10 @@ class TrainConfig:
     train_retriever: bool = False  # stage 2: also train retriever + bookmark embedding (stage 1's loss, added)
     retriever_loss_weight: float = 1.0
     retriever_learning_rate: float = 0.0  # 0: same as learning_rate
+    # stage 2 replay: this share of the micro-steps trains on a sequence of `replay_data` (prepared data, e.g. the
+    # base's own pretraining windows) instead of `data`, so that what the base does on short inputs is kept
+    replay_data: str = ""
+    replay_fraction: float = 0.0
     # bookkeeping
     logging_steps: int = 1
     eval_steps: int = 0  # 0: evaluate only before and after training
@@ -113,9 +117,25 @@ class TrainConfig:
         if self.report_to not in REPORT_TO:
             raise RetroLMError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}.")
         self._validate_needle_eval(stage)
+        self._validate_replay(stage)
         if stage == "post_train" and self.finetune == "none" and not self.train_retriever:
             raise RetroLMError("nothing to train: finetune='none' and train_retriever=false; set finetune to "
                                "'lora' or 'full', or train_retriever to true.")
+
+    def _validate_replay(self, stage: str) -> None:
+        fraction = self.replay_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise RetroLMError(f"replay_fraction must be a number in [0, 1) (the share of steps on replay_data), "
+                               f"got {fraction!r}.")
+        if fraction and stage != "post_train":
+            raise RetroLMError("replay_fraction is stage 2's (it keeps the LLM's behaviour on short inputs); stage 1 "
+                               "trains the retriever only: set replay_fraction=0 here.")
+        if fraction and not self.replay_data:
+            raise RetroLMError(f"replay_fraction={fraction} needs replay_data: a prepared-data directory, e.g. the "
+                               "base model's pretraining windows.")
+        if self.replay_data and not fraction:
+            raise RetroLMError("replay_data is set but replay_fraction is 0, so it would never be read; set "
+                               "replay_fraction (e.g. 0.25) or remove replay_data.")
 
     def _validate_needle_eval(self, stage: str) -> None:
         if self.keep not in KEEP:

@@ -42,6 +42,7 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
     """Run a stage end to end. Returns the results dict on rank 0 (None on other ranks or when stopped early)."""
     train = load_train_config(config_path, stage, overrides)
     data, held_out = _load_data(train)
+    replay, replay_held_out = _load_replay(train)
     ds_config = load_deepspeed_config(deepspeed_path, train, on_gpu=torch.cuda.is_available())
     import deepspeed  # imported late: config errors above need no DeepSpeed start-up
 
@@ -79,14 +80,20 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
         needles.record(at_step, found, objective.model, rank)
         return found
 
+    def replay_metrics() -> dict:
+        if replay_held_out is None:
+            return {}
+        return {f"replay_{k}": v for k, v in _evaluate(engine, objective, replay_held_out, train, device).items()}
+
     def evaluate(at_step: int) -> dict:
-        return {**_evaluate(engine, objective, held_out, train, device), **needle_recall(at_step)}
+        return {**_evaluate(engine, objective, held_out, train, device), **replay_metrics(), **needle_recall(at_step)}
 
     if eval_before is None:
         started = time.perf_counter()
         eval_before = _evaluate(engine, objective, held_out, train, device)
         forward_seconds = time.perf_counter() - started
         started = time.perf_counter()
+        eval_before.update(replay_metrics())
         eval_before.update(needle_recall(0))
         logger.log(0, {f"eval/{k}": v for k, v in eval_before.items()})
         evaluated = -(-min(train.eval_sequences, len(held_out)) // world)
@@ -103,10 +110,14 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
         step += 1
         started = time.perf_counter()
         sums: dict[str, float] = {}
+        tokens = 0
         for micro in range(train.gradient_accumulation_steps):
             index = ((step - 1) * train.gradient_accumulation_steps + micro) * world + rank
             torch.manual_seed(train.seed * 1_000_003 + index)  # dropout etc. depend on the sequence, not on history
-            ids = data[_sequence_index(index, len(data), train.seed)][None].to(device)  # [1, seq_len]
+            source, ordinal = _source_of(index, train.replay_fraction)
+            sequences = replay if source == "replay" else data
+            ids = sequences[_sequence_index(ordinal, len(sequences), train.seed)][None].to(device)  # [1, seq_len]
+            tokens += ids.shape[1]
             out = engine(ids)
             engine.backward(out["loss"])
             engine.step()
@@ -114,7 +125,7 @@ def run(stage: str, config_path: str, deepspeed_path: str, overrides: list[str] 
                 sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
         metrics = _mean_over_ranks({k: v / train.gradient_accumulation_steps for k, v in sums.items()}, device)
         elapsed = time.perf_counter() - started
-        tokens_per_s = train.gradient_accumulation_steps * seq_len / elapsed  # per process
+        tokens_per_s = tokens / elapsed  # per process
         throughput.append(tokens_per_s)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -274,6 +285,31 @@ def _rotary_buffers(module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
 def _restore_rotary(saved) -> None:
     for sub, name, value in saved:
         setattr(sub, name, value.to(getattr(sub, name).device))
+
+
+def _load_replay(train: TrainConfig) -> tuple[PackedSequences | None, PackedSequences | None]:
+    """Stage 2's replay sequences (train split, and held-out split or None when empty), or (None, None)."""
+    if not train.replay_fraction:
+        return None, None
+    replay, held_out = PackedSequences(train.replay_data, "train"), PackedSequences(train.replay_data, "held_out")
+    page_size = train.retrolm_config().page_size
+    check_fits_pages(replay.seq_len, page_size)
+    if replay.seq_len < 2 * page_size or len(replay) == 0:
+        raise RetroLMError(f"replay_data {train.replay_data} must hold training sequences of at least two pages "
+                           f"({2 * page_size} tokens); it has {len(replay)} of {replay.seq_len} tokens.")
+    return replay, (held_out if len(held_out) else None)
+
+
+def _source_of(index: int, replay_fraction: float) -> tuple[str, int]:
+    """("replay" or "data", the ordinal of global micro-step `index` among that source's steps).
+
+    Replay steps are spread evenly: step i replays when floor((i + 1) f) > floor(i f), so exactly floor(n f) of
+    the first n steps replay, and each source walks through its own epoch permutations without skipping.
+    """
+    replays_before = math.floor(index * replay_fraction)
+    if math.floor((index + 1) * replay_fraction) > replays_before:
+        return "replay", replays_before
+    return "data", index - replays_before
 
 
 def _sequence_index(index: int, size: int, seed: int) -> int:

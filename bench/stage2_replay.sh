@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Issue 14 item 3 on one GPU: stage 2 of the shipped default model trained again from the shipped stage 1 (its
+# base and trained retriever, no adapter) on the same long documents, with replay of pretraining windows
+# (train/build_default_model.py --stage2-replay), at each REPLAY:RATE setting side by side; then RULER at 1x, 16x
+# and 64x of every rebuilt model beside the shipped model and its stage 1 alone, all in one run.
+#   bash bench/stage2_replay.sh 0.25:1e-3 0.5:3e-4     # results under $OUT: replay.md, replay.json, logs
+# SAMPLES (default 20) sets RULER's samples per cell; FACTORS (default 1,16,64), DEVICE (default cuda) and BUILD_ARGS
+# (extra build options, e.g. "--smoke --stage2-set max_steps=2") let a CPU check the script end to end. Needs deepspeed, datasets, wonderwords and their missing
+# dependencies as wheels in .whl/ (carry: [".whl"]).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/*.whl
+    export PYTHONPATH=/tmp/site:$(pwd)
+else
+    export PYTHONPATH=$(pwd)
+fi
+SHIPPED=assets/retrolm-byte-llama
+SAMPLES=${SAMPLES:-20}
+WORK=work/stage2_replay
+mkdir -p "$WORK"
+# the shipped stage 1: base + trained retriever under the training-time RetroLM config (export-only knobs reset)
+python3 - "$SHIPPED" "$WORK/stage1" <<'EOF'
+import os, sys
+from safetensors.torch import load_file
+from retrolm import RetroLM
+from retrolm.config import RetroLMConfig
+from train.build_default_model import EXPORT_KNOBS
+shipped, out = sys.argv[1:]
+if not os.path.isdir(out):
+    knobs = {k: v for k, v in RetroLMConfig.load(shipped).to_dict().items() if k != "base_model_name_or_path"}
+    knobs.update({k: getattr(RetroLMConfig(), k) for k in EXPORT_KNOBS})
+    stage1 = RetroLM.from_pretrained(os.path.join(shipped, "base"), init_retriever=True, **knobs)
+    stage1.retriever.load_state_dict(load_file(os.path.join(shipped, "retriever.safetensors")))
+    stage1.save_pretrained(out, save_base_model=True)
+EOF
+build() {  # build DIR [options]: the shipped recipe's documents (fact and short fractions 0) from the shipped base
+    local dir=$1; shift
+    python3 train/build_default_model.py --work "$dir" --out "$dir/model" --base "$SHIPPED/base" \
+        --stage1 "$WORK/stage1" --workers "${WORKERS:-14}" ${BUILD_ARGS:-} "$@"
+}
+# documents and packing once (the replay share only switches on the pretraining windows), shared by every setting
+build "$WORK/shared" --stage2-replay 0.5 --stop-after pretrain > "$OUT/shared.log" 2>&1 || { tail -20 "$OUT/shared.log"; exit 1; }
+for setting in "${@:-0.25:1e-3}"; do
+    replay=${setting%%:*} rate=${setting##*:} dir="$WORK/replay${setting/:/_lr}"
+    mkdir -p "$dir"
+    for part in pretrain.jsonl long.jsonl pretrain-data long-data; do ln -sfn "$(pwd)/$WORK/shared/$part" "$dir/$part"; done
+    build "$dir" --stage2-replay "$replay" --stage2-set "learning_rate=$rate" > "$OUT/build_${setting/:/_lr}.log" 2>&1 &
+done
+wait
+quality() {  # quality MODEL NAME METHODS
+    python3 bench/default_model_quality.py --model "$1" --stage1-retriever "$SHIPPED/retriever.safetensors" \
+        --methods "$3" --factors "${FACTORS:-1,16,64}" --num-samples "$SAMPLES" --device "${DEVICE:-cuda}" --jobs 5 \
+        --threads 1 \
+        --work "/tmp/quality_$2" --assets "$OUT/quality_$2" > "$OUT/quality_$2.log" 2>&1
+}
+quality "$SHIPPED" shipped retrolm,retrolm_no_post_training &
+for setting in "${@:-0.25:1e-3}"; do
+    name="replay${setting/:/_lr}"
+    [ -f "$WORK/$name/model/retrolm_config.json" ] && quality "$WORK/$name/model" "$name" retrolm &
+done
+wait
+python3 - "$OUT" "$WORK" <<'EOF'
+import glob, json, os, sys
+out, work = sys.argv[1:]
+lengths = ("1024", "16384", "65536")
+models = {}  # label -> {task: {length: score}}
+for path in sorted(glob.glob(os.path.join(out, "quality_*", "quality.json"))):
+    name = os.path.basename(os.path.dirname(path))[len("quality_"):]
+    for method, tasks in json.load(open(path))["scores"].items():
+        models[{"retrolm": name, "retrolm_no_post_training": "stage1_only"}.get(method, method)] = tasks
+tasks = list(next(iter(models.values())))
+lines = ["| model | " + " | ".join(f"{t} 1x / 16x / 64x" for t in tasks) + " | mean of 16x and 64x |",
+         "|---" * (len(tasks) + 2) + "|"]
+record = {"samples": int(os.environ.get("SAMPLES", 20)), "scores": models, "mean_16x_64x": {}, "stage2": {}}
+for label, scores in models.items():
+    long = [cells[n] for cells in scores.values() for n in lengths[1:] if n in cells]
+    mean = record["mean_16x_64x"][label] = sum(long) / len(long) if long else None  # None: FACTORS without them
+    row = [" / ".join(f"{cells[n]:.0f}" if n in cells else "n/a" for n in lengths) for cells in scores.values()]
+    lines.append(f"| {label} | " + " | ".join(row) + f" | {'n/a' if mean is None else f'{mean:.1f}'} |")
+for path in sorted(glob.glob(os.path.join(work, "replay*", "stage2", "train_results.json"))):
+    done = json.load(open(path))
+    record["stage2"][path.split(os.sep)[-3]] = {k: done[k] for k in ("steps", "eval_before", "eval_after")}
+losses = [f"- {name}: " + ", ".join(f"{k} {run['eval_before'][k]:.3f} -> {run['eval_after'][k]:.3f}"
+                                    for k in run["eval_after"]) for name, run in record["stage2"].items()]
+with open(os.path.join(out, "replay.json"), "w") as f:
+    json.dump(record, f, indent=2)
+with open(os.path.join(out, "replay.md"), "w") as f:
+    f.write("\n".join(lines) + "\n\nStage 2's held-out losses (nats/token), before -> after:\n\n" + "\n".join(losses) + "\n")
+print(open(os.path.join(out, "replay.md")).read())
+EOF
+# the device returns few files: everything but the summary goes into one tarball
+(cd "$OUT" && tar -czf replay_runs.tgz --remove-files quality_* ./*.log)
