@@ -92,4 +92,4 @@ with open(os.path.join(out, "replay.md"), "w") as f:
 print(open(os.path.join(out, "replay.md")).read())
 EOF
 # the device returns few files: everything but the summary goes into one tarball
-(cd "$OUT" && tar -czf replay_runs.tgz --remove-files quality_* ./*.log)
+(cd "$OUT" && tar -czf replay_runs.tgz --remove-files quality_*/ ./*.log)
