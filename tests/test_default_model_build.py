@@ -187,6 +187,18 @@ def test_pretraining_resume_state_of_another_config_is_refused(tmp_path, monkeyp
     assert pretrain(_toy_pretrain_config(tmp_path, logging_steps=1))["steps"] == 9  # logging is not learning
 
 
+@pytest.mark.parametrize("options,message", [
+    (["--stage2-replay", "1.5"], "replay_fraction must be a number in"),
+    (["--stage2-set", "learning_rat=1"], "unknown key"),
+    (["--stage1", "/nonexistent/stage1"], "is not a RetroLM checkpoint"),
+])
+def test_build_refuses_bad_options_in_one_line_before_any_work(tmp_path, options, message):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
+                           "--work", str(tmp_path / "work")] + options, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "work"), "a refused build writes nothing"
+
+
 def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     """Every phase of train/build_default_model.py on a CPU, then the output answers through RetroLM."""
     out = tmp_path / "model"

@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)  # runs from a checkout without `pip install -e .` too
 import torch  # noqa: E402
 
 from retrolm.config import RetroLMConfig  # noqa: E402
+from retrolm.errors import exit_code  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.tiny import byte_tokenizer  # noqa: E402
 from retrolm.training.config import load_train_config  # noqa: E402
@@ -125,7 +126,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     size = SIZES["smoke" if args.smoke else "full"]
     work = os.path.abspath(args.work)
-    os.makedirs(work, exist_ok=True)
     paths = {k: os.path.join(work, k) for k in ("pretrain.jsonl", "long.jsonl", "pretrain-data", "long-data",
                                                   "base", "stage1", "stage2")}
     results_path = os.path.join(work, "build_results.json")
@@ -136,22 +136,30 @@ def main(argv=None) -> int:
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
                          "cut_dense_end": args.cut_dense_end}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
+    results["stage2_replay"] = args.stage2_replay
     if args.base:
         paths["base"] = results["base"] = os.path.abspath(args.base)
     if args.stage1:
         paths["stage1"] = results["stage1_checkpoint"] = os.path.abspath(args.stage1)
     needs_pretraining_windows = not args.base or args.stage2_replay > 0  # pretraining, or stage 2's replay
-    # both configs are read (and checked) before any work; the page size is stage 1's
+    # every phase's config is read (and checked) before any work; the page size is stage 1's
     pretrain_config = load_pretrain_config(os.path.join(CONFIGS, "pretrain.json"), size["pretrain"] + [
         f"data={paths['pretrain-data']}", f"output_dir={paths['base']}"] + args.pretrain_set)
     common = [f"data={paths['long-data']}"] + size["stage"]
     stage1_sets = [f"model={paths['base']}", f"output_dir={paths['stage1']}"] + common + args.stage1_set
     page = load_train_config(os.path.join(CONFIGS, "train_retriever.json"), "retriever",
                              stage1_sets).retrolm_config().page_size
+    stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
+    if args.stage2_replay:
+        stage2_sets += [f"replay_data={paths['pretrain-data']}", f"replay_fraction={args.stage2_replay}"]
+    stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets + args.stage2_set
+    load_train_config(os.path.join(CONFIGS, "post_train.json"), "post_train", stage2_sets)  # bad values fail now
     if args.stage1:
         page = RetroLMConfig.load(paths["stage1"]).page_size  # also fails early when it is no RetroLM checkpoint
     window = pretrain_config.model["max_position_embeddings"]
     tokenizer = byte_tokenizer()
+
+    os.makedirs(work, exist_ok=True)  # after every check: a refused build leaves nothing behind
 
     def save_results():
         with open(results_path + ".tmp", "w") as f:
@@ -191,10 +199,6 @@ def main(argv=None) -> int:
             "train_retriever.py", "train_retriever.json", stage1_sets))
     if stopping_after("stage1"):
         return 0
-    stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
-    if args.stage2_replay:
-        stage2_sets += [f"replay_data={paths['pretrain-data']}", f"replay_fraction={args.stage2_replay}"]
-    stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets + args.stage2_set
     _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
         "post_train.py", "post_train.json", stage2_sets))
     if stopping_after("stage2"):
@@ -206,4 +210,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))
