@@ -21,21 +21,8 @@ SHIPPED=assets/retrolm-byte-llama
 SAMPLES=${SAMPLES:-20}
 WORK=work/stage2_replay
 mkdir -p "$WORK"
-# the shipped stage 1: base + trained retriever under the training-time RetroLM config (export-only knobs reset)
-python3 - "$SHIPPED" "$WORK/stage1" <<'EOF'
-import os, sys
-from safetensors.torch import load_file
-from retrolm import RetroLM
-from retrolm.config import RetroLMConfig
-from train.build_default_model import EXPORT_KNOBS
-shipped, out = sys.argv[1:]
-if not os.path.isdir(out):
-    knobs = {k: v for k, v in RetroLMConfig.load(shipped).to_dict().items() if k != "base_model_name_or_path"}
-    knobs.update({k: getattr(RetroLMConfig(), k) for k in EXPORT_KNOBS})
-    stage1 = RetroLM.from_pretrained(os.path.join(shipped, "base"), init_retriever=True, **knobs)
-    stage1.retriever.load_state_dict(load_file(os.path.join(shipped, "retriever.safetensors")))
-    stage1.save_pretrained(out, save_base_model=True)
-EOF
+# the shipped stage 1 (base + trained retriever) under the training-time RetroLM config, as stage 2 trains from it
+python3 bench/stage1_model.py "$SHIPPED" "$WORK/stage1" --training-settings
 build() {  # build DIR [options]: the shipped recipe's documents (fact and short fractions 0) from the shipped base
     local dir=$1; shift
     python3 train/build_default_model.py --work "$dir" --out "$dir/model" --base "$SHIPPED/base" \

@@ -1,4 +1,6 @@
 """The embedded default model on the CPU: a planted needle at 16x its trained window, found only by retrieval."""
+import os
+
 import torch
 
 from retrolm import RetroLM
@@ -26,3 +28,19 @@ def test_default_model_answers_a_needle_at_16x_its_window_and_fails_without_retr
         out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
     blind = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert fact.value not in blind, blind
+
+
+def test_the_shipped_models_stage1_is_its_base_and_retriever_without_the_adapter(tmp_path):
+    from safetensors.torch import load_file
+
+    from bench.stage1_model import stage1_model
+    from train.build_default_model import DEFAULT_OUT as shipped
+    inference = RetroLM.from_pretrained(stage1_model(shipped, str(tmp_path / "users")))
+    training = RetroLM.from_pretrained(stage1_model(shipped, str(tmp_path / "training"), training_settings=True))
+    assert not hasattr(inference.base_model, "peft_config") and not hasattr(training.base_model, "peft_config")
+    assert inference.config.neighbor_pages == 1 and training.config.neighbor_pages == 0
+    retriever = load_file(os.path.join(shipped, "retriever.safetensors"))
+    for name, weight in inference.retriever.state_dict().items():
+        assert torch.equal(weight, retriever[name]), name
+    ids = inference.tokenizer("a stage-1 model still answers " * 20, return_tensors="pt").input_ids
+    assert inference.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape[1] == ids.shape[1] + 2

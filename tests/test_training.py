@@ -18,7 +18,8 @@ from retrolm.retriever import PageRetriever, eligible_pages, score_pages
 from retrolm.training.config import TrainConfig
 from retrolm.training.loop import _source_of, run
 from retrolm.training.objectives import build_objective, page_bookmarks
-from retrolm.training.supervision import PageMassObserver, recall_at_k, retrieval_loss, top_pages
+from retrolm.training.supervision import (PageMassObserver, copy_labels, mixed_labels, recall_at_k, retrieval_loss,
+                                         top_pages)
 from retrolm.training.tracking import read_metrics
 from training_toys import PAGE, PAGES, matching_llm, planted_document, write_config, write_packed
 
@@ -113,6 +114,72 @@ def test_retrieval_loss_is_minimal_at_the_target_and_recall_counts_hits():
     assert recall_at_k(right, relevant, candidates, 1) == (1.0, 2)
     assert recall_at_k(wrong, relevant, candidates, 1) == (0.0, 2)
     assert recall_at_k(right, relevant, candidates, 3)[1] == 1, "a row with <= k candidates has no choice"
+
+
+def _reference_copy_labels(ids: list[int], page_size: int, ngram: int) -> torch.Tensor:
+    """copy_labels written plainly: each token's n-gram, the earlier pages where it also ends, equal shares."""
+    pages = len(ids) // page_size
+    labels = torch.zeros(pages, pages)
+    for t in range(ngram - 1, len(ids)):
+        gram = ids[t - ngram + 1: t + 1]
+        holders = {s // page_size for s in range(ngram - 1, t) if ids[s - ngram + 1: s + 1] == gram}
+        for j in holders:
+            labels[t // page_size, j] += 1 / len(holders)
+    return labels
+
+
+@pytest.mark.parametrize("page_size,pages,ngram,vocab,chunk", [
+    (4, 3, 2, 3, 1 << 26), (8, 6, 3, 4, 1 << 26), (4, 9, 5, 2, 64), (16, 5, 8, 2, 100), (8, 4, 2, 50, 1 << 26)])
+def test_copy_labels_match_a_plain_reference(page_size, pages, ngram, vocab, chunk):
+    generator = torch.Generator().manual_seed(page_size * 100 + pages)
+    ids = torch.randint(0, vocab, (page_size * pages,), generator=generator)
+    got = copy_labels(ids, page_size, ngram, max_chunk_elements=chunk)
+    torch.testing.assert_close(got, _reference_copy_labels(ids.tolist(), page_size, ngram), rtol=1e-5, atol=1e-5)
+    assert torch.all(got.triu(1) == 0), "a page copies only from itself or earlier pages"
+
+
+def test_copy_labels_point_at_the_page_a_rare_span_came_from():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.arange(1000, 1000 + 8 * 16)  # no n-gram repeats
+    ids[6 * 16 + 3: 6 * 16 + 13] = ids[2 * 16 + 1: 2 * 16 + 11].clone()  # page 6 repeats 10 tokens of page 2
+    ids[4 * 16:5 * 16] = torch.randint(0, 2, (16,), generator=generator)  # a page of boilerplate
+    ids[7 * 16:8 * 16] = ids[4 * 16:5 * 16]  # repeated later
+    labels = copy_labels(ids, 16, 4)
+    assert labels[6, 2] == 7 and labels[6].sum() == 7, "10 copied tokens end 7 four-token n-grams"
+    assert labels[3].sum() == 0 and labels[1].sum() == 0
+    assert labels[7, 4] > 0 and labels[7, :4].sum() == 0
+
+
+def test_mixed_labels_blend_rows_and_keep_the_label_a_row_has():
+    attention = torch.tensor([[0.0, 2.0, 2.0, 0.0], [0.0, 1.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0], [9.0, 0.0, 0.0, 0.0]])
+    copies = torch.tensor([[0.0, 0.0, 5.0, 5.0], [0.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    candidates = torch.tensor([[False, True, True, True]] * 4)
+    mixed = mixed_labels(attention, copies, candidates, 0.25)
+    torch.testing.assert_close(mixed[0], torch.tensor([0.0, 0.375, 0.5, 0.125]))  # 0.75 x (.5,.5,0) + .25 x (0,.5,.5)
+    torch.testing.assert_close(mixed[1], torch.tensor([0.0, 0.25, 0.75, 0.0]), msg="no copies: attention alone")
+    torch.testing.assert_close(mixed[2], torch.tensor([0.0, 1.0, 0.0, 0.0]), msg="no attention: copies alone")
+    assert mixed[3].sum() == 0, "mass off the candidates is not a label"
+
+
+def test_stage1_learns_from_copy_labels_where_attention_says_nothing(tmp_path):
+    """With an LLM whose attention is uniform (no label), copy labels alone teach the planted task."""
+    llm = matching_llm(str(tmp_path / "llm"), scale=0.0)  # zero queries and keys: attention is uniform
+    generator = torch.Generator().manual_seed(0)
+    documents = [planted_document(generator) for _ in range(208)]
+    stack = np.stack([d[0].numpy() for d in documents])
+    data = write_packed(str(tmp_path / "data"), stack[:200], stack[200:], PAGE)
+    small = {"num_layers": 1, "hidden_size": 128, "num_heads": 4, "intermediate_size": 256}
+    config = write_config(str(tmp_path / "stage1.json"), model=llm, data=data, output_dir=str(tmp_path / "out"),
+                          retrolm={"page_size": PAGE, "top_k": 1, "retriever": small}, max_steps=200,
+                          learning_rate=3e-4, warmup_steps=10, eval_sequences=8, report_to="none", save_steps=500,
+                          copy_label_weight=1.0, copy_label_ngram=2)
+    run("retriever", config, DS_ZERO2)
+    fresh = RetroLM.from_pretrained(llm, page_size=PAGE, top_k=1, retriever=small, init_retriever=True)
+    trained = RetroLM.from_pretrained(str(tmp_path / "out"))
+    embed = fresh.base_model.get_input_embeddings()
+    before = _planted_recall(fresh.retriever, embed, documents[200:])
+    after = _planted_recall(trained.retriever, embed, documents[200:])
+    assert before < 0.5 and after >= 0.9, (before, after)
 
 
 def _planted_recall(retriever: PageRetriever, embed, documents) -> float:
@@ -281,6 +348,8 @@ def _data_dir(tmp_path, seq_len=64):
     ({}, {"train_micro_batch_size_per_gpu": 4}, "train_micro_batch_size_per_gpu"),
     ({}, {"scheduler": {"type": "WarmupLR"}}, "scheduler"),
     ({}, {"fp16": {"enabled": True}}, "fp16"),
+    ({"copy_label_weight": 1.5}, None, r"copy_label_weight must be a number in \[0, 1\]"),
+    ({"copy_label_ngram": 1}, None, "copy_label_ngram must be an integer >= 2"),
     ({"replay_fraction": 0.25}, None, "needs replay_data"),
     ({"replay_fraction": 1.0, "replay_data": "x"}, None, r"replay_fraction must be a number in \[0, 1\)"),
     ({"replay_fraction": True, "replay_data": "x"}, None, "replay_fraction must be"),

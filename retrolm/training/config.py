@@ -55,6 +55,10 @@ class TrainConfig:
     temperature: float = 1.0  # softmax temperature on retriever scores / sqrt(score_heads * score_dim)
     label_temperature: float = 1.0  # target distribution is mass ** (1 / label_temperature), renormalised
     recall_k: int = 0  # k of the reported recall@k; 0: the run's top_k
+    # share of the target taken from copies in the text (training/supervision.py copy_labels): the earlier pages
+    # whose n-grams of this many tokens a page repeats; 0: the LLM's attention alone
+    copy_label_weight: float = 0.0
+    copy_label_ngram: int = 8
     # stage 2: language modelling through retrieved pages
     finetune: str = "lora"  # "lora" (peft), "full", or "none" (only the retriever, if train_retriever)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -116,6 +120,14 @@ class TrainConfig:
             raise RetroLMError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}.")
         if self.report_to not in REPORT_TO:
             raise RetroLMError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}.")
+        weight = self.copy_label_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+            raise RetroLMError(f"copy_label_weight must be a number in [0, 1] (the copy label's share of the "
+                               f"retriever's target), got {weight!r}.")
+        if isinstance(self.copy_label_ngram, bool) or not isinstance(self.copy_label_ngram, int) \
+                or self.copy_label_ngram < 2:
+            raise RetroLMError(f"copy_label_ngram must be an integer >= 2 (tokens a copy must share; 8 suits byte "
+                               f"tokens, 4 subword tokens), got {self.copy_label_ngram!r}.")
         self._validate_needle_eval(stage)
         self._validate_replay(stage)
         if stage == "post_train" and self.finetune == "none" and not self.train_retriever:

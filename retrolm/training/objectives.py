@@ -21,7 +21,8 @@ from ..planner import AttentionPlan, plan_forward
 from ..retriever import eligible_pages, score_pages
 from ..rope import rope_inv_freq
 from .config import TrainConfig
-from .supervision import page_attention_mass, recall_at_k, retrieval_loss, retrieval_need, top_pages
+from .supervision import (copy_labels, mixed_labels, page_attention_mass, recall_at_k, retrieval_loss,
+                          retrieval_need, top_pages)
 
 
 def page_bookmarks(model: RetroLM, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +55,12 @@ def retrieval_terms(model: RetroLM, input_ids: torch.Tensor, train: TrainConfig)
     # scaled like attention logits (top-k is unchanged by a constant scale), so the loss starts in a sane range
     scores = score_pages(queries[:-1], keys) / keys[0].numel() ** 0.5  # [M, N]
     _, candidates = eligible_pages(query_pages, pages, config.sink_pages, config.local_pages)
-    loss = retrieval_loss(scores, label, candidates, train.temperature, train.label_temperature)
+    target = label
+    if train.copy_label_weight:
+        copies = copy_labels(input_ids[0], config.page_size, train.copy_label_ngram)[1:]
+        target = mixed_labels(label, copies, candidates, train.copy_label_weight)
+    # the loss learns the (mixed) target; recall below stays on the attention label, comparable across runs
+    loss = retrieval_loss(scores, target, candidates, train.temperature, train.label_temperature)
     k = train.recall_k or config.top_k
     needy = retrieval_need(label, candidates) >= 1.0
     recall, rows = recall_at_k(scores.detach(), top_pages(label, candidates, k), candidates, k, rows=needy)

@@ -1,4 +1,5 @@
-"""Retrieval supervision from the LLM itself, the contrastive loss, and recall@k.
+"""Retrieval supervision from the LLM itself (and, optionally, from copies in the text), the contrastive loss,
+and recall@k.
 
 No annotation is needed: the pages the LLM reads most while encoding page m are the pages a retriever
 should fetch for page m. Two labels come from the same full causal attention:
@@ -9,6 +10,9 @@ should fetch for page m. Two labels come from the same full causal attention:
   a page is mostly noise. Weighting by far-looking share keeps the signal of exactly the tokens that need
   retrieval. The row total (sum over j) says how much page m needs retrieval at all; recall is reported on
   the rows that need it more than the average page does.
+A third label needs no model at all: `copy_labels` points each page at the earlier pages whose rare n-grams
+it repeats (a fact's value, a name). It is right where the LLM does not yet attend where it should (formats it
+never saw); `mixed_labels` blends it with the attention label (`copy_label_weight`).
 """
 from __future__ import annotations
 
@@ -76,6 +80,62 @@ def page_attention_mass(llm, input_ids: torch.Tensor, page_size: int, sink_pages
     observer = PageMassObserver(page_size, sink_pages=sink_pages, local_pages=local_pages)
     llm(input_ids=input_ids, retrolm_observer=observer, use_cache=False, logits_to_keep=1)
     return observer
+
+
+def ngram_hashes(ids: torch.Tensor, ngram: int) -> torch.Tensor:
+    """[T] int64: a hash of the `ngram` tokens ending at each position of ids [T]; positions with fewer tokens
+    before them get distinct negative values, so they never match (int64 arithmetic wraps, which is fine here)."""
+    T = ids.shape[0]
+    hashes = -1 - torch.arange(T, device=ids.device)
+    if T >= ngram:
+        powers = torch.tensor([pow(1_000_003, i, 2 ** 61 - 1) for i in range(ngram)], dtype=torch.int64,
+                              device=ids.device)
+        windows = ids.long().unfold(0, ngram, 1)  # [T - ngram + 1, ngram]
+        hashes[ngram - 1:] = (windows * powers).sum(dim=1).abs()
+    return hashes
+
+
+@torch.no_grad()
+def copy_labels(ids: torch.Tensor, page_size: int, ngram: int, max_chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """[N, N]: which earlier pages each page of ids [N*P] copies from, read off the text itself.
+
+    A token of page m whose `ngram` tokens up to it also end somewhere in an earlier page j points at j; a
+    token pointing at several pages gives each an equal share, so n-grams that recur everywhere (boilerplate,
+    a repeated filler) say little and a rare one (a fact's value, a name) says much. Entry (m, j) sums these
+    shares over page m's tokens. This is the retrieval a page needs to reproduce text seen before, whatever
+    the LLM attends to; it labels what a model cannot copy yet as well as what it can.
+    """
+    P = page_size
+    T = ids.shape[0]
+    pages = T // P
+    hashes = ngram_hashes(ids, ngram)
+    labels = torch.zeros(pages, pages, device=ids.device)
+    rows_per_chunk = max(P, (max_chunk_elements // T) // P * P)
+    positions = torch.arange(T, device=ids.device)
+    for start in range(0, T, rows_per_chunk):
+        end = min(start + rows_per_chunk, T)
+        earlier = positions[None, :] < positions[start:end, None]  # [rows, T]
+        matches = (hashes[start:end, None] == hashes[None, :]) & earlier
+        in_page = matches.view(end - start, pages, P).any(dim=2).float()  # [rows, N]: pages holding the n-gram
+        shares = in_page / in_page.sum(dim=1, keepdim=True).clamp(min=1.0)
+        labels[start // P: end // P] += shares.view(-1, P, pages).sum(dim=1)
+    return labels
+
+
+def mixed_labels(attention: torch.Tensor, copies: torch.Tensor, candidates: torch.Tensor,
+                 weight: float) -> torch.Tensor:
+    """[M, N]: per row, (1 - weight) x the attention label + weight x the copy label, each first normalised to
+    sum 1 over the row's candidates; a row with no copy (or no attention) mass on its candidates keeps the other
+    label alone, so rows where nothing is copied are still supervised by the LLM."""
+    def normalised(label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        label = label.float() * candidates
+        totals = label.sum(dim=1, keepdim=True)
+        return label / totals.clamp(min=1e-12), totals > 0
+
+    attention, has_attention = normalised(attention)
+    copies, has_copies = normalised(copies)
+    copy_share = torch.where(has_copies, torch.where(has_attention, weight, 1.0), 0.0)
+    return (1 - copy_share) * attention + copy_share * copies
 
 
 def retrieval_need(label: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
