@@ -23,12 +23,7 @@
 # The device returns only a few files: results are gathered in few files, and bulky ones (a base) are tarred.
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-if [ -d .whl ]; then
-    [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-        .whl/*.whl
-    export PYTHONPATH=/tmp/site:$(pwd)
-fi
+source bench/device_env.sh
 declare -A FRACTION=([held_out]=1.0 [mixed]=0.5)
 STEPS=${PRETRAIN_STEPS:-3000}
 # stage 1 keeps the retriever that finds validation needles in held-out prose best (retrolm/training/needle_recall.py)

@@ -10,15 +10,7 @@
 # steps (needle_eval_samples=12) and keep the last step, as the shipped stage 1 did.
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-        .whl/*.whl
-    export PYTHONPATH=/tmp/site:$(pwd)
-else
-    export PYTHONPATH=$(pwd)
-fi
+source bench/device_env.sh
 SHIPPED=assets/retrolm-byte-llama
 WORK=work/stage1_copy_labels
 SAMPLES=${SAMPLES:-20}

@@ -8,15 +8,7 @@
 # (extra build options, e.g. "--smoke --stage2-set max_steps=2") let a CPU check the script end to end. Needs deepspeed, datasets, wonderwords and their missing
 # dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-        .whl/*.whl
-    export PYTHONPATH=/tmp/site:$(pwd)
-else
-    export PYTHONPATH=$(pwd)
-fi
+source bench/device_env.sh
 SHIPPED=assets/retrolm-byte-llama
 SAMPLES=${SAMPLES:-20}
 WORK=work/stage2_replay
