@@ -24,9 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from safetensors.torch import load_file  # noqa: E402
-
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from bench.stage1_model import stage1_model  # noqa: E402
 from eval.ruler_tasks import Generator  # noqa: E402
 from retrolm.model import BASE_DIR, RetroLM  # noqa: E402
 from retrolm.retriever import PageRetriever  # noqa: E402
@@ -39,17 +38,12 @@ DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
 def variant_models(model: str, stage1_retriever: str, work: str) -> dict[str, tuple[str, str, list[str]]]:
     """{method name: (model directory, eval method, extra eval options)}, building the two ablation checkpoints."""
     untrained, no_post = os.path.join(work, "untrained_retriever"), os.path.join(work, "no_post_training")
-    if not os.path.isdir(untrained) or not os.path.isdir(no_post):
-        shipped = RetroLM.from_pretrained(model)
-        knobs = {k: v for k, v in shipped.config.to_dict().items() if k != "base_model_name_or_path"}
     if not os.path.isdir(untrained):
+        shipped = RetroLM.from_pretrained(model)
         inner_hidden = shipped.retriever.input_proj.in_features
         shipped.retriever = PageRetriever(shipped.config.retriever, inner_hidden, shipped.config.page_size)
         shipped.save_pretrained(untrained, save_base_model=True)
-    if not os.path.isdir(no_post):
-        plain = RetroLM.from_pretrained(os.path.join(model, BASE_DIR), init_retriever=True, **knobs)
-        plain.retriever.load_state_dict(load_file(stage1_retriever))
-        plain.save_pretrained(no_post, save_base_model=True)
+    stage1_model(model, no_post, retriever=stage1_retriever)
     base = os.path.join(model, BASE_DIR)
     return {
         "retrolm": (model, "retrolm", []),

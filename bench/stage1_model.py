@@ -4,10 +4,11 @@
     python bench/stage1_model.py work/x/stage1 OUT                           # a stage-1 training output
     python bench/stage1_model.py assets/retrolm-byte-llama OUT --training-settings
 
-The shipped model's retriever is its stage 1's (stage 2 trains the adapter only), so its base + retriever is
-its stage 1. By default OUT keeps the shipped model's inference settings (neighbour pages on), so stage-1
-models are compared as users would run them; --training-settings resets the export-only settings to the
-library defaults, as stage 2 training sees its stage-1 checkpoint.
+A post-trained model's retriever is its stage 1's (stage 2 trains the adapter only), so its base + retriever
+is its stage 1, under the model's own inference settings. A stage-1 training output gets the settings the
+default model's export adds (neighbour pages), so stage-1 models are compared as users would run them.
+--training-settings resets those export-only settings to the library defaults instead, as stage 2 training
+sees its stage-1 checkpoint.
 """
 from __future__ import annotations
 
@@ -22,21 +23,27 @@ from safetensors.torch import load_file  # noqa: E402
 from retrolm import RetroLM  # noqa: E402
 from retrolm.config import RetroLMConfig  # noqa: E402
 from retrolm.model import BASE_DIR  # noqa: E402
-from train.build_default_model import DEFAULT_OUT, EXPORT_KNOBS  # noqa: E402
+from train.build_default_model import EXPORT_KNOBS  # noqa: E402
 
 
-def stage1_model(source: str, out: str, training_settings: bool = False) -> str:
-    """Write `source`'s stage 1 to `out` (skipped when `out` exists); returns `out`."""
+def stage1_model(source: str, out: str, retriever: str | None = None, training_settings: bool = False) -> str:
+    """Write `source`'s stage 1 to `out` (skipped when `out` exists), with the retriever weights of `retriever`
+    (default: `source`'s own); returns `out`."""
     if os.path.isdir(out):
         return out
     knobs = {k: v for k, v in RetroLMConfig.load(source).to_dict().items() if k != "base_model_name_or_path"}
-    shipped = RetroLMConfig.load(DEFAULT_OUT)
-    knobs.update({k: getattr(RetroLMConfig() if training_settings else shipped, k) for k in EXPORT_KNOBS})
-    if os.path.isdir(os.path.join(source, "adapter")):  # a post-trained model: its base + its retriever
+    post_trained = os.path.isdir(os.path.join(source, "adapter"))
+    if training_settings:
+        knobs.update({k: getattr(RetroLMConfig(), k) for k in EXPORT_KNOBS})
+    elif not post_trained:
+        knobs.update(EXPORT_KNOBS)
+    if post_trained:  # its base, and a retriever loaded below
         model = RetroLM.from_pretrained(os.path.join(source, BASE_DIR), init_retriever=True, **knobs)
-        model.retriever.load_state_dict(load_file(os.path.join(source, "retriever.safetensors")))
+        retriever = retriever or os.path.join(source, "retriever.safetensors")
     else:  # a stage-1 training output: already base + retriever
         model = RetroLM.from_pretrained(source, **knobs)
+    if retriever:
+        model.retriever.load_state_dict(load_file(retriever))
     model.save_pretrained(out, save_base_model=True)
     return out
 
@@ -48,7 +55,7 @@ def main() -> int:
     parser.add_argument("--training-settings", action="store_true",
                         help="reset export-only inference settings (neighbour pages) to the library defaults")
     args = parser.parse_args()
-    print(stage1_model(args.source, args.out, args.training_settings))
+    print(stage1_model(args.source, args.out, training_settings=args.training_settings))
     return 0
 
 

@@ -42,5 +42,9 @@ def test_the_shipped_models_stage1_is_its_base_and_retriever_without_the_adapter
     retriever = load_file(os.path.join(shipped, "retriever.safetensors"))
     for name, weight in inference.retriever.state_dict().items():
         assert torch.equal(weight, retriever[name]), name
+    exported = RetroLM.from_pretrained(stage1_model(str(tmp_path / "training"), str(tmp_path / "exported")))
+    assert exported.config.neighbor_pages == 1, "a stage-1 training output gets the export's inference settings"
+    for name, weight in exported.retriever.state_dict().items():
+        assert torch.equal(weight, retriever[name]), name
     ids = inference.tokenizer("a stage-1 model still answers " * 20, return_tensors="pt").input_ids
     assert inference.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape[1] == ids.shape[1] + 2

@@ -383,6 +383,6 @@ def test_replay_sequences_shorter_than_two_pages_are_refused(tmp_path):
     config = write_config(str(tmp_path / "c.json"), model="/nonexistent/model", data=_data_dir(tmp_path),
                           output_dir=str(tmp_path / "out"), retrolm={"page_size": 16},
                           replay_data=_data_dir(tmp_path, seq_len=16), replay_fraction=0.25)
-    with pytest.raises(RetroLMError, match="at least two pages"):
+    with pytest.raises(RetroLMError, match="replay_data: sequences of 16 tokens hold fewer than two pages"):
         run("post_train", config, DS_ZERO2)
     assert not os.path.exists(tmp_path / "out"), "nothing written"

@@ -205,17 +205,23 @@ def main(stage: str, argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- pieces
 def _load_data(train: TrainConfig) -> tuple[PackedSequences, PackedSequences]:
-    data = PackedSequences(train.data, "train")
-    held_out = PackedSequences(train.data, "held_out")
+    return _checked_sequences(train.data, train, "data")
+
+
+def _checked_sequences(directory: str, train: TrainConfig, key: str) -> tuple[PackedSequences, PackedSequences]:
+    """(train split, held-out split) of the prepared data in `directory` (the config's `key`): whole pages, at
+    least two per sequence, at least one training sequence; a missing held-out split only means no evaluation."""
+    data = PackedSequences(directory, "train")
+    held_out = PackedSequences(directory, "held_out")
     page_size = train.retrolm_config().page_size
     check_fits_pages(data.seq_len, page_size)
     if data.seq_len < 2 * page_size:
-        raise RetroLMError(f"sequences of {data.seq_len} tokens hold fewer than two pages of {page_size}; "
+        raise RetroLMError(f"{key}: sequences of {data.seq_len} tokens hold fewer than two pages of {page_size}; "
                            "prepare data with a longer --seq-len (or set a smaller page_size).")
     if len(data) == 0:
-        raise RetroLMError(f"{train.data} holds no training sequences; prepare more data.")
+        raise RetroLMError(f"{key}: {directory} holds no training sequences; prepare more data.")
     if len(held_out) == 0:
-        print(f"warning: {train.data} has no held-out sequences (prepare with --held-out N): no evaluation.")
+        print(f"warning: {directory} has no held-out sequences (prepare with --held-out N): no evaluation of it.")
     return data, held_out
 
 
@@ -291,12 +297,7 @@ def _load_replay(train: TrainConfig) -> tuple[PackedSequences | None, PackedSequ
     """Stage 2's replay sequences (train split, and held-out split or None when empty), or (None, None)."""
     if not train.replay_fraction:
         return None, None
-    replay, held_out = PackedSequences(train.replay_data, "train"), PackedSequences(train.replay_data, "held_out")
-    page_size = train.retrolm_config().page_size
-    check_fits_pages(replay.seq_len, page_size)
-    if replay.seq_len < 2 * page_size or len(replay) == 0:
-        raise RetroLMError(f"replay_data {train.replay_data} must hold training sequences of at least two pages "
-                           f"({2 * page_size} tokens); it has {len(replay)} of {replay.seq_len} tokens.")
+    replay, held_out = _checked_sequences(train.replay_data, train, "replay_data")
     return replay, (held_out if len(held_out) else None)
 
 
