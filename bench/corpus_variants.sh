@@ -30,8 +30,10 @@ STEPS=${PRETRAIN_STEPS:-3000}
 NEEDLES=(--stage1-set needle_eval_samples=${NEEDLE_SAMPLES:-16} --stage1-set eval_steps=${NEEDLE_EVAL_STEPS:-200}
          --stage1-set keep=needle_recall)
 SAMPLES=${SAMPLES:-20}
-# issue 14 item 3: long documents mixed with window-sized ones, and a gentler stage-2 LoRA rate than the shipped 1e-3
-RECIPE=(--short-fraction "${SHORT_FRACTION:-0.25}" --stage2-set "learning_rate=${STAGE2_LR:-2e-4}")
+# issue 14 item 3: long documents mixed with window-sized ones, and a gentler stage-2 LoRA rate than the old 1e-3;
+# the variants were measured post-trained without replay and with the attention label alone (no copy labels)
+RECIPE=(--short-fraction "${SHORT_FRACTION:-0.25}" --post-train --stage2-replay "${STAGE2_REPLAY:-0}"
+        --stage2-set "learning_rate=${STAGE2_LR:-2e-4}" --stage1-set "copy_label_weight=${COPY_LABEL_WEIGHT:-0}")
 build_variant() {  # build_variant V: the build of variant V, within BUILD_SECONDS; its log grows across calls
     local v=$1
     mkdir -p "work/variants/$v"
@@ -80,7 +82,8 @@ stage2-rate)  # variant V's stage 2 again at learning rate LR in a copy of its b
     v=${2:-mixed}; lr=${3:-5e-5}; w="work/variants/${v}_lr$lr"
     rm -rf "$w" && mkdir -p "$w"
     cp -r work/variants/"$v"/{pretrain.jsonl,long.jsonl,pretrain-data,long-data,base,stage1,build_results.json} "$w"/
-    RECIPE=(--short-fraction "${SHORT_FRACTION:-0.25}" --stage2-set "learning_rate=$lr")
+    RECIPE=(--short-fraction "${SHORT_FRACTION:-0.25}" --post-train --stage2-replay "${STAGE2_REPLAY:-0}"
+            --stage2-set "learning_rate=$lr" --stage1-set "copy_label_weight=${COPY_LABEL_WEIGHT:-0}")
     python3 train/build_default_model.py --work "$w" --out "$w/model" --fact-fraction "${FRACTION[$v]}" \
         --pretrain-set "max_steps=$STEPS" --cut-dense-end "${NEEDLES[@]}" "${RECIPE[@]}" > "$OUT/build_${v}_lr$lr.log" 2>&1
     for model in "$v" "${v}_lr$lr"; do

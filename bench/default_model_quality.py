@@ -1,11 +1,14 @@
-"""Quality proof of the default model: RULER through the eval harness, six methods, 1x to 64x its window.
+"""Quality proof of the default model: RULER through the eval harness, up to seven methods, 1x to 64x its window.
 
-    python bench/default_model_quality.py --stage1-retriever work/default-model/stage1/retriever.safetensors
+    python bench/default_model_quality.py --post-trained work/post-trained/model   # the shipped model (stage 1)
+    python bench/default_model_quality.py --model M         # a post-trained model M (its retriever is stage 1's)
 
 Methods (one `python -m eval.ruler` run per method and task, `--jobs` at a time):
-- retrolm: the shipped model (trained retriever + post-training);
-- retrolm_untrained_retriever: the shipped model with its retriever reset to the untrained initialisation;
-- retrolm_no_post_training: the pretrained base LLM (no LoRA) with the stage-1 retriever;
+- retrolm: the model measured (the shipped one is base + stage-1 retriever, no post-training);
+- retrolm_untrained_retriever: that model with its retriever reset to the untrained initialisation;
+- retrolm_no_post_training: a post-trained model's base LLM (no LoRA) with the stage-1 retriever;
+- retrolm_post_trained: --post-trained, the same base and retriever plus a stage-2 adapter
+  (train/build_default_model.py --post-train), the ablation of post-training for a model shipped without it;
 - full: the base LLM with full attention over its window (longer prompts cut in the middle, RULER's way);
 - rag: the base LLM reading the chunks a faiss index ranks highest (offline LLM-embedding embedder);
 - streaming: the shipped LLM with a sink page and the most recent pages (RetroLM with top_k=0).
@@ -27,15 +30,26 @@ sys.path.insert(0, ROOT)
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from bench.stage1_model import stage1_model  # noqa: E402
 from eval.ruler_tasks import Generator  # noqa: E402
+from retrolm.errors import RetroLMError, exit_code  # noqa: E402
 from retrolm.model import BASE_DIR, RetroLM  # noqa: E402
 from retrolm.retriever import PageRetriever  # noqa: E402
 from train.corpus import byte_count  # noqa: E402
 
-METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "full", "rag", "streaming")
+METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "retrolm_post_trained", "full",
+           "rag", "streaming")
 DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
 
 
-def variant_models(model: str, stage1_retriever: str, work: str) -> dict[str, tuple[str, str, list[str]]]:
+def default_methods(model: str, post_trained: str | None) -> list[str]:
+    """Every method that measures something distinct: no_post_training only for a post-trained model,
+    post_trained only when its model is given."""
+    adapter = os.path.isdir(os.path.join(model, "adapter"))
+    return [m for m in METHODS if (m != "retrolm_no_post_training" or adapter)
+            and (m != "retrolm_post_trained" or post_trained)]
+
+
+def variant_models(model: str, stage1_retriever: str, work: str,
+                   post_trained: str | None = None) -> dict[str, tuple[str, str, list[str]]]:
     """{method name: (model directory, eval method, extra eval options)}, building the two ablation checkpoints."""
     untrained, no_post = os.path.join(work, "untrained_retriever"), os.path.join(work, "no_post_training")
     if not os.path.isdir(untrained):
@@ -49,6 +63,7 @@ def variant_models(model: str, stage1_retriever: str, work: str) -> dict[str, tu
         "retrolm": (model, "retrolm", []),
         "retrolm_untrained_retriever": (untrained, "retrolm", []),
         "retrolm_no_post_training": (no_post, "retrolm", []),
+        "retrolm_post_trained": (post_trained, "retrolm", []),
         "full": (base, "full", []),
         "rag": (base, "rag", ["--rag-embedder", "llm-input-embeddings", "--rag-chunk-tokens", "128"]),
         "streaming": (model, "streaming", []),
@@ -126,9 +141,12 @@ def plot(table: dict, lengths: list[int], window: int, path: str, methods=METHOD
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=os.path.join(ROOT, "assets", "retrolm-byte-llama"))
-    parser.add_argument("--stage1-retriever", help="stage 1's retriever.safetensors",
-                        default=os.path.join(ROOT, "work", "default-model", "stage1", "retriever.safetensors"))
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--stage1-retriever", default=None,
+                        help="stage 1's retriever.safetensors (default: the model's own; stage 2 does not train it)")
+    parser.add_argument("--post-trained", default=None,
+                        help="the model with a stage-2 adapter, for the retrolm_post_trained row")
+    parser.add_argument("--methods", default=None, help=f"comma-separated, of {', '.join(METHODS)} (default: "
+                                                        "every one that measures something distinct)")
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "quality"))
     parser.add_argument("--assets", default=os.path.join(ROOT, "assets"))
@@ -137,9 +155,14 @@ def main() -> None:
     with open(os.path.join(args.model, BASE_DIR, "config.json")) as f:
         window = json.load(f)["max_position_embeddings"]
     lengths = [window * int(x) for x in args.factors.split(",")]
-    variants = (variant_models(args.model, args.stage1_retriever, args.work) if not args.collect_only
-                else {name: (None, None, None) for name in METHODS})
-    methods = [m for m in args.methods.split(",") if m]
+    methods = ([m for m in args.methods.split(",") if m] if args.methods
+               else default_methods(args.model, args.post_trained))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or ("retrolm_post_trained" in methods and not args.post_trained and not args.collect_only):
+        raise RetroLMError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})" if unknown else
+                           "retrolm_post_trained needs --post-trained MODEL (a build with --post-train)")
+    variants = (variant_models(args.model, args.stage1_retriever, args.work, args.post_trained)
+                if not args.collect_only else {name: (None, None, None) for name in METHODS})
     tasks = [t for t in args.tasks.split(",") if t]
     record = run_grid(variants, methods, tasks, lengths, args)
     write_results(record, window, os.path.join(args.assets, "quality"), f"{args.note}", METHODS, "retrolm")
@@ -207,4 +230,4 @@ def write_results(record: dict, window: int, prefix: str, note: str, palette, hi
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main))

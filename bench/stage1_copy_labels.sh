@@ -37,6 +37,9 @@ train)
         echo "== copy_label_weight $w"
         python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print(r['eval_before'], r['eval_after'], \
 r.get('needle_recall'))" "$WORK/w$w/stage1/train_results.json" || tail -5 "$OUT/train_w$w.log"
+        # the machine may go back before `eval`: the retriever comes home too (the base is the shipped one)
+        tar -czf "$OUT/stage1_w$w.tgz" -C "$WORK/w$w/stage1" retriever.safetensors retrolm_config.json \
+            train_results.json best_retriever.json
     done ;;
 eval)
     mkdir -p "$WORK/models"

@@ -3,6 +3,7 @@
     python bench/stage1_model.py assets/retrolm-byte-llama OUT               # the shipped model's stage 1
     python bench/stage1_model.py work/x/stage1 OUT                           # a stage-1 training output
     python bench/stage1_model.py assets/retrolm-byte-llama OUT --training-settings
+    python bench/stage1_model.py assets/retrolm-byte-llama OUT --retriever R.safetensors   # another retriever
 
 A post-trained model's retriever is its stage 1's (stage 2 trains the adapter only), so its base + retriever
 is its stage 1, under the model's own inference settings. A stage-1 training output gets the settings the
@@ -54,8 +55,10 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--training-settings", action="store_true",
                         help="reset export-only inference settings (neighbour pages) to the library defaults")
+    parser.add_argument("--retriever", default=None,
+                        help="a retriever.safetensors to use instead of the source's own (e.g. another stage-1 run's)")
     args = parser.parse_args()
-    print(stage1_model(args.source, args.out, training_settings=args.training_settings))
+    print(stage1_model(args.source, args.out, retriever=args.retriever, training_settings=args.training_settings))
     return 0
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 14 item 3 on one GPU: stage 2 of the shipped default model trained again from the shipped stage 1 (its
-# base and trained retriever, no adapter) on the same long documents, with replay of pretraining windows
-# (train/build_default_model.py --stage2-replay), at each REPLAY:RATE setting side by side; then RULER at 1x, 16x
-# and 64x of every rebuilt model beside the shipped model and its stage 1 alone, all in one run.
+# Issue 14 item 3 on one GPU: stage 2 (train/build_default_model.py --post-train) trained from the shipped model
+# (base + stage-1 retriever, no adapter) on the shipped recipe's long documents, with replay of pretraining
+# windows (--stage2-replay), at each REPLAY:RATE setting side by side; then RULER at 1x, 16x and 64x of every
+# post-trained model and of the same model without its adapter (stage 1 alone), all in one run.
 #   bash bench/stage2_replay.sh 0.25:1e-3 0.5:3e-4     # results under $OUT: replay.md, replay.json, logs
 # SAMPLES (default 20) sets RULER's samples per cell; FACTORS (default 1,16,64), DEVICE (default cuda) and BUILD_ARGS
 # (extra build options, e.g. "--smoke --stage2-set max_steps=2") let a CPU check the script end to end. Needs deepspeed, datasets, wonderwords and their missing
@@ -13,12 +13,14 @@ SHIPPED=assets/retrolm-byte-llama
 SAMPLES=${SAMPLES:-20}
 WORK=work/stage2_replay
 mkdir -p "$WORK"
-# the shipped stage 1 (base + trained retriever) under the training-time RetroLM config, as stage 2 trains from it
-python3 bench/stage1_model.py "$SHIPPED" "$WORK/stage1" --training-settings
+# the shipped stage 1 (base + trained retriever) under the training-time RetroLM config, as stage 2 trains from it;
+# STAGE1_RETRIEVER=R.safetensors puts another stage-1 run's retriever on the shipped base instead
+STAGE1_RETRIEVER=${STAGE1_RETRIEVER:-}
+python3 bench/stage1_model.py "$SHIPPED" "$WORK/stage1" --training-settings ${STAGE1_RETRIEVER:+--retriever "$STAGE1_RETRIEVER"}
 build() {  # build DIR [options]: the shipped recipe's documents (fact and short fractions 0) from the shipped base
     local dir=$1; shift
     python3 train/build_default_model.py --work "$dir" --out "$dir/model" --base "$SHIPPED/base" \
-        --stage1 "$WORK/stage1" --workers "${WORKERS:-14}" ${BUILD_ARGS:-} "$@"
+        --stage1 "$WORK/stage1" --post-train --workers "${WORKERS:-14}" ${BUILD_ARGS:-} "$@"
 }
 # documents and packing once (the replay share only switches on the pretraining windows), shared by every setting
 build "$WORK/shared" --stage2-replay 0.5 --stop-after pretrain > "$OUT/shared.log" 2>&1 || { tail -20 "$OUT/shared.log"; exit 1; }
@@ -30,15 +32,15 @@ for setting in "${@:-0.25:1e-3}"; do
 done
 wait
 quality() {  # quality MODEL NAME METHODS
-    python3 bench/default_model_quality.py --model "$1" --stage1-retriever "$SHIPPED/retriever.safetensors" \
+    python3 bench/default_model_quality.py --model "$1" --stage1-retriever "$WORK/stage1/retriever.safetensors" \
         --methods "$3" --factors "${FACTORS:-1,16,64}" --num-samples "$SAMPLES" --device "${DEVICE:-cuda}" --jobs 5 \
         --threads 1 \
         --work "/tmp/quality_$2" --assets "$OUT/quality_$2" > "$OUT/quality_$2.log" 2>&1
 }
-quality "$SHIPPED" shipped retrolm,retrolm_no_post_training &
 for setting in "${@:-0.25:1e-3}"; do
     name="replay${setting/:/_lr}"
-    [ -f "$WORK/$name/model/retrolm_config.json" ] && quality "$WORK/$name/model" "$name" retrolm &
+    [ -f "$WORK/$name/model/retrolm_config.json" ] && quality "$WORK/$name/model" "$name" \
+        retrolm,retrolm_no_post_training &
 done
 wait
 python3 - "$OUT" "$WORK" <<'EOF'

@@ -188,8 +188,10 @@ def test_pretraining_resume_state_of_another_config_is_refused(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("options,message", [
-    (["--stage2-replay", "1.5"], "replay_fraction must be a number in"),
-    (["--stage2-set", "learning_rat=1"], "unknown key"),
+    (["--post-train", "--stage2-replay", "1.5"], "replay_fraction must be a number in"),
+    (["--post-train", "--stage2-set", "learning_rat=1"], "unknown key"),
+    (["--stage2-set", "learning_rate=1e-4"], "--stage2-set configure(s) stage 2, which runs only with --post-train"),
+    (["--stage2-replay", "0.5", "--stop-after", "stage2"], "--stage2-replay, --stop-after stage2 configure(s)"),
     (["--stage1", "/nonexistent/stage1"], "is not a RetroLM checkpoint"),
 ])
 def test_build_refuses_bad_options_in_one_line_before_any_work(tmp_path, options, message):
@@ -200,11 +202,12 @@ def test_build_refuses_bad_options_in_one_line_before_any_work(tmp_path, options
 
 
 def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
-    """Every phase of train/build_default_model.py on a CPU, then the output answers through RetroLM."""
+    """Every phase of train/build_default_model.py on a CPU (stage 2 too, with --post-train), then the output
+    answers through RetroLM; without --post-train the export is stage 1's model, as shipped."""
     out = tmp_path / "model"
     build = [sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke", "--work",
              str(tmp_path / "work"), "--out", str(out), "--workers", "2", "--pretrain-set", "max_steps=12",
-             "--stage2-set", "max_steps=3"]
+             "--post-train", "--stage2-replay", "0", "--stage2-set", "max_steps=3"]
     stopped = subprocess.run(build + ["--stop-after", "pretrain"], capture_output=True, text=True, cwd=ROOT)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     results = json.load(open(tmp_path / "work" / "build_results.json"))
@@ -225,19 +228,32 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     ids = model.tokenizer("hello " * 50, return_tensors="pt").input_ids
     assert model.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
     rerun = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
-                            "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
-                           cwd=ROOT)
+                            "--work", str(tmp_path / "work"), "--out", str(out), "--post-train"],
+                           capture_output=True, text=True, cwd=ROOT)
     assert rerun.returncode == 0 and rerun.stdout.count("exists: skipped") == 8, "a finished build resumes as done"
     work = tmp_path / "work"
+    plain = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
+                            "--work", str(tmp_path / "plain"), "--out", str(tmp_path / "plain_model"),
+                            "--workers", "2", "--base", str(work / "base"), "--stage1", str(work / "stage1")],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    results = json.load(open(tmp_path / "plain" / "build_results.json"))
+    assert "stage2" not in results["seconds"] and "export" in results["seconds"] and not results["post_train"]
+    assert not os.path.exists(tmp_path / "plain" / "pretrain-data"), "no replay windows are packed for no stage 2"
+    stage1_only = RetroLM.from_pretrained(str(tmp_path / "plain_model"))
+    assert not os.path.exists(tmp_path / "plain_model" / "adapter") and stage1_only.config.neighbor_pages == 1
+    trained = RetroLM.from_pretrained(str(work / "stage1")).retriever.state_dict()
+    for name, weight in stage1_only.retriever.state_dict().items():
+        assert torch.equal(weight, trained[name].float()), name
     replayed = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
                                "--work", str(tmp_path / "replay"), "--out", str(tmp_path / "replay_model"),
                                "--workers", "2", "--base", str(work / "base"), "--stage1", str(work / "stage1"),
-                               "--stage2-replay", "0.5", "--stage2-set", "max_steps=4"],
+                               "--post-train", "--stage2-set", "max_steps=4"],
                               capture_output=True, text=True, cwd=ROOT)
     assert replayed.returncode == 0, replayed.stderr[-2000:]
     assert "(--stage1): skipped" in replayed.stdout and not os.path.exists(tmp_path / "replay" / "stage1")
     stage2 = json.load(open(tmp_path / "replay" / "stage2" / "train_results.json"))
-    assert stage2["train_config"]["replay_fraction"] == 0.5
+    assert stage2["train_config"]["replay_fraction"] == 0.5, "--post-train replays half its steps by default"
     assert stage2["train_config"]["replay_data"] == str(tmp_path / "replay" / "pretrain-data")
     assert stage2["train_config"]["model"] == str(work / "stage1") and "replay_lm_loss" in stage2["eval_after"]
     assert RetroLM.from_pretrained(str(tmp_path / "replay_model")).config.neighbor_pages == 1

@@ -1,7 +1,11 @@
-"""Build the default model from nothing: corpus, base LM pretraining, stage 1, stage 2, export to assets/.
+"""Build the default model from nothing: corpus, base LM pretraining, stage 1, (stage 2,) export to assets/.
 
     python train/build_default_model.py                  # on one GPU: about 10 minutes on an H100
     python train/build_default_model.py --smoke --work /tmp/dm --out /tmp/dm/model   # minutes on a CPU
+    python train/build_default_model.py --post-train     # with stage 2 (LoRA post-training), the ablation
+
+The shipped model is base + stage-1 retriever: stage 2 lowered RULER at 1x and did not raise it at 16x / 64x on
+this model in every recipe measured (assets/retrolm-byte-llama/README.md), so it runs only with --post-train.
 
 Every phase writes its output atomically and is skipped when that output exists, so an interrupted build
 resumes where it stopped. Configs: configs/default_model/ (pretrain.json, train_retriever.json,
@@ -24,7 +28,7 @@ sys.path.insert(0, ROOT)  # runs from a checkout without `pip install -e .` too
 import torch  # noqa: E402
 
 from retrolm.config import RetroLMConfig  # noqa: E402
-from retrolm.errors import exit_code  # noqa: E402
+from retrolm.errors import RetroLMError, exit_code  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.tiny import byte_tokenizer  # noqa: E402
 from retrolm.training.config import load_train_config  # noqa: E402
@@ -51,7 +55,7 @@ SIZES = {
                             '"head_dim": 16, "max_position_embeddings": 256, "bos_token_id": 256, '
                             '"eos_token_id": 257, "pad_token_id": 258, "tie_word_embeddings": true}',
                             "max_position=1024"],
-                  stage=["max_steps=4", "warmup_steps=1", "eval_sequences=2",
+                  stage=["max_steps=4", "warmup_steps=1", "eval_sequences=2", "needle_eval_samples=0",
                          'retrolm={"page_size": 64, "top_k": 2, "sink_pages": 1, "local_pages": 1, '
                          '"retriever": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, '
                          '"intermediate_size": 64, "score_dim": 16}}']),
@@ -80,9 +84,10 @@ def _stage(script: str, config: str, overrides: list[str]) -> dict:
         return json.load(f)
 
 
-def _export(stage2: str, out: str) -> dict:
-    """The post-trained checkpoint made self-contained (base weights in bf16) at `out`."""
-    model = RetroLM.from_pretrained(stage2, dtype=torch.bfloat16, **EXPORT_KNOBS)
+def _export(checkpoint: str, out: str) -> dict:
+    """The final checkpoint (stage 1's, or stage 2's with --post-train) made self-contained (base weights in
+    bf16) at `out`."""
+    model = RetroLM.from_pretrained(checkpoint, dtype=torch.bfloat16, **EXPORT_KNOBS)
     model.retriever.float()  # small; scores are computed in float32 anyway
     model.save_pretrained(out, save_base_model=True)
     sizes = {}
@@ -120,10 +125,22 @@ def main(argv=None) -> int:
     parser.add_argument("--stage1", default=None,
                         help="an already trained stage-1 checkpoint (a RetroLM directory with its retriever, no "
                              "adapter): skip stage 1")
-    parser.add_argument("--stage2-replay", type=float, default=0.0, metavar="F",
+    parser.add_argument("--post-train", action="store_true",
+                        help="run stage 2 (LoRA post-training) and export its model; without it the export is "
+                             "stage 1's model (base + retriever), as shipped")
+    parser.add_argument("--stage2-replay", type=float, default=None, metavar="F",
                         help="share of stage 2's steps spent on the pretraining windows (replay_fraction), which "
-                             "keeps the base's short-input behaviour; 0 (the shipped recipe) turns replay off")
+                             "keeps the base's short-input behaviour; default 0.5 (the best measured), 0 turns "
+                             "replay off")
     args = parser.parse_args(argv)
+    stage2_options = [name for name, given in (("--stage2-set", args.stage2_set),
+                                               ("--stage2-replay", args.stage2_replay is not None),
+                                               ("--stop-after stage2", args.stop_after == "stage2")) if given]
+    if stage2_options and not args.post_train:
+        raise RetroLMError(f"{', '.join(stage2_options)} configure(s) stage 2, which runs only with --post-train: "
+                           "add --post-train, or drop them")
+    if args.stage2_replay is None:
+        args.stage2_replay = 0.5
     size = SIZES["smoke" if args.smoke else "full"]
     work = os.path.abspath(args.work)
     paths = {k: os.path.join(work, k) for k in ("pretrain.jsonl", "long.jsonl", "pretrain-data", "long-data",
@@ -136,12 +153,14 @@ def main(argv=None) -> int:
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
                          "cut_dense_end": args.cut_dense_end}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
-    results["stage2_replay"] = args.stage2_replay
+    results["post_train"] = args.post_train
+    results["stage2_replay"] = args.stage2_replay if args.post_train else None
     if args.base:
         paths["base"] = results["base"] = os.path.abspath(args.base)
     if args.stage1:
         paths["stage1"] = results["stage1_checkpoint"] = os.path.abspath(args.stage1)
-    needs_pretraining_windows = not args.base or args.stage2_replay > 0  # pretraining, or stage 2's replay
+    replaying = args.post_train and args.stage2_replay > 0
+    needs_pretraining_windows = not args.base or replaying  # pretraining, or stage 2's replay
     # every phase's config is read (and checked) before any work; the page size is stage 1's
     pretrain_config = load_pretrain_config(os.path.join(CONFIGS, "pretrain.json"), size["pretrain"] + [
         f"data={paths['pretrain-data']}", f"output_dir={paths['base']}"] + args.pretrain_set)
@@ -150,7 +169,7 @@ def main(argv=None) -> int:
     page = load_train_config(os.path.join(CONFIGS, "train_retriever.json"), "retriever",
                              stage1_sets).retrolm_config().page_size
     stage2_sets = [o for o in common if not o.startswith("retrolm=")]  # stage 2 keeps stage 1's RetroLM config
-    if args.stage2_replay:
+    if replaying:
         stage2_sets += [f"replay_data={paths['pretrain-data']}", f"replay_fraction={args.stage2_replay}"]
     stage2_sets = [f"model={paths['stage1']}", f"output_dir={paths['stage2']}"] + stage2_sets + args.stage2_set
     load_train_config(os.path.join(CONFIGS, "post_train.json"), "post_train", stage2_sets)  # bad values fail now
@@ -199,11 +218,13 @@ def main(argv=None) -> int:
             "train_retriever.py", "train_retriever.json", stage1_sets))
     if stopping_after("stage1"):
         return 0
-    _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
-        "post_train.py", "post_train.json", stage2_sets))
-    if stopping_after("stage2"):
-        return 0
-    _phase("export", os.path.join(args.out, "retrolm_config.json"), results, lambda: _export(paths["stage2"], args.out))
+    if args.post_train:
+        _phase("stage2", os.path.join(paths["stage2"], "train_results.json"), results, lambda: _stage(
+            "post_train.py", "post_train.json", stage2_sets))
+        if stopping_after("stage2"):
+            return 0
+    final = paths["stage2"] if args.post_train else paths["stage1"]
+    _phase("export", os.path.join(args.out, "retrolm_config.json"), results, lambda: _export(final, args.out))
     save_results()
     print(f"default model: {args.out}\nbuild results: {results_path}")
     return 0
