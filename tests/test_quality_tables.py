@@ -83,3 +83,21 @@ def test_default_methods_measure_only_distinct_variants(tmp_path):
     os.makedirs(shipped / "adapter")
     methods = default_methods(str(shipped), None)
     assert "retrolm_no_post_training" in methods and "retrolm_post_trained" not in methods
+
+
+def test_page_granularity_fills_the_same_window_at_every_page_size():
+    from bench.page_granularity import settings
+    from retrolm.config import RetroLMConfig
+
+    config = RetroLMConfig(sink_pages=1, local_pages=1, neighbor_pages=1)
+    variants = dict(settings("128,64:0,32", 1024, config))
+    assert variants == {
+        "page128_top5_neighbors1": ["--page-size", "128", "--top-k", "5", "--neighbor-pages", "1"],
+        "page64_top13_neighbors0": ["--page-size", "64", "--top-k", "13", "--neighbor-pages", "0"],
+        "page32_top29_neighbors1": ["--page-size", "32", "--top-k", "29", "--neighbor-pages", "1"]}
+    for page, options in ((128, variants["page128_top5_neighbors1"]), (32, variants["page32_top29_neighbors1"])):
+        top_k = int(options[3])
+        assert (config.sink_pages + config.local_pages + top_k + 1) * page == 1024, "sink + local + top-k + own page"
+    for bad in ("100", "512", "0"):
+        with pytest.raises(RetroLMError, match="must divide the 1024-token window"):
+            settings(bad, 1024, config)
