@@ -1,6 +1,6 @@
 """Quality proof of the default model: RULER through the eval harness, up to seven methods, 1x to 64x its window.
 
-    python bench/default_model_quality.py --post-trained work/post-trained/model   # the shipped model (stage 1)
+    python bench/default_model_quality.py --post-trained DIR   # the shipped model; DIR: a --post-train build
     python bench/default_model_quality.py --model M         # a post-trained model M (its retriever is stage 1's)
 
 Methods (one `python -m eval.ruler` run per method and task, `--jobs` at a time):

@@ -231,6 +231,11 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
                             "--work", str(tmp_path / "work"), "--out", str(out), "--post-train"],
                            capture_output=True, text=True, cwd=ROOT)
     assert rerun.returncode == 0 and rerun.stdout.count("exists: skipped") == 8, "a finished build resumes as done"
+    other_stage = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
+                                  "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
+                                  cwd=ROOT)
+    assert other_stage.returncode == 2 and "holds the export of" in other_stage.stderr, other_stage.stderr[-2000:]
+    assert os.path.isdir(out / "adapter"), "the refused build leaves the post-trained export as it was"
     work = tmp_path / "work"
     plain = subprocess.run([sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke",
                             "--work", str(tmp_path / "plain"), "--out", str(tmp_path / "plain_model"),

@@ -159,6 +159,11 @@ def main(argv=None) -> int:
         paths["base"] = results["base"] = os.path.abspath(args.base)
     if args.stage1:
         paths["stage1"] = results["stage1_checkpoint"] = os.path.abspath(args.stage1)
+    # the export phase is skipped when its output exists: an output of the other stage must not pass for this one
+    final = paths["stage2"] if args.post_train else paths["stage1"]
+    if os.path.exists(os.path.join(args.out, "retrolm_config.json")) and results.get("exported_from", final) != final:
+        raise RetroLMError(f"{args.out} holds the export of {results['exported_from']}, not of {final} "
+                           "(--post-train chooses the stage exported): delete it, or pass another --out")
     replaying = args.post_train and args.stage2_replay > 0
     needs_pretraining_windows = not args.base or replaying  # pretraining, or stage 2's replay
     # every phase's config is read (and checked) before any work; the page size is stage 1's
@@ -223,8 +228,8 @@ def main(argv=None) -> int:
             "post_train.py", "post_train.json", stage2_sets))
         if stopping_after("stage2"):
             return 0
-    final = paths["stage2"] if args.post_train else paths["stage1"]
     _phase("export", os.path.join(args.out, "retrolm_config.json"), results, lambda: _export(final, args.out))
+    results["exported_from"] = final
     save_results()
     print(f"default model: {args.out}\nbuild results: {results_path}")
     return 0
