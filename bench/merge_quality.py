@@ -36,12 +36,19 @@ def parse_source(spec: str) -> tuple[str, dict[str, str] | None]:
 
 def merge(sources: list[tuple[str, dict[str, str] | None]]) -> tuple[dict, int]:
     """The merged record (write_results' input) and the window, from (quality.json, renames) pairs."""
-    scores, runs, shortest, origins, settings, windows = {}, [], {}, [], set(), set()
+    records = []
     for path, renames in sources:
         if not os.path.isfile(path):
             raise RetroLMError(f"{path}: no such quality.json; pass files written by bench/default_model_quality.py")
         with open(path) as f:
-            record = json.load(f)
+            records.append((json.load(f), renames, path))
+    return merge_records(records)
+
+
+def merge_records(sources: list[tuple[dict, dict[str, str] | None, str]]) -> tuple[dict, int]:
+    """merge() over records already loaded: (record, renames, where it came from) triples."""
+    scores, runs, shortest, origins, settings, windows = {}, [], {}, [], set(), set()
+    for record, renames, path in sources:
         settings.add((record["num_samples"], record["seed"]))
         windows.add(record["window"])
         missing = sorted(set(renames or {}) - set(record["scores"]))

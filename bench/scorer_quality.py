@@ -23,7 +23,9 @@ sys.path.insert(0, ROOT)
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.default_model_quality import grid_arguments, run_grid, write_results  # noqa: E402
+from bench.merge_quality import merge_records  # noqa: E402
 from retrolm.checkpoint import BASE_DIR, RETRIEVER_WEIGHTS  # noqa: E402
+from retrolm.errors import RetroLMError, exit_code  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 
 METHODS = ("attention_scorer", "trained_retriever", "untrained_retriever", "rag", "streaming")
@@ -58,13 +60,13 @@ def merged(record: dict, path: str) -> dict:
     with open(path) as f:
         earlier = json.load(f)
     if earlier["lengths"] != record["lengths"] or earlier["num_samples"] != record["num_samples"]:
-        raise SystemExit(f"{path} ran other lengths or sample counts; rerun both with the same options.")
-    scores = {**{m: v for m, v in earlier["scores"].items() if m not in record["scores"]}, **record["scores"]}
-    order = [m for m in METHODS if m in scores]
-    return {**record, "scores": {m: scores[m] for m in order},
-            "runs": [r for r in earlier["runs"] if r["method"] not in record["scores"]] + record["runs"],
-            "devices": {**earlier["devices"], **record["devices"]},
-            "not_run": {**earlier["not_run"], **record["not_run"]}}
+        raise RetroLMError(f"{path} ran other lengths or sample counts; rerun both with the same options.")
+    others = {m: m for m in earlier["scores"] if m not in record["scores"]}
+    combined, _ = merge_records([(earlier, others, path), (record, None, "this run")])
+    order = [m for m in METHODS if m in combined["scores"]]
+    return {**record, **combined, "lengths": record["lengths"],
+            "scores": {m: combined["scores"][m] for m in order},
+            "devices": {**{m: d for m, d in earlier["devices"].items() if m in others}, **record["devices"]}}
 
 
 def main() -> None:
@@ -87,9 +89,9 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     record = run_grid(variants, methods, [t for t in args.tasks.split(",") if t], lengths, args)
     if args.merge:
-        record = merged(record, args.merge)
+        record = merged({**record, "window": window}, args.merge)
     write_results(record, window, os.path.join(args.out, "scorer_quality"), args.note, METHODS, "attention_scorer")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main))

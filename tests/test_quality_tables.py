@@ -101,3 +101,22 @@ def test_page_granularity_fills_the_same_window_at_every_page_size():
     for bad in ("100", "512", "0"):
         with pytest.raises(RetroLMError, match="must divide the 1024-token window"):
             settings(bad, 1024, config)
+
+
+def test_scorer_quality_merge_adds_an_earlier_runs_other_methods_in_method_order(tmp_path):
+    from bench.scorer_quality import METHODS, merged
+
+    earlier = json.load(open(_grid(tmp_path / "earlier.json", {
+        "rag": {"niah_single_1": {"4096": 80.0}}, "trained_retriever": {"niah_single_1": {"4096": 10.0}}})))
+    this_run = {**json.load(open(_grid(tmp_path / "now.json", {
+        "attention_scorer": {"niah_single_1": {"4096": 90.0}},
+        "trained_retriever": {"niah_single_1": {"4096": 95.0}}}))), "lengths": earlier["lengths"]}
+    record = merged(this_run, str(tmp_path / "earlier.json"))
+    assert list(record["scores"]) == [m for m in METHODS if m in ("attention_scorer", "trained_retriever", "rag")]
+    assert record["scores"]["trained_retriever"]["niah_single_1"] == {"4096": 95.0}, "this run's method wins"
+    assert record["scores"]["rag"]["niah_single_1"] == {"4096": 80.0}
+    assert {r["method"] for r in record["runs"]} == {"attention_scorer", "trained_retriever", "rag"}
+    assert sum(r["method"] == "trained_retriever" for r in record["runs"]) == 1
+    other = _grid(tmp_path / "other.json", {"rag": {"niah_single_1": {"4096": 80.0}}}, num_samples=5)
+    with pytest.raises(RetroLMError, match="other lengths or sample counts"):
+        merged(this_run, other)
