@@ -6,13 +6,15 @@
 # held-out prose (the five test formats and stage 1's three validation formats) and RULER at 1x, 16x and 64x.
 #   bash bench/stage1_copy_labels.sh train 0.5 1.0   # the stage-1 runs (resumable: run again to go on)
 #   bash bench/stage1_copy_labels.sh eval 0.5 1.0    # the evaluations; $OUT/copy_labels.{md,json} + a tarball
-# SAMPLES (default 20) sets the samples per cell. The stage-1 runs also measure validation needles every 300
+# SAMPLES (default 20) sets the samples per cell; WORK (default work/stage1_copy_labels) the work directory, so that
+# two invocations with different BUILD_ARGS can run side by side (each with its own OUT; the RULER grids are resumable
+# and cached under WORK, so side-by-side runs must not share it); HELDOUT_SETS="" skips the held-out prose. The stage-1 runs also measure validation needles every 300
 # steps (needle_eval_samples=12) and keep the last step, as the shipped stage 1 did.
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
 source bench/device_env.sh
 SHIPPED=assets/retrolm-byte-llama
-WORK=work/stage1_copy_labels
+WORK=${WORK:-work/stage1_copy_labels}  # one per concurrent invocation (their OUTs apart too)
 SAMPLES=${SAMPLES:-20}
 stage=${1:-train}
 shift
@@ -43,8 +45,10 @@ r.get('needle_recall'))" "$WORK/w$w/stage1/train_results.json" || tail -5 "$OUT/
     done ;;
 eval)
     mkdir -p "$WORK/models"
-    python3 bench/stage1_model.py "$SHIPPED" "$WORK/models/shipped" > /dev/null
-    names=(shipped)
+    names=()
+    if [ "${SHIPPED_ROW:-1}" = 1 ]; then  # SHIPPED_ROW=0: only the new runs (the shipped row measured elsewhere)
+        python3 bench/stage1_model.py "$SHIPPED" "$WORK/models/shipped" > /dev/null && names+=(shipped)
+    fi
     for w in "${weights[@]}"; do
         python3 bench/stage1_model.py "$WORK/w$w/stage1" "$WORK/models/w$w" > /dev/null && names+=("w$w")
     done
@@ -52,8 +56,8 @@ eval)
         model="$WORK/models/$name"
         python3 bench/default_model_quality.py --model "$model" --stage1-retriever "$model/retriever.safetensors" \
             --methods retrolm --factors "${FACTORS:-1,16,64}" --num-samples "$SAMPLES" --device "${DEVICE:-cuda}" \
-            --jobs 4 --threads 1 --work "/tmp/quality_$name" --assets "$OUT/quality_$name" > "$OUT/quality_$name.log" 2>&1 &
-        for needles in test validation; do
+            --jobs 4 --threads 1 --work "$WORK/quality_$name" --assets "$OUT/quality_$name" > "$OUT/quality_$name.log" 2>&1 &
+        for needles in ${HELDOUT_SETS-test validation}; do  # HELDOUT_SETS="": RULER only
             python3 bench/heldout_prose.py --model "$model" --scorers trained --needles "$needles" \
                 --factors "${FACTORS:-1,16,64}" --samples "$SAMPLES" --device "${DEVICE:-cuda}" \
                 --out "$OUT/heldout_${needles}_$name" > "$OUT/heldout_${needles}_$name.log" 2>&1 &

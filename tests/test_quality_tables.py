@@ -90,11 +90,16 @@ def test_page_granularity_fills_the_same_window_at_every_page_size():
     from retrolm.config import RetroLMConfig
 
     config = RetroLMConfig(sink_pages=1, local_pages=1, neighbor_pages=1)
-    variants = dict(settings("128,64:0,32", 1024, config))
+    variants = dict(settings("128,64:0,32,64:1:both", 1024, config))
     assert variants == {
-        "page128_top5_neighbors1": ["--page-size", "128", "--top-k", "5", "--neighbor-pages", "1"],
-        "page64_top13_neighbors0": ["--page-size", "64", "--top-k", "13", "--neighbor-pages", "0"],
-        "page32_top29_neighbors1": ["--page-size", "32", "--top-k", "29", "--neighbor-pages", "1"]}
+        "page128_top5_neighbors1": ["--page-size", "128", "--top-k", "5", "--neighbor-pages", "1",
+                                    "--neighbor-direction", "next"],
+        "page64_top13_neighbors0": ["--page-size", "64", "--top-k", "13", "--neighbor-pages", "0",
+                                    "--neighbor-direction", "next"],
+        "page32_top29_neighbors1": ["--page-size", "32", "--top-k", "29", "--neighbor-pages", "1",
+                                    "--neighbor-direction", "next"],
+        "page64_top13_neighbors1_both": ["--page-size", "64", "--top-k", "13", "--neighbor-pages", "1",
+                                         "--neighbor-direction", "both"]}
     for page, options in ((128, variants["page128_top5_neighbors1"]), (32, variants["page32_top29_neighbors1"])):
         top_k = int(options[3])
         assert (config.sink_pages + config.local_pages + top_k + 1) * page == 1024, "sink + local + top-k + own page"
