@@ -7,9 +7,12 @@
 #   bash bench/stage1_copy_labels.sh train 0.5 1.0   # the stage-1 runs (resumable: run again to go on)
 #   bash bench/stage1_copy_labels.sh eval 0.5 1.0    # the evaluations; $OUT/copy_labels.{md,json} + a tarball
 # SAMPLES (default 20) sets the samples per cell; WORK (default work/stage1_copy_labels) the work directory, so that
-# two invocations with different BUILD_ARGS can run side by side (each with its own OUT; the RULER grids are resumable
-# and cached under WORK, so side-by-side runs must not share it); HELDOUT_SETS="" skips the held-out prose. The stage-1 runs also measure validation needles every 300
-# steps (needle_eval_samples=12) and keep the last step, as the shipped stage 1 did.
+# two invocations with different BUILD_ARGS run side by side (each with its own OUT: the RULER grids are resumable
+# and cached under WORK); SHIPPED_ROW=0 skips the shipped model's row, HELDOUT_SETS="" the held-out prose. The
+# stage-1 runs also measure validation needles every 300 steps (needle_eval_samples=12) and keep the last step, as
+# the shipped stage 1 did. The sweep in bench/results/copy_labels/ ran at pages of 128, top-5, seed 0
+# (BUILD_ARGS='--stage1-set retrolm={"page_size":128,"top_k":5,"sink_pages":1,"local_pages":1} --stage1-set seed=0'
+# now that the committed config is at 64).
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
 source bench/device_env.sh

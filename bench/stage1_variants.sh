@@ -4,7 +4,7 @@
 # - p64: pages of 64 tokens, top-13 (the same 1,024-token window as the shipped 5 x 128), trained at that size;
 #   bench/page_granularity.py measured the shipped retriever at that size (multi-value 57.5 -> 77.5 at 16x,
 #   single NIAH 95 / 100 -> 55 / 40): does training at 64 keep single NIAH?
-# - seed1: the shipped recipe with another seed: how much of copy labels' +9 points is training noise?
+# - seed1: pages of 128 (the recipe before these runs) with seed 1: how much of copy labels' +9 points is noise?
 # - p64_seed1, p64_seed2: p64 with other seeds.
 #   bash bench/stage1_variants.sh train p64 seed1   # ~6 minutes on an H200 for two variants
 #   bash bench/stage1_variants.sh eval p64 seed1    # ~2 minutes: RULER 1x/16x/64x and held-out prose per variant
@@ -13,9 +13,11 @@ stage=${1:-train}
 shift
 variants=("${@:-p64}")
 root=${OUT:-/tmp/out}
+# each variant pins its page size and seed: the committed config is now the p64_seed2 variant's
 P64='--stage1-set retrolm={"page_size":64,"top_k":13,"sink_pages":1,"local_pages":1}'
-declare -A ARGS=([p64]=$P64 [seed1]='--stage1-set seed=1' [p64_seed1]="$P64 --stage1-set seed=1"
-                 [p64_seed2]="$P64 --stage1-set seed=2")
+P128='--stage1-set retrolm={"page_size":128,"top_k":5,"sink_pages":1,"local_pages":1}'
+declare -A ARGS=([p64]="$P64 --stage1-set seed=0" [seed1]="$P128 --stage1-set seed=1"
+                 [p64_seed1]="$P64 --stage1-set seed=1" [p64_seed2]="$P64 --stage1-set seed=2")
 for variant in "${variants[@]}"; do
     [ -n "${ARGS[$variant]:-}" ] || { echo "unknown variant $variant (one of ${!ARGS[*]})" >&2; exit 2; }
 done
