@@ -18,13 +18,14 @@ def test_generate_prints_answer_pages_and_timings(tiny_dirs, tmp_path, capsys):
 
 
 def test_generate_with_offloaded_kv_answers_as_resident(tmp_path, capsys):
-    """--offload-kv on the default model (trained retriever), with few enough slots that pages are evicted."""
+    """--offload-kv on the default model (trained retriever), with few enough slots that pages are evicted (64 of the
+    input's 225; one 32-page prefill chunk needs about 50 on the device)."""
     text = tmp_path / "doc.txt"
     text.write_text("Filler words go here. " * 300 + "The special magic number for amber-fox is 7741203. " +
                     "More filler words follow. " * 300)
     question = ["--question", "What is the special magic number for amber-fox?", "--max-new-tokens", "8"]
     outputs = []
-    for extra in ([], ["--offload-kv", "--offload-device-pages", "48"]):
+    for extra in ([], ["--offload-kv", "--offload-device-pages", "64"]):
         assert main(["generate", "--input", str(text), *question, "--device", "cpu", *extra]) == 0
         outputs.append(capsys.readouterr().out)
     answers = [out.split("answer:")[1].split("\n")[0] for out in outputs]
