@@ -35,7 +35,7 @@ SAMPLES=${SAMPLES:-20}
 # the page size and seed of that time (128, top-5, seed 0)
 RECIPE=(--short-fraction "${SHORT_FRACTION:-0.25}" --post-train --stage2-replay "${STAGE2_REPLAY:-0}"
         --stage2-set "learning_rate=${STAGE2_LR:-2e-4}" --stage1-set "copy_label_weight=${COPY_LABEL_WEIGHT:-0}"
-        --stage1-set 'retrolm={"page_size":128,"top_k":5,"sink_pages":1,"local_pages":1}' --stage1-set seed=0)
+        --stage1-set "$PAGE128_STAGE1" --stage1-set seed=0)
 build_variant() {  # build_variant V: the build of variant V, within BUILD_SECONDS; its log grows across calls
     local v=$1
     mkdir -p "work/variants/$v"

@@ -10,3 +10,6 @@ if [ -d .whl ]; then
 else
     export PYTHONPATH=$(pwd)
 fi
+# stage 1's page settings before 2026-12-02 (the committed config is at 64 now): scripts reproducing runs of that
+# time pass it with --stage1-set
+PAGE128_STAGE1='retrolm={"page_size":128,"top_k":5,"sink_pages":1,"local_pages":1}'

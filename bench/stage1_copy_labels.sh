@@ -11,8 +11,8 @@
 # and cached under WORK); SHIPPED_ROW=0 skips the shipped model's row, HELDOUT_SETS="" the held-out prose. The
 # stage-1 runs also measure validation needles every 300 steps (needle_eval_samples=12) and keep the last step, as
 # the shipped stage 1 did. The sweep in bench/results/copy_labels/ ran at pages of 128, top-5, seed 0
-# (BUILD_ARGS='--stage1-set retrolm={"page_size":128,"top_k":5,"sink_pages":1,"local_pages":1} --stage1-set seed=0'
-# now that the committed config is at 64).
+# (BUILD_ARGS="--stage1-set $PAGE128_STAGE1 --stage1-set seed=0", bench/device_env.sh, now that the committed
+# config is at 64).
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
 source bench/device_env.sh

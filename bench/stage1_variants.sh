@@ -9,13 +9,14 @@
 #   bash bench/stage1_variants.sh train p64 seed1   # ~6 minutes on an H200 for two variants
 #   bash bench/stage1_variants.sh eval p64 seed1    # ~2 minutes: RULER 1x/16x/64x and held-out prose per variant
 set -uo pipefail
+source bench/device_env.sh  # once, before the side-by-side invocations (they would install the wheels together)
 stage=${1:-train}
 shift
 variants=("${@:-p64}")
-root=${OUT:-/tmp/out}
+root=$OUT
 # each variant pins its page size and seed: the committed config is now the p64_seed2 variant's
 P64='--stage1-set retrolm={"page_size":64,"top_k":13,"sink_pages":1,"local_pages":1}'
-P128='--stage1-set retrolm={"page_size":128,"top_k":5,"sink_pages":1,"local_pages":1}'
+P128="--stage1-set $PAGE128_STAGE1"
 declare -A ARGS=([p64]="$P64 --stage1-set seed=0" [seed1]="$P128 --stage1-set seed=1"
                  [p64_seed1]="$P64 --stage1-set seed=1" [p64_seed2]="$P64 --stage1-set seed=2")
 for variant in "${variants[@]}"; do
@@ -29,6 +30,6 @@ done
 wait
 for variant in "${variants[@]}"; do
     echo "== $variant"
-    grep -v "^WARNING: Target directory" "$root/$variant/$stage.out" | tail -25
+    tail -25 "$root/$variant/$stage.out"
     (cd "$root" && tar -czf "$variant-$stage.tgz" --remove-files "$variant")  # the device returns few files
 done
