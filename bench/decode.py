@@ -22,6 +22,7 @@ compares the tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import glob
 import inspect
@@ -159,13 +160,14 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
     offloaded = cache.slots is not None
     for mode in modes:
         mode, _, compiled = mode.partition("+")  # "graph+compile": decode_compile on
-        model.config.decode_compile = compiled == "compile"
+        model.config.decode_compile = compiled.startswith("compile")
         reset_peak(device)
         started = time.perf_counter()
         fetched_before = int(cache.slots.fetched) if offloaded else 0
         extra = {}
         try:
-            with torch.no_grad(), model.decoding(cache, warmup + steps + (COLD_STEPS if offloaded else 0), mode):
+            with torch.no_grad(), projections_fused(compiled != "compile-unfused"), \
+                    model.decoding(cache, warmup + steps + (COLD_STEPS if offloaded else 0), mode):
                 step = lambda t: model.base_model(input_ids=t, use_cache=True,  # noqa: E731
                                                   **{cache_name: cache}).logits[:, -1:].argmax(-1)
                 times, token = timed_steps(step, token, steps, warmup)
@@ -180,10 +182,10 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
                         extra["cold_step_pages"] = int(cache.slots.fetched) - before
                     extra["cold_step_ms"] = round(statistics.median(cold), 2)
         except Exception as error:  # noqa: BLE001 (recorded; the cache is no longer usable for later modes)
-            rows.append(dict(method=f"{prefix}-{mode}{'-compiled' * bool(compiled)}", **prefill,
+            rows.append(dict(method=method_name(prefix, mode, compiled), **prefill,
                              error=f"{type(error).__name__}: {str(error)[:300]}"))
             break
-        rows.append(dict(method=f"{prefix}-{mode}{'-compiled' * bool(compiled)}", **prefill, **summary(times),
+        rows.append(dict(method=method_name(prefix, mode, compiled), **prefill, **summary(times),
                          decode_peak_gib=round(peak_gib(device), 2),
                          warmup_s=round(time.perf_counter() - started - sum(times) / 1e3, 1), **extra))
     model.config.decode_compile = False
@@ -191,6 +193,28 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
     gc.collect()  # an offloaded cache's host pool (tens of GiB, page-locked) goes now, not at some later collection
     torch.cuda.empty_cache()
     return rows
+
+
+def method_name(prefix: str, mode: str, compiled: str) -> str:
+    """retrolm-graph, retrolm-graph-compiled, retrolm-graph-compiled-unfused."""
+    return f"{prefix}-{mode}" + {"": "", "compile": "-compiled", "compile-unfused": "-compiled-unfused"}[compiled]
+
+
+@contextlib.contextmanager
+def projections_fused(fused: bool):
+    """Compiled layers with their q/k/v and gate/up projections fused (as RetroLM runs them), or each projection a
+    product of its own (the A/B row of that fusion)."""
+    if fused:
+        yield
+        return
+    import retrolm.layer_compile
+
+    fuse = retrolm.layer_compile.fused_projections
+    retrolm.layer_compile.fused_projections = lambda layers: contextlib.nullcontext([])
+    try:
+        yield
+    finally:
+        retrolm.layer_compile.fused_projections = fuse
 
 
 def generate_rate(model: RetroLM, ids, new_tokens: int, compiled: bool = False) -> dict:
@@ -215,23 +239,46 @@ def generate_rate(model: RetroLM, ids, new_tokens: int, compiled: bool = False) 
                 setup_s=round(long_s - long * per_token, 3) if per_token is not None else None)
 
 
+class ScoreRecorder:
+    """A logits processor that keeps each generate step's scores (float32) and changes nothing."""
+
+    def __init__(self):
+        self.scores = []
+
+    def __call__(self, input_ids, scores):
+        self.scores.append(scores.float())
+        return scores
+
+
 def tokens_match(model: RetroLM, ids, new_tokens: int, compiled: bool = False) -> dict:
     """Greedy tokens of the eager and the device-side decode ("graph" on CUDA, "static" elsewhere; with the layers
-    compiled if `compiled`) after the same prompt."""
+    compiled if `compiled`) after the same prompt; where they part, how near eager's logits tied there
+    (tie_gap: eager's logit of its token minus that of the device's token) and how far the two decodes' logits were
+    apart up to there (max_logit_difference), both against the largest logit (logit_scale)."""
     device_mode = "graph" if ids.device.type == "cuda" else "static"
-    out, seconds = {}, {}
+    out, seconds, scores = {}, {}, {}
     for mode in ("eager", device_mode):
         model.config.decode_mode, model.config.decode_compile = mode, compiled and mode != "eager"
-        out[mode] = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
-        seconds[mode] = round(model.last_timings["decode_s"], 2)
+        recorder = ScoreRecorder()
+        out[mode] = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                                   logits_processor=[recorder])
+        seconds[mode], scores[mode] = round(model.last_timings["decode_s"], 2), torch.cat(recorder.scores)
     model.config.decode_mode, model.config.decode_compile = "auto", False
-    same = int((out["eager"] == out[device_mode]).all(dim=0)[ids.shape[1]:].sum())
-    first_difference = next((i for i in range(new_tokens) if not bool(out["eager"][0, ids.shape[1] + i]
-                                                                        == out[device_mode][0, ids.shape[1] + i])), None)
+    expected, got = out["eager"][0, ids.shape[1]:], out[device_mode][0, ids.shape[1]:]
+    same = int((expected == got).sum())
+    first_difference = next((i for i in range(new_tokens) if expected[i] != got[i]), None)
+    compared = new_tokens if first_difference is None else first_difference + 1
+    result = dict(prompt_tokens=ids.shape[1], new_tokens=new_tokens, identical_tokens=same, compiled=compiled,
+                  compared=device_mode, first_difference=first_difference, decode_s=seconds,
+                  identical=bool(torch.equal(out["eager"], out[device_mode])),
+                  logit_scale=round(float(scores["eager"].abs().max()), 3),
+                  max_logit_difference=round(float((scores["eager"][:compared] - scores[device_mode][:compared])
+                                                   .abs().max()), 4))
+    if first_difference is not None:
+        step = scores["eager"][first_difference]
+        result["tie_gap"] = round(float(step[expected[first_difference]] - step[got[first_difference]]), 4)
     # the process's first compiled decode includes compiling the layers: its time is the user's one-time cost
-    return dict(prompt_tokens=ids.shape[1], new_tokens=new_tokens, identical_tokens=same, compiled=compiled,
-                compared=device_mode, first_difference=first_difference, decode_s=seconds,
-                identical=bool(torch.equal(out["eager"], out[device_mode])))
+    return result
 
 
 def offload_tokens_match(base, config, offloaded, retriever, args) -> dict:
@@ -277,7 +324,7 @@ def measure(args) -> None:
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, weights {weights / 1e9:.2f} GB, KV {per_token} B/token",
           flush=True)
     model = RetroLM(base, byte_tokenizer(), config, retriever)
-    compiled = any(mode.endswith("+compile") for mode in args.modes)
+    compiled = any("+compile" in mode for mode in args.modes)
     checks = []
     for check_compiled in (False, True)[: 1 + compiled]:
         try:
@@ -403,7 +450,9 @@ def combine(directory: str) -> None:
             lines.append(f"- Compiled layers ({compiled_check['compared']}, decode_compile) vs eager: "
                          f"{compiled_check['identical_tokens']}/{compiled_check['new_tokens']} greedy tokens identical "
                          f"after a {compiled_check['prompt_tokens']}-token prompt" + (
-                             f" (the first difference at new token {compiled_check['first_difference']})."
+                             f" (the first difference at new token {compiled_check['first_difference']}"
+                             + (f", where eager's two logits are {compiled_check['tie_gap']} apart of "
+                                f"{compiled_check['logit_scale']}" if "tie_gap" in compiled_check else "") + ")."
                              if compiled_check.get("first_difference") is not None else "."))
         offload_check = run.get("offload_token_check")
         if offload_check:
@@ -470,8 +519,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=16)
     parser.add_argument("--full", nargs="*", default=["static-compile", "dynamic"], choices=["static-compile", "dynamic"])
     parser.add_argument("--modes", nargs="+", default=["eager", "graph"],
-                        choices=["eager", "graph", "static", "graph+compile", "static+compile"],
-                        help="RetroLM decode modes; +compile: with decode_compile (the decoder layers compiled)")
+                        choices=["eager", "graph", "static", "graph+compile", "static+compile", "graph+compile-unfused"],
+                        help="RetroLM decode modes; +compile: with decode_compile (the decoder layers compiled, "
+                             "projections fused); +compile-unfused: the same without fusing projections")
     parser.add_argument("--scorer", default="trained", choices=["trained", "attention"],
                         help="RetroLM's page scorer: a (random) trained retriever, or the training-free scorer")
     parser.add_argument("--prefill-chunk", type=int, default=8192)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU runs of issue 12 (decode), results under $OUT; stages as arguments (default: tests 32k):
 #   bench/gpu_decode.sh [tests] [32k] [128k] [both] [profile] [profile-prefill]
+#   fused-tests  the CUDA tests of compiled layers with fused projections, and of the graph on the default model
 #   tests   the CUDA tests of the decode paths: CUDA graph = eager = static tokens, Triton kernel, RetroLM = plain model
 #   32k     bench/decode.py at 32K: hf-dynamic, hf-static-compile, retrolm-eager, retrolm-graph, floors, token check
 #   128k    the same at 128K
@@ -13,7 +14,7 @@
 #   offload-1m  the offloaded 1M run alone (host pool time, pages fetched per step, a step with no page resident)
 #   compiled   Qwen2.5-7B shape at 32K and 128K: HF StaticCache + compile against RetroLM eager, graph and graph with
 #              compiled layers (decode_compile), token checks of both graphs against eager
-#   compiled-llama  the same on the Llama-3-8B shape (graph and compiled graph only)
+#   compiled-llama  the same on the Llama-3-8B shape (graph, compiled graph without and with fused projections)
 #   scorer     the same RetroLM modes with the training-free scorer (no HF rows)
 #   profile-compiled  kernels of one step, graph with and without compiled layers (Qwen2.5-7B shape)
 # A failing tests stage stops the script (no benchmark of broken kernels).
@@ -23,6 +24,10 @@ mkdir -p "$OUT"
 export PYTHONPATH=$(pwd)
 for stage in ${*:-tests 32k}; do
     case $stage in
+    fused-tests)
+        python3 -m pytest -q -p no:cacheprovider -rs -x tests/test_device_decode.py tests/test_fused_projections.py \
+            -k "cuda_graph_with_compiled_layers or fused or cuda_graph_decodes_like_eager_on_the_default_model" > "$OUT/gpu_tests_fused.log" 2>&1
+        status=$?; tail -15 "$OUT/gpu_tests_fused.log"; [ $status = 0 ] || exit 1 ;;
     tests)
         python3 -m pytest -q -p no:cacheprovider -rs -x tests/test_device_decode.py tests/test_attention_paths.py \
             tests/test_equivalence.py > "$OUT/gpu_tests_decode.log" 2>&1
@@ -46,7 +51,7 @@ for stage in ${*:-tests 32k}; do
             | grep -v "encoding pages" | tee "$OUT/decode_compiled.log" | tail -14 ;;
     compiled-llama)
         python3 bench/decode.py --shape llama3-8b --contexts 32768 131072 --full static-compile \
-            --modes graph graph+compile --name decode_llama8b_compiled --out "$OUT" 2>&1 \
+            --modes graph graph+compile-unfused graph+compile --name decode_llama8b_compiled --out "$OUT" 2>&1 \
             | grep -v "encoding pages" | tee "$OUT/decode_compiled_llama.log" | tail -10 ;;
     scorer)
         python3 bench/decode.py --shape qwen2.5-7b --scorer attention --contexts 32768 131072 --full \

@@ -12,8 +12,9 @@ The transformers layer class's own forward is compiled (one compiled function pe
 and models: layer_idx is traced as a dynamic int, so 32 layers are one compiled graph, not 32), and used only
 while a device decode step runs. The first step compiles (seconds, once per process; a second cache capacity
 recompiles once with that size dynamic); CUDA graph capture happens at the second step, after every kernel has
-been compiled. Fused kernels round differently from transformers' eager ones in the last bits, so tokens can
-differ from eager decoding where two logits (or two pages' scores) nearly tie.
+been compiled. Inside the block the projections that read one input (q/k/v, gate/up) run as one matrix product per
+group (fused_projections.py). Fused kernels round differently from transformers' eager ones in the last bits, so
+tokens can differ from eager decoding where two logits (or two pages' scores) nearly tie.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import functools
 
 import torch
 import torch._inductor.config
+
+from .fused_projections import fused_projections
 
 _COMPILED: dict = {}  # function -> its compiled form
 RECOMPILE_LIMIT = 64  # shapes of several models in one process (tests) each take an entry
@@ -38,14 +41,16 @@ def compiled_function(function):
 
 @contextlib.contextmanager
 def compiled_layers(decoder):
-    """Within this block `decoder.layers` run their compiled forward."""
+    """Within this block `decoder.layers` run their compiled forward, with fused projections. Yields the fused
+    modules' names (`fused_projections`)."""
     layers = list(decoder.layers)
     for layer in layers:
         layer.forward = functools.partial(compiled_function(type(layer).forward), layer)
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     try:
-        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, **{limit: RECOMPILE_LIMIT}):
-            yield
+        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, **{limit: RECOMPILE_LIMIT}), \
+                fused_projections(layers) as fused:
+            yield fused
     finally:
         for layer in layers:
             del layer.forward  # the class's forward again
