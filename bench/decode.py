@@ -135,6 +135,9 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
     """Page-wise prefill (`prefills` times: the first of a process also compiles kernels; the last is kept), then
     greedy decode in each mode, continuing the same cache."""
     device = ids.device
+    # a step that keeps its selection and one that refreshes it are two graphs, the second captured at the first
+    # refresh (within refresh_interval steps): both are warm before the timed steps
+    warmup = max(warmup, model.config.refresh_interval + 1)
     times = []
     for _ in range(prefills):
         cache = None
@@ -186,7 +189,7 @@ def run_retrolm(model: RetroLM, ids, modes: list[str], steps: int, warmup: int, 
                              error=f"{type(error).__name__}: {str(error)[:300]}"))
             break
         rows.append(dict(method=method_name(prefix, mode, compiled), **prefill, **summary(times),
-                         decode_peak_gib=round(peak_gib(device), 2),
+                         decode_peak_gib=round(peak_gib(device), 2), warmup_steps=warmup,
                          warmup_s=round(time.perf_counter() - started - sum(times) / 1e3, 1), **extra))
     model.config.decode_compile = False
     del cache

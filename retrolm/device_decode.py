@@ -8,17 +8,18 @@ is a fixed-shape function of device buffers:
   boundary that window is the page just completed: its bookmark is stored (unless the prefill stored it) and
   its query is the step's query, as in eager decoding; mid-page it is the refresh query;
 - whether the step refreshes (a new page, `refresh_interval` tokens since the last selection, or a
-  `refresh_on` trigger token) is a device bool choosing between the new and the kept selection. The eager
-  rule decides the same on the host and skips the scoring when it keeps; here the scoring always runs, which
-  costs one small retriever batch per token and no host read;
+  `refresh_on` trigger token) is a device bool choosing between the new and the kept selection. The host
+  mirrors that rule (it counts tokens, and reads the token's trigger bit when only a trigger could refresh:
+  transformers' generate has read each step's token by then) and runs one of two steps: with the retriever
+  and the scoring, or, when the selection is kept, without them;
 - selection is sink + local + top-k over the cache's reserved bookmark rows, padded to sink + local + top_k
   slots (pages not yet complete are never eligible: they are not before the token's page). Every layer then
   runs with a plan whose tensors are these buffers and writes its K/V at the position's row (`index_copy_`).
 With offloaded K/V (offload.py) the step also makes the selection and its own page resident in the device's
 page slots (`PageSlots.assign` on the device, copies of missing pages by the layers) and plans with slots.
-The host only counts tokens (plain ints), so the step can be captured: on CUDA ("graph") the first step runs
-as is (kernels compile, the allocator warms up), the second is captured into a `torch.cuda.CUDAGraph` and
-every later step is one replay. "static" runs the same step without capture on any device: tests compare it
+The host only counts tokens (plain ints, and the trigger bit above), so each of the two steps can be captured: on
+CUDA ("graph") the first step runs as is (kernels compile, the allocator warms up), every later step replays
+the `torch.cuda.CUDAGraph` of its kind, captured the first time it is needed. "static" runs the same step without capture on any device: tests compare it
 with eager decoding on the CPU, and the GPU tests compare the graph with both.
 
 The model's forward is entered as usual (transformers' generate, the planning hooks and their checks all run);
@@ -88,6 +89,7 @@ class DeviceDecoder:
         self.attended = longs(1, width, fill=-1)
         self.key_shift = longs(1, width)
         self.made_at = longs(1, fill=self.start - config.refresh_interval)  # the first step selects afresh
+        self.host_made_at = self.start - config.refresh_interval  # made_at's value, mirrored on the host
         self.window_offsets = torch.arange(-P, 0, device=device)
         self.full_length = longs(1, fill=P)
         self.log_pages = longs(max_new_tokens, width, fill=-1)  # the selection in force at each step
@@ -116,7 +118,7 @@ class DeviceDecoder:
             self.plan.slot_rows = longs(1)
             self.plan.fetch = (longs(width + 1, fill=-1), longs(width + 1))
         self.steps = 0
-        self.graph = None
+        self.graphs = {}  # refreshes (bool) -> (the captured step of that kind, its output)
         self.output = None
 
     # ------------------------------------------------------------------ host side
@@ -137,31 +139,47 @@ class DeviceDecoder:
         if input_ids is None or tuple(input_ids.shape) != (1, 1) or self.cache.plan is not self.plan:
             raise RetroLMError("internal: the device decoder serves single-token decode steps planned by RetroLM.")
         self.input_ids.copy_(input_ids)
+        refreshes = self._refreshes(input_ids)
         if not self.capture:
-            self.output = self._step()
+            self.output = self._step(refreshes)
         else:
             with torch.cuda.device(self.input_ids.device):  # the model's GPU, whichever is current
-                if self.graph is not None:
-                    self.graph.replay()
+                if refreshes in self.graphs:
+                    graph, self.output = self.graphs[refreshes]
+                    graph.replay()
                     self.plan.attention_calls = self.num_layers  # the replayed kernels are the captured layers'
-                elif self.steps == 1:
-                    self._capture()
+                elif self.steps >= 1:
+                    self._capture(refreshes)
                 else:  # the first step warms up on a side stream, as capture needs
                     side = torch.cuda.Stream()
                     side.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(side):
-                        self.output = self._step()
+                        self.output = self._step(refreshes)
                     torch.cuda.current_stream().wait_stream(side)
         self._advance()
         return copy.copy(self.output)
 
-    def _capture(self) -> None:
-        graph = torch.cuda.CUDAGraph()
+    def _refreshes(self, input_ids: torch.Tensor) -> bool:
+        """Whether this step may select afresh: the device's rule (`_step`) on host values. True for the
+        training-free scorer, whose layers select on the device."""
+        if self.scorer is not None:
+            return True
+        t0, config = self.cache.num_tokens, self.config
+        refresh = t0 % config.page_size == 0 or t0 - self.host_made_at >= config.refresh_interval
+        if not refresh and self.trigger_table is not None:
+            refresh = bool(self.trigger_table[input_ids[0, 0]])
+        if refresh:
+            self.host_made_at = t0
+        return refresh
+
+    def _capture(self, refreshes: bool) -> None:
+        graph = torch.cuda.CUDAGraph()  # a pool of its own: the two kinds of step replay in any order
         with torch.cuda.graph(graph):
-            self.output = self._step()
+            output = self._step(refreshes)
             calls = self.plan.attention_calls
         graph.replay()  # capture records without running: this step runs now
-        self.graph = graph
+        self.graphs[refreshes] = (graph, output)
+        self.output = output
         self.plan.attention_calls = calls
 
     def _advance(self) -> None:
@@ -187,7 +205,9 @@ class DeviceDecoder:
         self.cache.selection = None
 
     # ------------------------------------------------------------------ the step (device work only)
-    def _step(self):
+    def _step(self, refreshes: bool = True):
+        """One decode step; `refreshes` False: the host knows the selection is kept, so the retriever does not
+        run."""
         config, cache, plan = self.config, self.cache, self.plan
         P = config.page_size
         t0 = self.position
@@ -198,8 +218,10 @@ class DeviceDecoder:
         refresh = boundary | (t0 - self.made_at >= config.refresh_interval)
         if self.trigger_table is not None:
             refresh |= self.trigger_table[self.input_ids[0]]
-        if self.scorer is None:
+        if self.scorer is None and refreshes:
             count = self._select_trained(t0, page, boundary, refresh)  # [1]: pages the own page is packed after
+        elif self.scorer is None:
+            count = self._keep_selection(t0)
         else:  # the layers select (device_scorer.py); the prompt's length guarantees every slot fills
             self.refresh.copy_(refresh)
             count = config.max_attended_pages
@@ -247,6 +269,13 @@ class DeviceDecoder:
         step = t0 - self.start
         self.log_pages.index_copy_(0, step, self.attended)
         self.log_refresh.index_copy_(0, step, refresh & ~boundary)
+        return (self.attended >= 0).sum(dim=1)
+
+    def _keep_selection(self, t0) -> torch.Tensor:
+        """A step that keeps its selection (the host knows no refresh is due): logged as kept; returns the count."""
+        step = t0 - self.start
+        self.log_pages.index_copy_(0, step, self.attended)
+        self.log_refresh.index_copy_(0, step, torch.zeros_like(step, dtype=torch.bool))
         return (self.attended >= 0).sum(dim=1)
 
     def _bring_in(self, page: torch.Tensor, offset: torch.Tensor) -> None:

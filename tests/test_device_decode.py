@@ -55,6 +55,29 @@ def test_static_step_decodes_like_eager(tiny_dirs, arch, mode, neighbors, refres
     _assert_static_decodes_like_eager(eager, device, lengths=(9, 45, 64), logged_at_least=5)
 
 
+@pytest.mark.parametrize("refresh_on", ["", "aeiou"])
+def test_static_step_runs_the_retriever_only_where_a_refresh_is_due(tiny_dirs, refresh_on, monkeypatch):
+    """Steps that keep their selection skip the retriever: it runs at each new page, every refresh_interval
+    tokens and after a trigger token, and the tokens stay eager decoding's."""
+    eager, device = _pair(tiny_dirs["llama"], refresh_on=refresh_on, **TRAINED)
+    selected = []
+    select = DeviceDecoder._select_trained
+    monkeypatch.setattr(DeviceDecoder, "_select_trained",
+                        lambda self, t0, *rest: selected.append(int(t0)) or select(self, t0, *rest))
+    ids = torch.randint(0, 256, (1, 45))
+    expected, _ = _generate(eager, ids, do_sample=False)
+    got, _ = _generate(device, ids, do_sample=False)
+    assert torch.equal(got, expected)
+    due, made_at = [], 44 - TRAINED["refresh_interval"]  # the rule on host ints, steps at positions 44..83
+    for t0 in range(44, 84):
+        token = int(got[0, t0])
+        if t0 % TRAINED["page_size"] == 0 or t0 - made_at >= TRAINED["refresh_interval"] or chr(token) in refresh_on:
+            due.append(t0)
+            made_at = t0
+    assert selected == due
+    assert len(due) < 40  # steps were skipped
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("mode", ["contiguous", "original"])
 @pytest.mark.parametrize("neighbors", [0, 1])
@@ -347,7 +370,7 @@ def test_decoding_block_serves_a_manual_decode_loop(tiny_dirs, monkeypatch):
     steps: a hand-written greedy loop gives the eager loop's tokens."""
     steps = []
     device_step = DeviceDecoder._step
-    monkeypatch.setattr(DeviceDecoder, "_step", lambda self: steps.append(1) or device_step(self))
+    monkeypatch.setattr(DeviceDecoder, "_step", lambda self, *rest: steps.append(1) or device_step(self, *rest))
     tokens = {}
     for mode in ("eager", "static"):
         model = RetroLM.from_pretrained(tiny_dirs["llama"], **TRAINED)
