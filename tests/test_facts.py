@@ -6,7 +6,7 @@ import pytest
 
 from bench.heldout_prose import FORMATS, make_needle
 from retrolm.training.needle_recall import VALIDATION_FORMATS, validation_needle
-from train import corpus, facts
+from train import corpus, drills, facts
 
 
 def _lesson_text(lesson: facts.Lesson, head: str, tail: str) -> str:
@@ -69,3 +69,37 @@ def test_short_documents_in_a_row_fill_a_long_one():
     assert len(parts) >= 8 and text.count("Answer") + text.count("A: ") + text.count("\n") >= 8
     first = corpus.document(corpus.DocumentSpec(11 * 64 + 1, 1022, 0.0, 300, fact_fraction=1.0))
     assert text.startswith(first), "the first short document comes first, unchanged"
+
+
+def test_drills_ask_only_what_they_stated_and_avoid_every_held_out_phrase():
+    """Each recall comes after the statement of its key, in the drill's own phrasing, and ends with the stated
+    value: copying is the only way to predict it. No held-out phrase appears in a drill's own words (its filler
+    is the shipped corpus's text)."""
+    asked = 0
+    for seed in range(200):
+        drill = drills.make_drill(random.Random(seed), 1022, corpus.varied_filler)
+        own_words = drills.make_drill(random.Random(seed), 1022, lambda rng, n: "x " * (n // 2)).text
+        assert not facts.held_out_hits(own_words), own_words
+        for start, end, key in drill.asked:
+            stated_at, value = drill.stated[key]
+            assert stated_at < start
+            assert f"{key} {drill.relation} {value}."[1:] in drill.text[stated_at:start]
+            assert drill.text[start:end].rstrip("\n").endswith(f"{drill.relation[1:]} {value}."), drill.text[start:end]
+            asked += 1
+    assert asked > 300, "drills ask several questions each"
+
+
+def test_drill_statements_share_one_invented_relation():
+    drill = drills.make_drill(random.Random(5), 4000, lambda rng, n: "filler " * (n // 7))
+    assert len(drill.stated) >= 3 and drill.relation.split()[-1] in " ".join(drills.JOINS).split()
+    assert drill.text.count(f" {drill.relation} ") + drill.text.count(f"{drill.relation[1:]} ") >= len(drill.stated)
+
+
+def test_drill_documents_are_exact_and_leave_the_other_documents_unchanged():
+    drilled = 0
+    for seed in range(200):
+        mixed = corpus.document(corpus.DocumentSpec(seed, 1022, 0.25, 340, drill_fraction=0.3))
+        plain = corpus.document(corpus.DocumentSpec(seed, 1022, 0.25, 340))
+        assert len(mixed) == 1022 and mixed.isascii()
+        drilled += mixed != plain
+    assert 35 <= drilled <= 85, "about 30% of documents become drills, the rest stay the shipped corpus's"

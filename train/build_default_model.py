@@ -104,12 +104,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the finished model goes")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline end to end on a CPU")
     parser.add_argument("--workers", type=int, default=None, help="processes generating documents")
-    # Both default to 0, the recipe of the shipped model; docs/status.md has what the other settings gave.
+    # All default to 0, the recipe of the shipped model; docs/status.md has what the other settings gave.
     parser.add_argument("--fact-fraction", type=float, default=0.0,
                         help="share of tasks and dense texts in varied formats (train/facts.py) rather than RULER's "
                              "templates; 1.0 keeps every evaluated template out of training")
     parser.add_argument("--short-fraction", type=float, default=0.0,
                         help="share of long (stage 1 and 2) documents made of window-sized documents in a row")
+    parser.add_argument("--drill-fraction", type=float, default=0.0,
+                        help="share of pretraining documents that are recall drills (train/drills.py): values to copy "
+                             "in phrasings invented per document, so the base learns to copy in any format")
     parser.add_argument("--cut-dense-end", action="store_true",
                         help="cut dense recall texts to length at their end, so no question outlives its needle "
                              "(the shipped corpus cuts at the front)")
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
         with open(results_path) as f:
             results = json.load(f)
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
-                         "cut_dense_end": args.cut_dense_end}
+                         "cut_dense_end": args.cut_dense_end, "drill_fraction": args.drill_fraction}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     results["post_train"] = args.post_train
     results["stage2_replay"] = args.stage2_replay if args.post_train else None
@@ -199,7 +202,8 @@ def main(argv=None) -> int:
     if needs_pretraining_windows:
         _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
             paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
-            min_task_tokens=window // 3, workers=args.workers, fact_fraction=args.fact_fraction))
+            min_task_tokens=window // 3, workers=args.workers, fact_fraction=args.fact_fraction,
+            drill_fraction=args.drill_fraction))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,

@@ -23,6 +23,7 @@ from multiprocessing import Pool
 
 from eval.errors import EvalError
 from eval.ruler_tasks import NOISE, TASKS, Generator, essay_words, random_key_word, split_sentences
+from train.drills import drill_text
 from train.facts import dense_fact_text, fact_task_text
 
 TRAIN_SEED_BASE = 1_000_000
@@ -162,16 +163,20 @@ class DocumentSpec:
     # off while its question stays, about one document in five) or, with cut_end, at the end (a question can go,
     # never a needle whose question stays)
     cut_end: bool = False
+    drill_fraction: float = 0.0  # the document is a recall drill (train/drills.py) instead
 
 
 def document(spec: DocumentSpec) -> str:
     """One training document of exactly `spec.length` characters: text, a dense recall text, text then a task,
-    or (probability `short_fraction`) consecutive short documents drawn the same way, so a long-context stage
-    also keeps practising what fits in the window.
+    (probability `drill_fraction`) a recall drill, or (probability `short_fraction`) consecutive short documents
+    drawn the same way, so a long-context stage also keeps practising what fits in the window.
 
     Non-ASCII characters (a few word-list entries) become '?', keeping one character = one token."""
     rng = random.Random(f"doc/{spec.seed}/short")
-    if spec.short_fraction and rng.random() < spec.short_fraction:
+    drill_rng = random.Random(f"doc/{spec.seed}/drill")  # its own draws: at 0 the other documents stay as they were
+    if spec.drill_fraction and drill_rng.random() < spec.drill_fraction:
+        text = drill_text(drill_rng, spec.length, varied_filler)
+    elif spec.short_fraction and rng.random() < spec.short_fraction:
         count = (spec.length + 2) // (spec.short_length + 2)
         shorts = [document(replace(spec, seed=spec.seed * 64 + i + 1, length=spec.short_length, short_fraction=0.0,
                                    min_task=min(spec.min_task, spec.short_length // 3))) for i in range(count)]
@@ -212,12 +217,13 @@ def _document(seed: int, length: int, text_fraction: float, min_task: int, dense
 
 def write_documents(path: str, count: int, length: int, seed: int, text_fraction: float, min_task_tokens: int,
                     dense_fraction: float = 0.0, workers: int | None = None, fact_fraction: float = 0.0,
-                    short_fraction: float = 0.0, short_length: int = 0, cut_end: bool = False) -> str:
+                    short_fraction: float = 0.0, short_length: int = 0, cut_end: bool = False,
+                    drill_fraction: float = 0.0) -> str:
     """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically;
     the options are `DocumentSpec`'s."""
     stdlib_docstrings()  # read once in the parent: forked workers inherit it
     specs = [DocumentSpec(seed + i, length, text_fraction, min_task_tokens, dense_fraction, fact_fraction,
-                          short_fraction, short_length, cut_end) for i in range(count)]
+                          short_fraction, short_length, cut_end, drill_fraction) for i in range(count)]
     tmp = path + ".tmp"
     with Pool(workers or os.cpu_count()) as pool, open(tmp, "w") as f:
         for text in pool.imap(document, specs, chunksize=64):
