@@ -49,6 +49,14 @@ DRILL_VALUES = {**VALUES,
                 "word number": lambda rng: f"{_word(rng)} {_digits(rng, 1, 4)}"}
 
 
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _statement(lead: str, key: str, relation: str, value: str) -> str:
+    return f"{lead}{key if lead else _capitalised(key)} {relation} {value}."
+
+
 def invented_relation(rng: random.Random) -> str:
     """One to three random words and a joining word: the drill's own phrasing."""
     return " ".join([_word(rng) for _ in range(rng.randint(1, 3))] + [rng.choice(JOINS)])
@@ -58,11 +66,10 @@ def recall(rng: random.Random, key: str, relation: str, value: str) -> str:
     """A later line asking for `key`'s value, in one of the layouts of the module docstring."""
     layout = rng.randrange(3)
     if layout == 0:
-        lead = rng.choice(LEADS)
-        return f"{lead}{key[:1].upper() + key[1:] if not lead else key} {relation} {value}."
-    question = rng.choice(ASKS).format(k=key, K=key[:1].upper() + key[1:])
-    lead = rng.choice(("", "It ", f"{key[:1].upper() + key[1:]} "))
-    answer = f"{lead}{relation} {value}." if lead else f"{relation[:1].upper()}{relation[1:]} {value}."
+        return _statement(rng.choice(LEADS), key, relation, value)
+    question = rng.choice(ASKS).format(k=key, K=_capitalised(key))
+    lead = rng.choice(("", "It ", f"{_capitalised(key)} "))
+    answer = f"{lead}{relation} {value}." if lead else f"{_capitalised(relation)} {value}."
     if layout == 1:
         return f"\nQuestion: {question}\nAnswer: {answer}\n"
     return f"\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer: {answer}\n"
@@ -94,9 +101,8 @@ def make_drill(rng: random.Random, length: int, filler) -> Drill:
             if key in stated:
                 continue
             value = DRILL_VALUES[kind](rng)
-            lead = rng.choice(LEADS)
             stated[key] = (size, value)
-            pieces.append(f"{lead}{key[:1].upper() + key[1:] if not lead else key} {relation} {value}.")
+            pieces.append(_statement(rng.choice(LEADS), key, relation, value))
             pending.append((size + rng.randint(40, max(40, length // 2)), key, relation, value))
         else:
             pieces.append(filler(rng, rng.randint(30, 160)))
