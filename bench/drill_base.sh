@@ -7,7 +7,8 @@
 #   bash bench/drill_base.sh stage1   # stage 1 with the committed config on that base, the model exported
 #   bash bench/drill_base.sh eval     # RULER 1x/16x/64x and held-out prose 1x/4x/16x/64x of the exported model
 # DRILLS (default 0.3) sets the share of pretraining documents that are drills; PRETRAIN_STEPS (default 3000, the
-# shipped recipe's) the pretraining length (~15 steps/s on an H200); WORK (default work/drills) the
+# shipped recipe's) the pretraining length (~15 steps/s on an H200); STAGE_DRILLS (default 0) the share of stage
+# 1's long documents that are drills (generated in the first call: give it to every call); WORK (default work/drills) the
 # build's directory; SAMPLES (default 20) the samples per cell. The base comes back in $OUT in parts of 15 MB
 # (`cat base.tgz.* > base.tgz`), for a later call on a fresh machine (carry it to $WORK/base).
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
@@ -19,6 +20,7 @@ SHIPPED=assets/retrolm-byte-llama
 build() {
     mkdir -p "$WORK"
     python3 train/build_default_model.py --work "$WORK" --out "$WORK/model" --drill-fraction "${DRILLS:-0.3}" \
+        --stage-drill-fraction "${STAGE_DRILLS:-0}" \
         --pretrain-set "max_steps=${PRETRAIN_STEPS:-3000}" --workers "${WORKERS:-14}" "$@" >> "$WORK/build.log" 2>&1
     local status=$?
     tr '\r' '\n' < "$WORK/build.log" | grep -vE "it/s]$|step/s]$|s/it]$" > "$OUT/build.log"

@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     parser.add_argument("--drill-fraction", type=float, default=0.0,
                         help="share of pretraining documents that are recall drills (train/drills.py): values to copy "
                              "in phrasings invented per document, so the base learns to copy in any format")
+    parser.add_argument("--stage-drill-fraction", type=float, default=0.0,
+                        help="share of long (stage 1 and 2) documents that are recall drills: needles in invented "
+                             "phrasings for the retriever to find")
     parser.add_argument("--cut-dense-end", action="store_true",
                         help="cut dense recall texts to length at their end, so no question outlives its needle "
                              "(the shipped corpus cuts at the front)")
@@ -154,7 +157,8 @@ def main(argv=None) -> int:
         with open(results_path) as f:
             results = json.load(f)
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
-                         "cut_dense_end": args.cut_dense_end, "drill_fraction": args.drill_fraction}
+                         "cut_dense_end": args.cut_dense_end, "drill_fraction": args.drill_fraction,
+                         "stage_drill_fraction": args.stage_drill_fraction}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     results["post_train"] = args.post_train
     results["stage2_replay"] = args.stage2_replay if args.post_train else None
@@ -208,7 +212,7 @@ def main(argv=None) -> int:
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,
         fact_fraction=args.fact_fraction, short_fraction=args.short_fraction, short_length=window - 2,
-        cut_end=args.cut_dense_end))
+        cut_end=args.cut_dense_end, drill_fraction=args.stage_drill_fraction))
     if stopping_after("documents"):
         return 0
     if needs_pretraining_windows:
