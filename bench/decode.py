@@ -314,7 +314,8 @@ def measure(args) -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     base = random_model(args.shape, dtype=torch.bfloat16, device=args.device)
-    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, scorer=args.scorer,
+    chunk = {"prefill_chunk_pages": args.prefill_chunk_pages} if args.prefill_chunk_pages else {}
+    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, scorer=args.scorer, **chunk,
                            base_model_name_or_path=f"random:{args.shape}", base_model_fingerprint="random")
     retriever = None  # the training-free scorer has none
     if args.scorer == "trained":  # random weights: speed only
@@ -527,7 +528,9 @@ def main() -> None:
                              "projections fused); +compile-unfused: the same without fusing projections")
     parser.add_argument("--scorer", default="trained", choices=["trained", "attention"],
                         help="RetroLM's page scorer: a (random) trained retriever, or the training-free scorer")
-    parser.add_argument("--prefill-chunk", type=int, default=8192)
+    parser.add_argument("--prefill-chunk", type=int, default=8192, help="HF baselines' prefill chunk (tokens)")
+    parser.add_argument("--prefill-chunk-pages", type=int, default=None,
+                        help="RetroLM's prefill_chunk_pages (default: the library's)")
     parser.add_argument("--check-tokens", type=int, default=8192, help="prompt length of the graph-vs-eager token check")
     parser.add_argument("--check-new-tokens", type=int, default=64)
     parser.add_argument("--prefills", type=int, default=1,

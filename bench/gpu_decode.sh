@@ -9,6 +9,7 @@
 #   profile bench/profile_decode.py: kernels of one decode step
 #   profile-prefill  the same for prefill chunks
 #   prefill RetroLM's 128K prefill twice (first of the process, then warm), a short graph decode
+#   prefill-chunks  the same with prefill_chunk_pages 32 (the default) and 64
 #   offload-tests  the CUDA tests of offloaded K/V (Triton fetch, page-locked host view, graph = resident eager)
 #   offload Qwen2.5-7B shape: HF baselines and RetroLM at 32K and 128K, RetroLM offloaded at 512K and 1M
 #   offload-1m  the offloaded 1M run alone (host pool time, pages fetched per step, a step with no page resident)
@@ -62,6 +63,13 @@ for stage in ${*:-tests 32k}; do
             --out "$OUT" 2>&1 | grep -v Warning | grep "^##" ;;
     profile)
         python3 bench/profile_decode.py --out "$OUT" 2>&1 | grep -v Warning | head -30 ;;
+    prefill-chunks)  # RetroLM's 128K prefill with chunks of 32 (the default) and 64 pages
+        for pages in 32 64; do
+            python3 bench/decode.py --contexts 131072 --full --modes graph --steps 8 --warmup 2 --generate-tokens 0 \
+                --check-tokens 1024 --check-new-tokens 8 --prefills 2 --prefill-chunk-pages $pages \
+                --name prefill_128k_chunk$pages \
+                --out "$OUT" 2>&1 | grep -E "prefill_s" | tail -1
+        done ;;
     prefill)
         python3 bench/decode.py --contexts 131072 --full --modes graph --steps 8 --warmup 2 --generate-tokens 0 \
             --check-tokens 1024 --check-new-tokens 8 --prefills 2 --name prefill_128k --out "$OUT" 2>&1 \
