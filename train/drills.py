@@ -10,8 +10,9 @@ same key and copy what follows the relation: the induction a needle in any forma
 
 Layouts of a recall (each ends with the value):
 - the statement again, after another lead (copy after an exact match of "key relation");
-- a question naming the key, then an answer that restates "relation" after nothing, "It" or the key (the key
-  must be found in the question, as in "Question: ... of the amber orchard? Answer: It closed the year at");
+- a question naming the key, then an answer that restates "relation" after nothing, "It" or the key, or its words
+  with another joining word ("Its pebble lantern is"): the key must be found in the question, as in "Question:
+  ... of the amber orchard? Answer: It closed the year at", and the match may be loose;
 - the prompt `retrolm generate` builds ("Answer the question using the text above."), same question and answer.
 Words come from facts.py's word list, which leaves out every held-out phrase (tests/test_facts.py checks drills).
 """
@@ -62,14 +63,26 @@ def invented_relation(rng: random.Random) -> str:
     return " ".join([_word(rng) for _ in range(rng.randint(1, 3))] + [rng.choice(JOINS)])
 
 
+def _rejoined(rng: random.Random, relation: str) -> str:
+    """"Its <the relation's words> <another joining word>": the answer names the fact in other words, as a
+    question's answer often does ("carries the label X" ... "Its label is"), so matching must be loose."""
+    words = relation
+    for join in sorted(JOINS, key=len, reverse=True):  # the longest joining word the relation ends with
+        if relation.endswith(" " + join):
+            words = relation[: -len(join) - 1]
+            break
+    return f"Its {words} {rng.choice([j for j in JOINS if not relation.endswith(' ' + j)])}"
+
+
 def recall(rng: random.Random, key: str, relation: str, value: str) -> str:
     """A later line asking for `key`'s value, in one of the layouts of the module docstring."""
     layout = rng.randrange(3)
     if layout == 0:
         return _statement(rng.choice(LEADS), key, relation, value)
     question = rng.choice(ASKS).format(k=key, K=_capitalised(key))
-    lead = rng.choice(("", "It ", f"{_capitalised(key)} "))
-    answer = f"{lead}{relation} {value}." if lead else f"{_capitalised(relation)} {value}."
+    form = rng.randrange(4)
+    answer = (_capitalised(relation), f"It {relation}", f"{_capitalised(key)} {relation}",
+              _rejoined(rng, relation) if form == 3 else "")[form] + f" {value}."
     if layout == 1:
         return f"\nQuestion: {question}\nAnswer: {answer}\n"
     return f"\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer: {answer}\n"
