@@ -19,8 +19,9 @@ With offloaded K/V (offload.py) the step also makes the selection and its own pa
 page slots (`PageSlots.assign` on the device, copies of missing pages by the layers) and plans with slots.
 The host only counts tokens (plain ints, and the trigger bit above), so each of the two steps can be captured: on
 CUDA ("graph") the first step runs as is (kernels compile, the allocator warms up), every later step replays
-the `torch.cuda.CUDAGraph` of its kind, captured the first time it is needed. "static" runs the same step without capture on any device: tests compare it
-with eager decoding on the CPU, and the GPU tests compare the graph with both.
+the `torch.cuda.CUDAGraph` of its kind, captured the first time it is needed. "static" runs the same step
+without capture on any device: tests compare it with eager decoding on the CPU, and the GPU tests compare the
+graph with both.
 
 The model's forward is entered as usual (transformers' generate, the planning hooks and their checks all run);
 only the decoder's own forward is served by the step, while `RetroLM.generate` runs (`installed`).
@@ -266,16 +267,17 @@ class DeviceDecoder:
                              neighbors=config.neighbor_offsets)
         fresh = F.pad(fresh, (0, self.attended.shape[1] - fresh.shape[1]), value=-1)
         self.attended.copy_(torch.where(refresh, fresh, self.attended))
-        step = t0 - self.start
-        self.log_pages.index_copy_(0, step, self.attended)
-        self.log_refresh.index_copy_(0, step, refresh & ~boundary)
-        return (self.attended >= 0).sum(dim=1)
+        return self._log_selection(t0, refresh & ~boundary)
 
     def _keep_selection(self, t0) -> torch.Tensor:
         """A step that keeps its selection (the host knows no refresh is due): logged as kept; returns the count."""
+        return self._log_selection(t0, torch.zeros_like(t0, dtype=torch.bool))
+
+    def _log_selection(self, t0, refreshed) -> torch.Tensor:
+        """Log the selection in force at position t0 and whether it was refreshed mid-page; returns its count [1]."""
         step = t0 - self.start
         self.log_pages.index_copy_(0, step, self.attended)
-        self.log_refresh.index_copy_(0, step, torch.zeros_like(step, dtype=torch.bool))
+        self.log_refresh.index_copy_(0, step, refreshed)
         return (self.attended >= 0).sum(dim=1)
 
     def _bring_in(self, page: torch.Tensor, offset: torch.Tensor) -> None:
