@@ -3,6 +3,7 @@
 #   bench/gpu_decode.sh [tests] [32k] [128k] [both] [profile] [profile-prefill]
 #   fused-tests  the CUDA tests of compiled layers with fused projections, and of the graph on the default model
 #   tests   the CUDA tests of the decode paths: CUDA graph = eager = static tokens, Triton kernel, RetroLM = plain model
+#   prefill-tests  the CUDA tests that run the Triton prefill kernel (a subset of tests, ~2 minutes)
 #   32k     bench/decode.py at 32K: hf-dynamic, hf-static-compile, retrolm-eager, retrolm-graph, floors, token check
 #   128k    the same at 128K
 #   both    32K and 128K in one run (one model, one token check)
@@ -36,6 +37,11 @@ for stage in ${*:-tests 32k}; do
     32k|128k|both)
         contexts=$(case $stage in 32k) echo 32768;; 128k) echo 131072;; both) echo 32768 131072;; esac)
         python3 bench/decode.py --contexts $contexts --out "$OUT" 2>&1 | tee "$OUT/decode_$stage.log" | tail -14 ;;
+    prefill-tests)  # the CUDA tests that run the Triton prefill kernel: against the reference, RetroLM = plain model
+        python3 -m pytest -q -p no:cacheprovider -rs -x tests/test_attention_paths.py tests/test_equivalence.py \
+            tests/test_device_decode.py -k "prefill or equivalence or plain or default_model" \
+            > "$OUT/gpu_tests_prefill.log" 2>&1
+        status=$?; tail -15 "$OUT/gpu_tests_prefill.log"; [ $status = 0 ] || exit 1 ;;
     offload-tests)
         python3 -m pytest -q -p no:cacheprovider -rs -x tests/test_offload.py tests/test_equivalence.py \
             tests/test_device_decode.py > "$OUT/gpu_tests_offload.log" 2>&1
@@ -68,7 +74,7 @@ for stage in ${*:-tests 32k}; do
             python3 bench/decode.py --contexts 131072 --full --modes graph --steps 8 --warmup 2 --generate-tokens 0 \
                 --check-tokens 1024 --check-new-tokens 8 --prefills 2 --prefill-chunk-pages $pages \
                 --name prefill_128k_chunk$pages \
-                --out "$OUT" 2>&1 | grep -E "prefill_s" | tail -1
+                --out "$OUT" 2>&1 | grep -E "^\| retrolm" | tail -1
         done ;;
     prefill)
         python3 bench/decode.py --contexts 131072 --full --modes graph --steps 8 --warmup 2 --generate-tokens 0 \

@@ -50,39 +50,41 @@ def _page_prefill_kernel(
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DIM_PAD], tl.float32)
     for slot in range(0, NUM_SLOTS + 1):  # the attended pages, then the group's own page
-        attended = tl.load(Attended + g * NUM_SLOTS + slot, mask=slot < NUM_SLOTS, other=-1)
+        # each row of Attended / Shift ends with a spare column, so slot NUM_SLOTS reads in bounds, unmasked
+        attended = tl.load(Attended + g * (NUM_SLOTS + 1) + slot)
         page = tl.where(slot == NUM_SLOTS, own_page, attended)
-        page_ok = page >= 0
-        page = tl.maximum(page, 0)
-        qa = q1
-        qb = q2
-        if HAS_SHIFT:
-            shift = tl.load(Shift + g * NUM_SLOTS + slot, mask=slot < NUM_SLOTS, other=0).to(tl.float32)
-            angle = -shift * inv_freq
-            c = tl.cos(angle)[None, :]
-            s = tl.sin(angle)[None, :]
-            qa = q1 * c - q2 * s
-            qb = q2 * c + q1 * s
-        k_base = K + kv_head * stride_kh + page * PAGE * stride_kt
-        v_base = V + kv_head * stride_vh + page * PAGE * stride_vt
-        for start in range(0, PAGE, BLOCK_N):
-            t = start + tl.arange(0, BLOCK_N)
-            t_ok = (t < PAGE) & page_ok
-            k_ptr = k_base + t[:, None] * stride_kt + d[None, :]
-            k1 = tl.load(k_ptr, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-            k2 = tl.load(k_ptr + HALF, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-            scores = (tl.dot(qa.to(k1.dtype), tl.trans(k1), input_precision=DOT_PRECISION)
-                      + tl.dot(qb.to(k2.dtype), tl.trans(k2), input_precision=DOT_PRECISION))
-            visible = t_ok[None, :] & ((t[None, :] <= row_offset[:, None]) | (slot < NUM_SLOTS))  # own page: causal
-            scores = tl.where(visible, scores * scaling, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(scores - m_safe[:, None])
-            alpha = tl.exp(m - m_safe)
-            l = l * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + t[:, None] * stride_vt + dv[None, :], mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m = m_new
+        if page >= 0:  # an empty slot (rows are padded to a power of two) costs no work
+            qa = q1
+            qb = q2
+            if HAS_SHIFT:
+                shift = tl.load(Shift + g * (NUM_SLOTS + 1) + slot).to(tl.float32)
+                angle = -shift * inv_freq
+                c = tl.cos(angle)[None, :]
+                s = tl.sin(angle)[None, :]
+                qa = q1 * c - q2 * s
+                qb = q2 * c + q1 * s
+            k_base = K + kv_head * stride_kh + page * PAGE * stride_kt
+            v_base = V + kv_head * stride_vh + page * PAGE * stride_vt
+            for start in range(0, PAGE, BLOCK_N):
+                t = start + tl.arange(0, BLOCK_N)
+                t_ok = t < PAGE
+                k_ptr = k_base + t[:, None] * stride_kt + d[None, :]
+                k1 = tl.load(k_ptr, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+                k2 = tl.load(k_ptr + HALF, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+                scores = (tl.dot(qa.to(k1.dtype), tl.trans(k1), input_precision=DOT_PRECISION)
+                          + tl.dot(qb.to(k2.dtype), tl.trans(k2), input_precision=DOT_PRECISION))
+                own = (t[None, :] <= row_offset[:, None]) & (slot == NUM_SLOTS)  # own page: causal
+                visible = t_ok[None, :] & (own | (slot < NUM_SLOTS))
+                scores = tl.where(visible, scores * scaling, float("-inf"))
+                m_new = tl.maximum(m, tl.max(scores, axis=1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp(scores - m_safe[:, None])
+                alpha = tl.exp(m - m_safe)
+                l = l * alpha + tl.sum(p, axis=1)
+                v = tl.load(v_base + t[:, None] * stride_vt + dv[None, :], mask=t_ok[:, None] & dv_ok[None, :],
+                            other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+                m = m_new
     out = acc / l[:, None]
     o_ptr = Out + g * stride_og + h * stride_oh + r[:, None] * stride_or + dv[None, :]
     tl.store(o_ptr, out.to(Out.dtype.element_ty), mask=r_ok[:, None] & dv_ok[None, :])
@@ -94,10 +96,11 @@ def paged_prefill_attention(plan: AttentionPlan, query, key_pool, value_pool, sc
     kv_heads = key_pool.shape[1]
     if "triton_prefill" not in plan.scratch:  # once per forward (per layer under the training-free scorer)
         has_shift = plan.key_shift is not None
-        # the slot count is a compile-time constant: padded to a power of two (empty slots weigh nothing), so the
-        # widths the first chunks of a prompt have (1, 2, 3, ... attended pages) share a few compiled kernels
+        # the slot count is a compile-time constant: padded to a power of two (the kernel skips empty slots), so
+        # the widths the first chunks of a prompt have (1, 2, 3, ... attended pages) share a few compiled kernels;
+        # one spare column more lets the kernel read every slot unmasked
         width = plan.attended.shape[1]
-        pad_slots = (0, (triton.next_power_of_2(width) if width else 0) - width)
+        pad_slots = (0, (triton.next_power_of_2(width) if width else 0) - width + 1)
         attended = torch.nn.functional.pad(plan.attended, pad_slots, value=-1).to(torch.int32).contiguous()
         plan.scratch["triton_prefill"] = (
             attended,
@@ -120,7 +123,7 @@ def paged_prefill_attention(plan: AttentionPlan, query, key_pool, value_pool, sc
         rows, float(scaling),
         q.stride(0), q.stride(1), q.stride(2), key_pool.stride(1), key_pool.stride(2), value_pool.stride(1),
         value_pool.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        NUM_SLOTS=attended.shape[1], GROUP=heads // kv_heads, HALF=half, HALF_PAD=half_pad, DIM_PAD=2 * half_pad,
+        NUM_SLOTS=attended.shape[1] - 1, GROUP=heads // kv_heads, HALF=half, HALF_PAD=half_pad, DIM_PAD=2 * half_pad,
         PAGE=plan.page_size, BLOCK_M=block_m, BLOCK_N=min(64, dot_side(plan.page_size)), HAS_SHIFT=has_shift,
         DOT_PRECISION=dot_precision(query.dtype),
     )

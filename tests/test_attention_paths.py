@@ -10,10 +10,10 @@ from retrolm.retriever import PageRetriever
 from retrolm.config import RetrieverConfig
 
 
-def random_case(seed, page_size, heads, kv_heads, dim, t0, q, mode, device="cpu", dtype=torch.float32):
+def random_case(seed, page_size, heads, kv_heads, dim, t0, q, mode, device="cpu", dtype=torch.float32, top_k=2):
     """A cache holding t0 random tokens' K/V and the plan of a forward adding q more."""
     torch.manual_seed(seed)
-    config = RetroLMConfig(page_size=page_size, top_k=2, position_mode=mode, refresh_interval=1,
+    config = RetroLMConfig(page_size=page_size, top_k=top_k, position_mode=mode, refresh_interval=1,
                            retriever=RetrieverConfig(hidden_size=16, num_layers=1, num_heads=2,
                                                      intermediate_size=32, score_dim=8))
     retriever = PageRetriever(config.retriever, 24, page_size).to(device)
@@ -81,11 +81,12 @@ def test_triton_decode_matches_reference(shape, mode):
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[5] > 1])
 @pytest.mark.parametrize("mode", ["original", "contiguous"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_triton_prefill_matches_reference(shape, mode, dtype):
+@pytest.mark.parametrize("top_k", [2, 13])  # 13: 15 slots, padded to 16 (the kernel skips empty ones)
+def test_triton_prefill_matches_reference(shape, mode, dtype, top_k):
     from retrolm.triton_prefill import paged_prefill_attention
 
     for seed in range(3):
-        plan, query, keys, values = random_case(seed, *shape, mode, device="cuda", dtype=dtype)
+        plan, query, keys, values = random_case(seed, *shape, mode, device="cuda", dtype=dtype, top_k=top_k)
         expected = reference_attention(plan, query, keys, values, 0.3)
         got = paged_prefill_attention(plan, query, keys, values, 0.3)
         assert got.shape == expected.shape and got.dtype == expected.dtype
