@@ -60,6 +60,9 @@ class PretrainConfig:
     save_steps: int = 500  # resume state every this many steps (0: never; an interrupted run starts over)
     seed: int = 0
     bf16: bool = True
+    # torch.compile the model's training forward: at this size a step is mostly small elementwise kernels (norms,
+    # RoPE, activations) that inductor fuses; the saved weights are the plain module's
+    compile: bool = False
 
     def validate(self) -> None:
         for name in ("data", "output_dir"):
@@ -72,6 +75,8 @@ class PretrainConfig:
             raise RetroLMError(f"save_steps must be an integer >= 0 (0: no resume state), got {self.save_steps!r}.")
         if not 0.0 <= self.skip_fraction <= 1.0:
             raise RetroLMError(f"skip_fraction must be in [0, 1], got {self.skip_fraction!r}.")
+        if not isinstance(self.compile, bool):
+            raise RetroLMError(f"compile must be true or false, got {self.compile!r}.")
         if not self.learning_rate > 0:
             raise RetroLMError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
 
@@ -177,6 +182,7 @@ def pretrain(config: PretrainConfig) -> dict:
                                    {"params": rest, "weight_decay": 0.0}], lr=config.learning_rate,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_schedule(config))
+    forward = torch.compile(model, dynamic=False) if config.compile else model
     use_bf16 = config.bf16 and device.type == "cuda"
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
     generator = torch.Generator().manual_seed(config.seed)
@@ -204,7 +210,7 @@ def pretrain(config: PretrainConfig) -> dict:
         positions = skipped_positions(ids.shape[0], ids.shape[1], config.max_position, config.skip_fraction,
                                       generator).to(device)
         with autocast:
-            logits = model(input_ids=ids, position_ids=positions).logits
+            logits = forward(input_ids=ids, position_ids=positions).logits
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
         if not math.isfinite(float(loss.detach())):
             raise RetroLMError(f"pretraining diverged at step {step + 1}; lower learning_rate.")
@@ -231,6 +237,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "tokens": tokens,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / seconds),
+        "compiled": config.compile,
         "train_loss_first_50": sum(losses[:50]) / len(losses[:50]),
         "train_loss_last_50": sum(losses[-50:]) / len(losses[-50:]),
         "held_out_loss": _held_out_loss(model, held_out, config.eval_sequences, config.batch_size, device, autocast),

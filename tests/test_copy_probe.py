@@ -1,0 +1,33 @@
+"""bench/copy_probe.py: how a base LM's answers to unseen needle formats are scored, and a run end to end."""
+import json
+
+import pytest
+
+from bench.copy_probe import main, score
+from retrolm.tiny import build_tiny_model
+
+
+@pytest.mark.parametrize("answer, value, expected", [
+    ("4333687.", "4333687", {"exact": True, "first char": True, "tail": False}),
+    ("4333368.", "4333687", {"exact": False, "first char": True, "tail": False}),  # found, copied badly
+    ("1079279.", "3079279", {"exact": False, "first char": False, "tail": True}),  # a wrong start, then the copy
+    ("chandelier 5.", "obsidian 914", {"exact": False, "first char": False, "tail": False}),
+    ("", "8803", {"exact": False, "first char": False, "tail": False}),
+])
+def test_score_splits_the_misses(answer, value, expected):
+    assert score(answer, value) == expected
+
+
+def test_probe_writes_a_row_per_base_and_size_and_refuses_a_prompt_over_the_window(tmp_path):
+    base = build_tiny_model(str(tmp_path / "base"), max_position_embeddings=512)
+    out = tmp_path / "out"
+    assert main(["--bases", base, "--names", "tiny", "--sizes", "0,100", "--samples", "5", "--out", str(out)]) == 0
+    results = json.loads((out / "copy_probe.json").read_text())["results"]["tiny"]
+    assert sorted(results) == ["0", "100"]
+    for cell in results.values():
+        assert all(0 <= cell[k] <= 100 for k in ("exact", "first char", "tail"))
+        assert len(cell["exact per format"]) == 5 and len(cell["examples"]) == 5
+    assert (out / "copy_probe.md").read_text().count("| tiny |") == 2
+    with pytest.raises(SystemExit, match="over the 512-token window"):
+        main(["--bases", base, "--sizes", "600", "--samples", "5", "--out", str(tmp_path / "long")])
+    assert not (tmp_path / "long").exists(), "nothing written for a run that was refused"
