@@ -9,8 +9,9 @@ from one that finds it but copies it badly:
 - first char: the answer's first character is the value's (the lookup after the answer start found the value);
 - tail: the answer's first character is wrong, but the value without its first character appears in the answer
   (the copy went on from the right place after a wrong start, e.g. "4112" for "ZX-4412").
-Needles, questions and answer starts are bench/heldout_prose.py's five test formats; haystacks are Python's
-language reference, as there. Writes copy_probe.json and copy_probe.md under --out.
+Needles, questions and answer starts are bench/heldout_prose.py's five test formats (`--needles validation`: stage
+1's three validation formats, another set kept out of training); haystacks are Python's language reference, as
+there. Writes copy_probe.json and copy_probe.md under --out (copy_probe_validation.* for the validation set).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
-from bench.heldout_prose import FORMATS, make_needle  # noqa: E402
+from bench.heldout_prose import NEEDLE_SETS  # noqa: E402
 from retrolm.training.needle_recall import haystack, hide, reference_topics  # noqa: E402
 
 NEW_TOKENS = 16
@@ -43,24 +44,25 @@ def score(answer: str, value: str) -> dict[str, bool]:
 
 
 @torch.no_grad()
-def probe(path: str, sizes: list[int], samples: int, seed: int) -> dict:
+def probe(path: str, sizes: list[int], samples: int, seed: int, needles: str, device: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     window = model.config.max_position_embeddings
     topics = reference_topics()
+    make_needle, formats = NEEDLE_SETS[needles]
     cells = {}
     for chars in sizes:
         counts = {"exact": 0, "first char": 0, "tail": 0}
-        per_format = [0] * FORMATS
+        per_format = [0] * formats
         examples = []
         for i in range(samples):
             rng = random.Random(f"copy-probe/{seed}/{i}")
-            needle = make_needle(rng, i % FORMATS)
+            needle = make_needle(rng, i % formats)
             context = (hide(haystack(rng, chars, topics), needle.sentence, rng.uniform(0.05, 0.95)) if chars
                        else needle.sentence)
-            ids = tokenizer(prompt(needle, context), return_tensors="pt").input_ids
+            ids = tokenizer(prompt(needle, context), return_tensors="pt").input_ids.to(device)
             if ids.shape[1] + NEW_TOKENS > window:
                 raise SystemExit(f"{chars} haystack characters make a {ids.shape[1]}-token prompt: over the "
                                  f"{window}-token window with {NEW_TOKENS} new tokens; pass smaller --sizes.")
@@ -69,11 +71,11 @@ def probe(path: str, sizes: list[int], samples: int, seed: int) -> dict:
             answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
             for name, hit in score(answer, needle.value).items():
                 counts[name] += hit
-            per_format[i % FORMATS] += answer.startswith(needle.value)
-            if len(examples) < 2 * FORMATS:
-                examples.append({"format": i % FORMATS, "value": needle.value, "answer": answer})
+            per_format[i % formats] += answer.startswith(needle.value)
+            if len(examples) < 2 * formats:
+                examples.append({"format": i % formats, "value": needle.value, "answer": answer})
         cells[str(chars)] = {k: round(100 * v / samples, 1) for k, v in counts.items()} | {
-            "exact per format": [round(100 * v / (samples // FORMATS), 1) for v in per_format],
+            "exact per format": [round(100 * v / (samples // formats), 1) for v in per_format],
             "examples": examples}
         print(f"{path} {chars} chars: {cells[str(chars)]['exact']}% exact", flush=True)
     return cells
@@ -84,31 +86,37 @@ def main(argv=None) -> int:
     parser.add_argument("--bases", nargs="+", required=True, help="base LM directories (Hugging Face format)")
     parser.add_argument("--names", nargs="+", default=None, help="a row name per base (default: the paths)")
     parser.add_argument("--sizes", default="0,350,700", help="haystack sizes in characters")
-    parser.add_argument("--samples", type=int, default=50, help="samples per size (formats take turns)")
+    parser.add_argument("--samples", type=int, default=60, help="samples per size (formats take turns)")
+    parser.add_argument("--needles", default="test", choices=sorted(NEEDLE_SETS),
+                        help="bench/heldout_prose.py's test formats or stage 1's validation formats")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     names = args.names or args.bases
     if len(names) != len(args.bases):
         parser.error("--names needs one name per base")
-    if args.samples % FORMATS:
-        parser.error(f"--samples must be a multiple of {FORMATS} (the formats take turns)")
+    formats = NEEDLE_SETS[args.needles][1]
+    if args.samples % formats:
+        parser.error(f"--samples must be a multiple of {formats} (the formats take turns)")
     torch.manual_seed(args.seed)
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = {name: probe(path, sizes, args.samples, args.seed) for name, path in zip(names, args.bases)}
+    results = {name: probe(path, sizes, args.samples, args.seed, args.needles, args.device)
+               for name, path in zip(names, args.bases)}
     os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "copy_probe.json"), {
-        "bases": dict(zip(names, args.bases)), "sizes": sizes, "samples": args.samples, "seed": args.seed,
-        "environment": environment(), "results": results})
+    stem = os.path.join(args.out, "copy_probe" + ("" if args.needles == "test" else f"_{args.needles}"))
+    write_json(stem + ".json", {
+        "bases": dict(zip(names, args.bases)), "needles": args.needles, "sizes": sizes, "samples": args.samples,
+        "seed": args.seed, "device": args.device, "environment": environment(), "results": results})
     columns = ["base", "haystack chars", "exact", "first char right", "tail copied after a wrong start",
-               "exact by format 0 / 1 / 2 / 3 / 4"]
+               "exact by format " + " / ".join(str(f) for f in range(formats))]
     rows = [dict(zip(columns, [name, chars, cell["exact"], cell["first char"], cell["tail"],
                                " / ".join(f"{v:g}" for v in cell["exact per format"])]))
             for name, cells in results.items() for chars, cell in cells.items()]
-    write_text(os.path.join(args.out, "copy_probe.md"), "\n".join([
-        f"# Copying unseen needle formats, full attention ({args.samples} samples per row, % of samples)", "",
-        markdown_table(rows, columns), ""]))
-    print(open(os.path.join(args.out, "copy_probe.md")).read())
+    write_text(stem + ".md", "\n".join([
+        f"# Copying unseen needle formats ({args.needles} set), full attention ({args.samples} samples per row, "
+        "% of samples)", "", markdown_table(rows, columns), ""]))
+    print(open(stem + ".md").read())
     return 0
 
 

@@ -3,13 +3,15 @@
 # to copy in a phrasing invented per document) mixed into the shipped pretraining corpus, gated on copying
 # unseen formats, then the shipped stage 1 on it.
 #   bash bench/drill_base.sh base     # pretraining (~4-8 minutes on an H200) and the gate: full attention at 1x on
-#                                     # held-out prose (unseen needle formats) and RULER
+#                                     # held-out prose (unseen needle formats) and RULER, and bench/copy_probe.py
 #   bash bench/drill_base.sh stage1   # stage 1 with the committed config on that base, the model exported
 #   bash bench/drill_base.sh eval     # RULER 1x/16x/64x and held-out prose 1x/4x/16x/64x of the exported model
 # DRILLS (default 0.3) sets the share of pretraining documents that are drills; PRETRAIN_STEPS (default 3000, the
 # shipped recipe's) the pretraining length (~13 steps/s on an H200); COMPILE=true compiles pretraining's forward;
-# STAGE_DRILLS (default 0) the share of stage 1's long documents that are drills (generated in the first call: give
-# it to every call); WORK (default work/drills) the build's directory; SAMPLES (default 20) the samples per cell.
+# DRILL_SHAPES (default all four of train/drills.py; "plain" is the one-shape drills of the first runs) the
+# statement shapes drills take; STAGE_DRILLS (default 0) the share of stage 1's long documents that are drills
+# (generated in the first call: give it to every call); WORK (default work/drills) the build's directory; SAMPLES
+# (default 20) the samples per cell.
 # The base comes back in $OUT in parts of 15 MB (`cat base.tgz.* > base.tgz`), for a later call on a fresh machine
 # (carry it to $WORK/base).
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
@@ -21,8 +23,9 @@ SHIPPED=assets/retrolm-byte-llama
 build() {
     mkdir -p "$WORK"
     python3 train/build_default_model.py --work "$WORK" --out "$WORK/model" --drill-fraction "${DRILLS:-0.3}" \
-        --stage-drill-fraction "${STAGE_DRILLS:-0}" \
-        --pretrain-set "max_steps=${PRETRAIN_STEPS:-3000}" --pretrain-set "compile=${COMPILE:-false}" --workers "${WORKERS:-14}" "$@" >> "$WORK/build.log" 2>&1
+        --drill-shapes "${DRILL_SHAPES:-plain,trailing,attribute,bare}" --stage-drill-fraction "${STAGE_DRILLS:-0}" \
+        --pretrain-set "max_steps=${PRETRAIN_STEPS:-3000}" --pretrain-set "compile=${COMPILE:-false}" \
+        --workers "${WORKERS:-14}" "$@" >> "$WORK/build.log" 2>&1
     local status=$?
     tr '\r' '\n' < "$WORK/build.log" | grep -vE "it/s]$|step/s]$|s/it]$" > "$OUT/build.log"
     grep -E "^\[|default model:|stopped|Error" "$OUT/build.log" | tail -8
@@ -43,7 +46,13 @@ case ${1:-base} in
 base)
     build --stop-after pretrain || exit 1
     (cd "$WORK" && tar -czf - base | split -b 15M - "$OUT/base.tgz.")
-    gate drills "$WORK/base"
+    [ "${GATE:-1}" = 1 ] && gate drills "$WORK/base"  # GATE=0: the copy probes alone (quicker)
+    for needles in test validation; do  # bench/copy_probe.py: copying unseen formats at three haystack sizes
+        python3 bench/copy_probe.py --bases "$WORK/base" \
+            --names "drills ${DRILLS:-0.3} (${DRILL_SHAPES:-four shapes}), ${PRETRAIN_STEPS:-3000} steps" \
+            --needles $needles --out "$OUT/gate_probe" > "$OUT/gate_probe_$needles.log" 2>&1
+    done
+    cat "$OUT"/gate_probe/copy_probe*.md
     # the shipped base's gate does not change (bench/results/drills/gate_*_shipped.*): GATE_SHIPPED=1 reruns it
     [ "${GATE_SHIPPED:-0}" = 1 ] && gate shipped "$SHIPPED/base"
     (cd "$OUT" && tar -czf gate.tgz --remove-files gate_*) ;;  # the device returns few files

@@ -31,3 +31,6 @@ def test_probe_writes_a_row_per_base_and_size_and_refuses_a_prompt_over_the_wind
     with pytest.raises(SystemExit, match="over the 512-token window"):
         main(["--bases", base, "--sizes", "600", "--samples", "5", "--out", str(tmp_path / "long")])
     assert not (tmp_path / "long").exists(), "nothing written for a run that was refused"
+    assert main(["--bases", base, "--needles", "validation", "--sizes", "0", "--samples", "3", "--out", str(out)]) == 0
+    validation = json.loads((out / "copy_probe_validation.json").read_text())
+    assert validation["needles"] == "validation" and len(validation["results"][base]["0"]["exact per format"]) == 3

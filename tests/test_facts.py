@@ -76,27 +76,61 @@ def test_drills_ask_only_what_they_stated_and_avoid_every_held_out_phrase():
     value: copying is the only way to predict it. No held-out phrase appears in a drill's own words (its filler
     is the shipped corpus's text)."""
     asked = rejoined = 0
+    shapes = set()
     for seed in range(200):
         drill = drills.make_drill(random.Random(seed), 1022, corpus.varied_filler)
         own_words = drills.make_drill(random.Random(seed), 1022, lambda rng, n: "x " * (n // 2)).text
         assert not facts.held_out_hits(own_words), own_words
+        phrasing = drill.phrasing
+        shapes.add(phrasing.shape)
         for start, end, key in drill.asked:
             stated_at, value = drill.stated[key]
             assert stated_at < start
-            assert f"{key} {drill.relation} {value}."[1:] in drill.text[stated_at:start]
+            assert phrasing.statement("", key, value)[1:] in drill.text[stated_at:start]
             answer = drill.text[start:end].rstrip("\n").split("\n")[-1]
-            assert answer.endswith(f" {value}.") and (drill.relation[1:] in answer or answer.startswith("Answer: Its ")), \
-                drill.text[start:end]
-            rejoined += answer.startswith("Answer: Its ")
+            if not answer.startswith("Answer: "):  # the statement again, after another lead
+                assert answer.endswith(phrasing.statement("", key, value)[1:]), answer
+            else:  # a question's answer ends with the value and names the fact by its words or its join
+                assert answer.endswith(f" {value}."), drill.text[start:end]
+                named = answer[len("Answer: "):-len(f" {value}.")]
+                assert phrasing.words.lower() in named.lower() or named == f"It {phrasing.join}", named
+                rejoined += named.startswith("Its ")
             asked += 1
     assert asked > 300, "drills ask several questions each"
     assert rejoined > 20, "some answers name the fact with another joining word"
+    assert shapes == set(drills.SHAPES)
 
 
-def test_drill_statements_share_one_invented_relation():
+@pytest.mark.parametrize("shape", drills.SHAPES)
+def test_drill_statements_share_one_phrasing_of_their_shape(shape):
+    rng = random.Random(0)
+    while (phrasing := drills.invented_phrasing(rng)).shape != shape:
+        pass
+    statement = phrasing.statement("", "Ada Brandt", "4821")
+    head, value, tail = statement.partition(" 4821")
+    assert value and (tail == "." or (shape == "trailing" and tail == f" {phrasing.trail}."))
+    if shape == "bare":
+        assert head == f"Ada Brandt {phrasing.words}", "no joining word before the value"
+    elif shape == "attribute":
+        assert head == f"The {phrasing.words} of Ada Brandt {phrasing.join}"
+    else:
+        assert head == f"Ada Brandt {phrasing.words} {phrasing.join}"
     drill = drills.make_drill(random.Random(5), 4000, lambda rng, n: "filler " * (n // 7))
-    assert len(drill.stated) >= 3 and drill.relation.split()[-1] in " ".join(drills.JOINS).split()
-    assert drill.text.count(f" {drill.relation} ") + drill.text.count(f"{drill.relation[1:]} ") >= len(drill.stated)
+    assert len(drill.stated) >= 3
+    for key, (_, value) in drill.stated.items():
+        assert drill.phrasing.statement("", key, value)[1:] in drill.text
+
+
+def test_drill_shapes_can_be_restricted():
+    """`drill_shapes` limits the statement shapes a drill document may take (plain alone: the first drills)."""
+    shapes = {drills.make_drill(random.Random(seed), 1022, corpus.varied_filler, ("plain", "bare")).phrasing.shape
+              for seed in range(40)}
+    assert shapes == {"plain", "bare"}
+    with pytest.raises(ValueError, match="drill shapes must be some of"):
+        drills.make_drill(random.Random(0), 1022, corpus.varied_filler, ("plain", "sideways"))
+    spec = corpus.DocumentSpec(3, 1022, 0.25, 340, drill_fraction=1.0, drill_shapes=("attribute",))
+    assert " of " in corpus.document(spec) and corpus.document(spec) != corpus.document(
+        corpus.DocumentSpec(3, 1022, 0.25, 340, drill_fraction=1.0, drill_shapes=("plain",)))
 
 
 def test_drill_documents_are_exact_and_leave_the_other_documents_unchanged():

@@ -35,6 +35,7 @@ from retrolm.training.config import load_train_config  # noqa: E402
 from retrolm.training.data import prepare_packed_data  # noqa: E402
 from retrolm.training.pretrain import load_pretrain_config, pretrain  # noqa: E402
 from train.corpus import write_documents  # noqa: E402
+from train.drills import SHAPES, check_shapes  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "default_model")
 # phases --stop-after can end a build at ("documents" is both document phases, before their packing)
@@ -98,6 +99,13 @@ def _export(checkpoint: str, out: str) -> dict:
     return {"files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
 
 
+def _drill_shapes(text: str) -> tuple[str, ...]:
+    try:
+        return check_shapes(tuple(s.strip() for s in text.split(",") if s.strip()))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "default-model"), help="intermediate outputs")
@@ -116,6 +124,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stage-drill-fraction", type=float, default=0.0,
                         help="share of long (stage 1 and 2) documents that are recall drills: needles in invented "
                              "phrasings for the retriever to find")
+    parser.add_argument("--drill-shapes", type=_drill_shapes, default=SHAPES, metavar="SHAPE,...",
+                        help=f"the statement shapes drills may take (default all: {','.join(SHAPES)}); plain alone "
+                             "is the one-shape drills of the first drill runs")
     parser.add_argument("--cut-dense-end", action="store_true",
                         help="cut dense recall texts to length at their end, so no question outlives its needle "
                              "(the shipped corpus cuts at the front)")
@@ -158,7 +169,8 @@ def main(argv=None) -> int:
             results = json.load(f)
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
                          "cut_dense_end": args.cut_dense_end, "drill_fraction": args.drill_fraction,
-                         "stage_drill_fraction": args.stage_drill_fraction}
+                         "stage_drill_fraction": args.stage_drill_fraction,
+                         "drill_shapes": list(args.drill_shapes)}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     results["post_train"] = args.post_train
     results["stage2_replay"] = args.stage2_replay if args.post_train else None
@@ -207,12 +219,13 @@ def main(argv=None) -> int:
         _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
             paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
             min_task_tokens=window // 3, workers=args.workers, fact_fraction=args.fact_fraction,
-            drill_fraction=args.drill_fraction))
+            drill_fraction=args.drill_fraction, drill_shapes=args.drill_shapes))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,
         fact_fraction=args.fact_fraction, short_fraction=args.short_fraction, short_length=window - 2,
-        cut_end=args.cut_dense_end, drill_fraction=args.stage_drill_fraction))
+        cut_end=args.cut_dense_end, drill_fraction=args.stage_drill_fraction,
+        drill_shapes=args.drill_shapes))
     if stopping_after("documents"):
         return 0
     if needs_pretraining_windows:

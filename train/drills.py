@@ -8,11 +8,18 @@ joining word ("pebble lantern under a", "quietly drifted to"), shared by all the
 The value is random and the relation is shared, so the only way to predict it is to find the statement of the
 same key and copy what follows the relation: the induction a needle in any format needs.
 
-Layouts of a recall (each ends with the value):
+A drill's facts also share a statement shape, so that the value is not always the sentence's last word nor the
+key its first ones:
+- plain: "Ada Brandt pebble lantern under a 4821.";
+- trailing: words follow the value ("Ada Brandt pebble lantern under a 4821 gravel cove.");
+- attribute: the relation's words name an attribute of the key ("The pebble lantern of Ada Brandt was set to 4821.");
+- bare: no joining word before the value ("Ada Brandt pebble lantern 4821.").
+
+Layouts of a recall (the value ends each answer; a restatement ends as the statement does):
 - the statement again, after another lead (copy after an exact match of "key relation");
-- a question naming the key, then an answer that restates "relation" after nothing, "It" or the key, or its words
-  with another joining word ("Its pebble lantern is"): the key must be found in the question, as in "Question:
-  ... of the amber orchard? Answer: It closed the year at", and the match may be loose;
+- a question naming the key, then an answer that restates the relation after nothing, "It" or the key, or its
+  words with another joining word ("Its pebble lantern is"): the key must be found in the question, as in
+  "Question: ... of the amber orchard? Answer: It closed the year at", and the match may be loose;
 - the prompt `retrolm generate` builds ("Answer the question using the text above."), same question and answer.
 Words come from facts.py's word list, which leaves out every held-out phrase (tests/test_facts.py checks drills).
 """
@@ -54,35 +61,62 @@ def _capitalised(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _statement(lead: str, key: str, relation: str, value: str) -> str:
-    return f"{lead}{key if lead else _capitalised(key)} {relation} {value}."
+SHAPES = ("plain", "trailing", "attribute", "bare")
 
 
-def invented_relation(rng: random.Random) -> str:
-    """One to three random words and a joining word: the drill's own phrasing."""
-    return " ".join([_word(rng) for _ in range(rng.randint(1, 3))] + [rng.choice(JOINS)])
+@dataclass(frozen=True)
+class Phrasing:
+    """How a drill states its facts: random `words`, a joining word (`join`, empty in the bare shape) and, in the
+    trailing shape, words after the value (`trail`)."""
+
+    shape: str
+    words: str
+    join: str
+    trail: str = ""
+
+    @property
+    def relation(self) -> str:
+        """What stands between a key and its value (plain, trailing and bare shapes)."""
+        return f"{self.words} {self.join}" if self.join else self.words
+
+    def statement(self, lead: str, key: str, value: str) -> str:
+        if self.shape == "attribute":
+            return f"{lead}{'the' if lead else 'The'} {self.words} of {key} {self.join} {value}."
+        tail = f" {self.trail}" if self.trail else ""
+        return f"{lead}{key if lead else _capitalised(key)} {self.relation} {value}{tail}."
+
+    def answer_start(self, rng: random.Random, key: str) -> str:
+        """The start of an answer about `key`, which the value completes."""
+        if self.shape == "attribute":
+            return rng.choice((f"It {self.join}", f"The {self.words} {self.join}", self.rejoined(rng),
+                               f"The {self.words} of {key} {self.join}"))
+        form = rng.randrange(4)
+        if form == 3 or (form == 1 and not self.join):  # "It pebble lantern" says nothing: name the words
+            return self.rejoined(rng)
+        return (_capitalised(self.relation), f"It {self.relation}", f"{_capitalised(key)} {self.relation}")[form]
+
+    def rejoined(self, rng: random.Random) -> str:
+        """"Its <words> <another joining word>": the answer names the fact in other words, as a question's answer
+        often does ("carries the label X" ... "Its label is"), so matching must be loose."""
+        return f"Its {self.words} {rng.choice([j for j in JOINS if j != self.join])}"
 
 
-def _rejoined(rng: random.Random, relation: str) -> str:
-    """"Its <the relation's words> <another joining word>": the answer names the fact in other words, as a
-    question's answer often does ("carries the label X" ... "Its label is"), so matching must be loose."""
-    words = relation
-    for join in sorted(JOINS, key=len, reverse=True):  # the longest joining word the relation ends with
-        if relation.endswith(" " + join):
-            words = relation[: -len(join) - 1]
-            break
-    return f"Its {words} {rng.choice([j for j in JOINS if not relation.endswith(' ' + j)])}"
+def invented_phrasing(rng: random.Random, shapes: tuple[str, ...] = SHAPES) -> Phrasing:
+    """One to three random words, a joining word and a statement shape among `shapes`: the drill's own phrasing."""
+    shape = rng.choice(shapes)
+    words = " ".join(_word(rng) for _ in range(rng.randint(1, 3)))
+    join = "" if shape == "bare" else rng.choice(JOINS)
+    trail = " ".join(_word(rng) for _ in range(rng.randint(1, 2))) if shape == "trailing" else ""
+    return Phrasing(shape, words, join, trail)
 
 
-def recall(rng: random.Random, key: str, relation: str, value: str) -> str:
+def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str) -> str:
     """A later line asking for `key`'s value, in one of the layouts of the module docstring."""
     layout = rng.randrange(3)
     if layout == 0:
-        return _statement(rng.choice(LEADS), key, relation, value)
+        return phrasing.statement(rng.choice(LEADS), key, value)
     question = rng.choice(ASKS).format(k=key, K=_capitalised(key))
-    form = rng.randrange(4)
-    answer = (_capitalised(relation), f"It {relation}", f"{_capitalised(key)} {relation}",
-              _rejoined(rng, relation) if form == 3 else "")[form] + f" {value}."
+    answer = f"{phrasing.answer_start(rng, key)} {value}."
     if layout == 1:
         return f"\nQuestion: {question}\nAnswer: {answer}\n"
     return f"\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer: {answer}\n"
@@ -91,15 +125,23 @@ def recall(rng: random.Random, key: str, relation: str, value: str) -> str:
 @dataclass
 class Drill:
     text: str
-    relation: str
+    phrasing: Phrasing
     stated: dict[str, tuple[int, str]]  # key -> (where its statement starts in text, value)
     asked: list[tuple[int, int, str]]  # (where a recall starts and ends in text, key)
 
 
-def make_drill(rng: random.Random, length: int, filler) -> Drill:
-    """About `length` characters of `filler(rng, chars)` text holding facts stated in one invented phrasing, each
-    asked back later (at least 40 characters on); facts stop in the last fifth, where the pending ones are asked."""
-    relation = invented_relation(rng)
+def check_shapes(shapes: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = sorted(set(shapes) - set(SHAPES))
+    if not shapes or unknown:
+        raise ValueError(f"drill shapes must be some of {', '.join(SHAPES)}; got {', '.join(shapes) or 'none'}")
+    return shapes
+
+
+def make_drill(rng: random.Random, length: int, filler, shapes: tuple[str, ...] = SHAPES) -> Drill:
+    """About `length` characters of `filler(rng, chars)` text holding facts stated in one invented phrasing (its
+    shape one of `shapes`), each asked back later (at least 40 characters on); facts stop in the last fifth, where
+    the pending ones are asked."""
+    phrasing = invented_phrasing(rng, check_shapes(shapes))
     kind = rng.choice(sorted(DRILL_VALUES))
     pieces, size, pending, stated, asked = [], 0, [], {}, []
     while size < length:
@@ -115,14 +157,14 @@ def make_drill(rng: random.Random, length: int, filler) -> Drill:
                 continue
             value = DRILL_VALUES[kind](rng)
             stated[key] = (size, value)
-            pieces.append(_statement(rng.choice(LEADS), key, relation, value))
-            pending.append((size + rng.randint(40, max(40, length // 2)), key, relation, value))
+            pieces.append(phrasing.statement(rng.choice(LEADS), key, value))
+            pending.append((size + rng.randint(40, max(40, length // 2)), key, phrasing, value))
         else:
             pieces.append(filler(rng, rng.randint(30, 160)))
         size += len(pieces[-1]) + 1
-    return Drill(" ".join(pieces), relation, stated, asked)
+    return Drill(" ".join(pieces), phrasing, stated, asked)
 
 
-def drill_text(rng: random.Random, length: int, filler) -> str:
+def drill_text(rng: random.Random, length: int, filler, shapes: tuple[str, ...] = SHAPES) -> str:
     """The text of `make_drill`."""
-    return make_drill(rng, length, filler).text
+    return make_drill(rng, length, filler, shapes).text

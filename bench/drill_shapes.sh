@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 14: one-shape drills against four-shape drills (train/drills.py), side by side on one GPU, each through
+# `bench/drill_base.sh base` (pretraining, the 1x gate, bench/copy_probe.py on the test and validation formats).
+#   bash bench/drill_shapes.sh [plain] [shapes]   # DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), compiled
+# Both by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in 560 s on an H200
+# (one alone takes ~260 s), so give them a call each. GATE=0 skips drill_base.sh's 1x gate. At DEADLINE seconds
+# (default 560, under the device's 600 s per call) the runs are stopped and what they wrote is packed, build logs
+# included: pretraining resumes from its last saved step (every 500) if the next call finds the same machine
+# (work/ stays while it is warm; a call a minute later found a fresh one on 2026-12-04).
+# $OUT gets each base in 15 MB parts (plain/, shapes/) and one results.tgz with the logs, gates and probes.
+set -uo pipefail
+source bench/device_env.sh  # installs the carried wheels once, before the two runs would race to
+DEADLINE=${DEADLINE:-560}
+run() {  # run NAME SHAPES
+    mkdir -p "$OUT/$1"
+    OUT="$OUT/$1" WORK="work/$1" DRILLS=${DRILLS:-0.5} PRETRAIN_STEPS=${PRETRAIN_STEPS:-6000} COMPILE=true \
+        DRILL_SHAPES=$2 WORKERS=$((14 / ${#RUNS[@]})) bash bench/drill_base.sh base > "$OUT/$1/run.log" 2>&1
+}
+declare -A SHAPES=([plain]=plain [shapes]=plain,trailing,attribute,bare)
+RUNS=("${@:-plain shapes}")
+RUNS=(${RUNS[*]})
+for name in "${RUNS[@]}"; do run "$name" "${SHAPES[$name]}" & done
+end=$((SECONDS + DEADLINE))
+while [ -n "$(jobs -rp)" ] && [ $SECONDS -lt $end ]; do sleep 2; done
+if [ -n "$(jobs -rp)" ]; then
+    echo "deadline of $DEADLINE s reached: stopping the runs (run again on the same machine to resume)"
+    pkill -f "bench/drill_base.sh" ; pkill -f "build_default_model.py|heldout_prose.py|eval.ruler|copy_probe.py"
+    sleep 5
+fi
+for name in "${RUNS[@]}"; do
+    echo "== $name"; tail -25 "$OUT/$name/run.log"
+    tr '\r' '\n' < "work/$name/build.log" | grep -vE "it/s]$|step/s]$|s/it]$" > "$OUT/$name/build.log"
+done
+cd "$OUT" && tar -czf results.tgz --exclude='base.tgz.*' "${RUNS[@]}" && find "${RUNS[@]}" -type f \
+    ! -name 'base.tgz.*' -delete
