@@ -75,7 +75,7 @@ def test_drills_ask_only_what_they_stated_and_avoid_every_held_out_phrase():
     """Each recall comes after the statement of its key, in the drill's own phrasing, and ends with the stated
     value: copying is the only way to predict it. No held-out phrase appears in a drill's own words (its filler
     is the shipped corpus's text)."""
-    asked = rejoined = 0
+    asked = rejoined = worded_questions = 0
     shapes = set()
     for seed in range(200):
         drill = drills.make_drill(random.Random(seed), 1022, corpus.varied_filler)
@@ -95,9 +95,13 @@ def test_drills_ask_only_what_they_stated_and_avoid_every_held_out_phrase():
                 named = answer[len("Answer: "):-len(f" {value}.")]
                 assert phrasing.words.lower() in named.lower() or named == f"It {phrasing.join}", named
                 rejoined += named.startswith("Its ")
+                question = drill.text[start:end].split("Question: ")[1].split("\n")[0]
+                assert key.lower() in question.lower(), question
+                worded_questions += f" {phrasing.words}" in question
             asked += 1
     assert asked > 300, "drills ask several questions each"
     assert rejoined > 20, "some answers name the fact with another joining word"
+    assert 0.3 < worded_questions / asked < 0.5, "about half the questions (two layouts in three) restate the words"
     assert shapes == set(drills.SHAPES)
 
 

@@ -17,9 +17,11 @@ key its first ones:
 
 Layouts of a recall (the value ends each answer; a restatement ends as the statement does):
 - the statement again, after another lead (copy after an exact match of "key relation");
-- a question naming the key, then an answer that restates the relation after nothing, "It" or the key, or its
-  words with another joining word ("Its pebble lantern is"): the key must be found in the question, as in
-  "Question: ... of the amber orchard? Answer: It closed the year at", and the match may be loose;
+- a question naming the key (half the time the relation's words too: "What is the pebble lantern of Ada Brandt?"),
+  then an answer that restates the relation after nothing, "It" or the key, or its words with another joining word
+  ("Its pebble lantern is"): the key must be found in the question, as in "Question: ... of the amber orchard?
+  Answer: It closed the year at", the match may be loose, and the nearest match of the answer's words may be the
+  question's, which no value follows;
 - the prompt `retrolm generate` builds ("Answer the question using the text above."), same question and answer.
 Words come from facts.py's word list, which leaves out every held-out phrase (tests/test_facts.py checks drills).
 """
@@ -35,6 +37,10 @@ JOINS = ("is", "was", "to", "at", "as", "under a", "into", "near", "reads", "bec
 LEADS = ("", "Note that ", "Remember: ", "In the end ", "By then ", "As noted, ", "Later, ", "Also, ", "Then ")
 ASKS = ("What about {k}?", "And {k}?", "What did the text say of {k}?", "Which one for {k}?", "Recall {k}.",
         "How about {k}?", "{K}?")
+# questions that restate the fact's words, as real questions do ("What is the pass code for ..."): the answer's
+# words then match the question too, where no value follows, and the copy must come from the statement
+NAMING_ASKS = ("What {w} did the text give {k}?", "Which {w} goes with {k}?", "What is the {w} of {k}?",
+               "{K}: which {w}?", "Tell me the {w} for {k}.", "What {w} was noted for {k}?")
 SEPARATORS = ("-", "/", ".", "")
 
 
@@ -115,7 +121,7 @@ def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str) -> str:
     layout = rng.randrange(3)
     if layout == 0:
         return phrasing.statement(rng.choice(LEADS), key, value)
-    question = rng.choice(ASKS).format(k=key, K=_capitalised(key))
+    question = rng.choice(rng.choice((ASKS, NAMING_ASKS))).format(k=key, K=_capitalised(key), w=phrasing.words)
     answer = f"{phrasing.answer_start(rng, key)} {value}."
     if layout == 1:
         return f"\nQuestion: {question}\nAnswer: {answer}\n"
