@@ -10,8 +10,10 @@ from one that finds it but copies it badly:
 - tail: the answer's first character is wrong, but the value without its first character appears in the answer
   (the copy went on from the right place after a wrong start, e.g. "4112" for "ZX-4412").
 Needles, questions and answer starts are bench/heldout_prose.py's five test formats (`--needles validation`: stage
-1's three validation formats, another set kept out of training); haystacks are Python's language reference, as
-there. Writes copy_probe.json and copy_probe.md under --out (copy_probe_validation.* for the validation set).
+1's three validation formats, another set kept out of training; `--needles sealed`: the six formats of
+bench/sealed_needles.py, used only for final reporting: never look at its failures to shape training); haystacks
+are Python's language reference, as there. Writes copy_probe.json and copy_probe.md under --out
+(copy_probe_validation.* for the validation set, copy_probe_sealed.* for the sealed one).
 """
 from __future__ import annotations
 
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="0,350,700", help="haystack sizes in characters")
     parser.add_argument("--samples", type=int, default=60, help="samples per size (formats take turns)")
     parser.add_argument("--needles", default="test", choices=sorted(NEEDLE_SETS),
-                        help="bench/heldout_prose.py's test formats or stage 1's validation formats")
+                        help="bench/heldout_prose.py's test formats, stage 1's validation formats, or the sealed "
+                             "formats (used only for final reporting: never look at its failures to shape training)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)

@@ -9,14 +9,17 @@ The default model trained on the standard library's docstrings, essay-like fille
 - needles: five sentence formats unlike RULER's ("The pass code for the amber orchard locker is 4821907."),
   with values of several kinds (digits, words, letter-digit codes), asked with their own questions;
   `--needles validation` uses stage 1's validation formats instead (retrolm/training/needle_recall.py: what
-  `keep="needle_recall"` chooses a retriever by), to compare the two sets;
+  `keep="needle_recall"` chooses a retriever by), to compare the two sets; `--needles sealed` uses the six
+  sealed formats of bench/sealed_needles.py, used only for final reporting: never look at its failures to shape
+  training;
 - the prompt: the one `retrolm generate` builds (text, the question, "Answer:") plus the start of the answer.
 For each context length (a multiple of the model's window) and page scorer, a sample hides one needle at a
 random depth and reports:
 - needle-page recall: every page holding the value is among those retrieved for the answer (the first decode
   step's retrieval; under the attention scorer, the pages most layers chose);
 - accuracy: the value appears in the first generated tokens.
-Writes heldout_prose.json, .md and .png under --out (heldout_prose_validation.* with --needles validation).
+Writes heldout_prose.json, .md and .png under --out (heldout_prose_validation.* with --needles validation,
+heldout_prose_sealed.* with --needles sealed).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from bench.default_model_quality import plot  # noqa: E402
+from bench.sealed_needles import SEALED_FORMATS, sealed_needle  # noqa: E402
 from retrolm.model import RetroLM, default_model_path  # noqa: E402
 from retrolm.training.needle_recall import (VALIDATION_FORMATS, Needle, answer_pages, build_sample,  # noqa: E402
                                             reference_topics, validation_needle, value_pages)
@@ -82,8 +86,13 @@ def make_needle(rng: random.Random, form: int) -> Needle:
 
 
 FORMATS = 5
-# --needles: the test formats above, or stage 1's validation needles (retrolm/training/needle_recall.py)
-NEEDLE_SETS = {"test": (make_needle, FORMATS), "validation": (validation_needle, VALIDATION_FORMATS)}
+# --needles: the test formats above, stage 1's validation needles (retrolm/training/needle_recall.py) or the sealed
+# formats (bench/sealed_needles.py), kept for final reporting so that no training choice is fitted to them
+NEEDLE_SETS = {"test": (make_needle, FORMATS), "validation": (validation_needle, VALIDATION_FORMATS),
+               "sealed": (sealed_needle, SEALED_FORMATS)}
+NEEDLE_KINDS = {"test": "five test formats",
+                "validation": "stage 1's three validation formats (retrolm/training/needle_recall.py)",
+                "sealed": "six sealed formats (bench/sealed_needles.py), for final reporting only"}
 
 
 @torch.no_grad()
@@ -116,7 +125,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40, help="samples per cell (formats take turns)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--needles", default="test", choices=sorted(NEEDLE_SETS),
-                        help="the five test formats, or stage 1's three validation formats (its own result files)")
+                        help="the five test formats, stage 1's three validation formats, or the six sealed formats "
+                             "(used only for final reporting: never look at its failures to shape training); "
+                             "each set but test has its own result files")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
@@ -143,14 +154,13 @@ def main() -> None:
               "haystack": "pydoc_data.topics (Python language reference), held out of training",
               "needles": args.needles, "needle_formats": NEEDLE_SETS[args.needles][1], "scores": scores,
               "seconds": seconds, "samples_detail": details}
-    prefix = os.path.join(args.out, "heldout_prose" + ("_validation" if args.needles == "validation" else ""))
+    prefix = os.path.join(args.out, "heldout_prose" + ("" if args.needles == "test" else f"_{args.needles}"))
     write_json(prefix + ".json", record)
     table = [{"scorer": s, "metric": m, **{f"{f}x": f"{scores[s][m][str(f * window)]:.0f}" for f in factors}}
              for s in scores for m in scores[s]]
-    kind = ("five test formats" if args.needles == "test" else
-            "stage 1's three validation formats (retrolm/training/needle_recall.py)")
     text = (f"# Held-out prose and needle formats ({args.samples} samples per cell, {args.device})\n\n"
-            f"Haystacks: Python's language reference (`pydoc_data.topics`), not in training. Needles: {kind}, "
+            f"Haystacks: Python's language reference (`pydoc_data.topics`), not in training. Needles: "
+            f"{NEEDLE_KINDS[args.needles]}, "
             "not in training. Recall: the value's page(s) among those retrieved for the answer.\n\n"
             + markdown_table(table, ["scorer", "metric"] + [f"{f}x" for f in factors]))
     write_text(prefix + ".md", text)

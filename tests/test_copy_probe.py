@@ -34,3 +34,7 @@ def test_probe_writes_a_row_per_base_and_size_and_refuses_a_prompt_over_the_wind
     assert main(["--bases", base, "--needles", "validation", "--sizes", "0", "--samples", "3", "--out", str(out)]) == 0
     validation = json.loads((out / "copy_probe_validation.json").read_text())
     assert validation["needles"] == "validation" and len(validation["results"][base]["0"]["exact per format"]) == 3
+    assert main(["--bases", base, "--needles", "sealed", "--sizes", "0", "--samples", "6", "--out", str(out)]) == 0
+    sealed = json.loads((out / "copy_probe_sealed.json").read_text())
+    assert sealed["needles"] == "sealed" and len(sealed["results"][base]["0"]["exact per format"]) == 6
+    assert (out / "copy_probe_validation.json").exists(), "each set keeps its own result files"

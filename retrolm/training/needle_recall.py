@@ -6,12 +6,14 @@ text of another kind. A sample hides one needle sentence in natural prose (Pytho
 and counts a hit when every page holding the value is among those retrieved for the answer's first token: the
 first decode step of `RetroLM.generate`, as a user's question gets it.
 
-Two needle sets share this haystack text and nothing else:
+Three needle sets share this haystack text and nothing else:
 - VALIDATION formats (here): measured while training (`needle_eval_samples`); `keep="needle_recall"` keeps the
   retriever of the evaluation where they were found most often;
-- the test formats of bench/heldout_prose.py: measured once, after training.
+- the test formats of bench/heldout_prose.py: measured once, after training;
+- the sealed formats of bench/sealed_needles.py: used only for final reporting, never to shape training.
 Their wording, subjects and value kinds differ, so a retriever chosen on one set is measured on needles it was
-not chosen by. train/facts.py keeps the phrases of both out of training lessons (a test checks it).
+not chosen by. train/facts.py keeps the phrases of the first two out of training lessons (a test checks it);
+tests/test_sealed_needles.py checks that the sealed set's phrases are in no training document.
 """
 from __future__ import annotations
 
