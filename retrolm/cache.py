@@ -217,6 +217,27 @@ class PagedKVCache(Cache):
         self.page_queries[first_page:end] = queries
         self.num_complete_pages = end
 
+    def load_pages(self, token_ids: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+                   page_starts: torch.Tensor, queries: torch.Tensor, bookmark_keys: torch.Tensor) -> None:
+        """Fill this empty, resident cache with whole pages encoded elsewhere (a page store's), as if they had been
+        encoded here: token ids [T] (T a whole number of pages), per layer keys / values [kv_heads, T, D] rotated
+        at `page_starts` [T / P], and the pages' retriever queries and bookmark keys [T / P, heads, dim]."""
+        tokens, P = token_ids.shape[0], self.page_size
+        if self.num_tokens or self.slots is not None or tokens % P or not tokens:
+            raise RetroLMError(f"load_pages fills an empty resident cache with whole pages; got {tokens} tokens "
+                               f"(page size {P}) into a cache holding {self.num_tokens}"
+                               f"{' (offloaded)' if self.slots is not None else ''}.")
+        self.append_tokens(token_ids)
+        for layer, k, v in zip(self.layers, keys, values, strict=True):
+            device = self.token_ids.device
+            layer.lazy_initialization(k[None].to(device), v[None].to(device))
+            layer.keys, layer.values = _grow(layer.keys, 2, tokens), _grow(layer.values, 2, tokens)
+            layer.keys[0, :, :tokens], layer.values[0, :, :tokens] = k, v
+            layer.length = tokens
+        self.store_bookmarks(0, queries.to(self.bookmark_keys.device), bookmark_keys.to(self.bookmark_keys.device))
+        self.set_page_starts(torch.arange(tokens // P, device=self.page_starts.device),
+                             page_starts.to(self.page_starts.device))
+
     def set_page_starts(self, pages: torch.Tensor, starts: torch.Tensor) -> None:
         """Record the position at which each of `pages` is (being) encoded."""
         self.page_starts = _grow(self.page_starts, 0, int(pages.max()) + 1)

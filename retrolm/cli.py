@@ -1,8 +1,11 @@
-"""Command line: `retrolm generate` (answer a question about a long file) and `retrolm demo`."""
+"""Command line: `retrolm generate` (answer a question about a long file), `retrolm demo`, `retrolm train-retriever`,
+`retrolm index` (a page store of a document collection: build, list, delete) and `retrolm ask` (answer from one)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 import torch
 
@@ -66,6 +69,74 @@ def _train_retriever(args) -> int:
     return 0
 
 
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+
+def collect_documents(paths: list[str]) -> dict[str, str]:
+    """doc id (the path as found) -> text, for each file given and each text file (TEXT_SUFFIXES) under each
+    directory given."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                            if name.endswith(TEXT_SUFFIXES))
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise RetroLMError(f"{path!r} is neither a file nor a directory; pass text files or folders of them.")
+    if not files:
+        raise RetroLMError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {', '.join(map(repr, paths))}.")
+    return {os.path.normpath(f): read_text(f, "document") for f in files}
+
+
+def _index(args) -> int:
+    from .page_store import PageStore
+
+    if args.action == "build":
+        from .model import RetroLM
+
+        documents = collect_documents(args.docs)  # every file read before the model loads: a bad one fails first
+        model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        store = PageStore.open(args.out, model, create=True)
+        start = time.perf_counter()
+        store.add(documents)
+        stored = store.documents()
+        tokens = sum(stored[d]["tokens"] for d in documents)
+        print(f"stored {len(documents)} documents ({tokens} tokens) in {time.perf_counter() - start:.1f} s; "
+              f"{args.out} holds {len(stored)} documents, {sum(e['tokens'] for e in stored.values())} tokens")
+        return 0
+    store = PageStore.open(args.store, None)
+    if args.action == "delete":
+        store.delete(args.ids)
+        print(f"deleted {len(args.ids)} documents; {len(store)} left")
+        return 0
+    for doc_id, entry in sorted(store.documents().items()):
+        print(f"{entry['tokens']:>10} tokens {entry['pages']:>7} pages  {doc_id}")
+    return 0
+
+
+def _ask(args) -> int:
+    from .model import RetroLM
+    from .page_store import PageStore
+
+    started = time.perf_counter()
+    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    store = PageStore.open(args.store, model)
+    loaded = time.perf_counter()
+    result = model.answer(args.question, store, max_new_tokens=args.max_new_tokens, template=args.template,
+                          do_sample=False)
+    print(f"answer: {result.text}")
+    print(f"pages attended ({len(result.pages)}), best first:")
+    for doc_id, page, score in result.pages:
+        text = store.read_pages(doc_id, [page]).token_ids
+        preview = model.tokenizer.decode(text, skip_special_tokens=True).replace("\n", " ")[:60]
+        print(f"  {score:8.2f}  {doc_id} page {page}: {preview}")
+    t = result.timings
+    print(f"timings: model and store loaded in {loaded - started:.2f} s; index {t['index_s']:.2f} s, retrieval "
+          f"{t['retrieve_s']:.3f} s, pages loaded {t['load_s']:.3f} s, answer {t['generate_s']:.2f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retrolm", description="Long-context LLM inference by KV page retrieval.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +176,31 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--split", default="train", help="split of a hub dataset")
     train.add_argument("--push-to-hub", metavar="REPO", help="upload the trained checkpoint to this hub repo")
     train.set_defaults(run=_train_retriever)
+    index = commands.add_parser("index", help="a page store: a document collection encoded once into KV pages")
+    actions = index.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="encode documents into a store (new, or add to / replace in one)")
+    build.add_argument("docs", nargs="+", help=f"text files, or folders of them ({', '.join(TEXT_SUFFIXES)})")
+    build.add_argument("--out", required=True, help="the store directory (created if new)")
+    build.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
+    build.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    build.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES))
+    listing = actions.add_parser("list", help="the documents of a store")
+    listing.add_argument("--store", required=True)
+    delete = actions.add_parser("delete", help="remove documents from a store")
+    delete.add_argument("--store", required=True)
+    delete.add_argument("ids", nargs="+", help="document ids, as `retrolm index list` shows them")
+    index.set_defaults(run=_index)
+    ask = commands.add_parser("ask", help="answer a question from a page store's documents (`retrolm index build`)")
+    ask.add_argument("question")
+    ask.add_argument("--store", required=True)
+    ask.add_argument("--model", default=None, help="the model the store was built with (default: the embedded one)")
+    ask.add_argument("--template", default=None,
+                     help='the text after the retrieved pages, "{question}" marking the question (default: '
+                          '"...Question: {question}\\nAnswer:")')
+    ask.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    ask.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ask.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES))
+    ask.set_defaults(run=_ask)
     args = parser.parse_args(argv)
     return exit_code(lambda: args.run(args))
 

@@ -368,12 +368,25 @@ class RetroLM(nn.Module):
         """
         input_ids = self._check(input_ids, attention_mask)
         max_new_tokens = check_max_new_tokens(max_new_tokens)
+        return self.generate_after(self.new_cache(input_ids.shape[1] + max_new_tokens), input_ids, max_new_tokens,
+                                   progress, **generate_kwargs)
+
+    @torch.no_grad()
+    def generate_after(self, cache: PagedKVCache, input_ids: torch.Tensor, max_new_tokens: int = 64,
+                       progress: bool | None = None, **generate_kwargs) -> torch.Tensor:
+        """`generate` on a cache that already holds the start of `input_ids` [1, T] (`cache.num_tokens` tokens, e.g.
+        pages loaded from a page store) and has room for T + max_new_tokens: the rest of the prompt is encoded,
+        then decoding runs as in `generate`. Returns [1, T + new]."""
+        held = cache.num_tokens
+        if not held < input_ids.shape[1] or not torch.equal(cache.token_ids[:held].cpu(), input_ids[0, :held].cpu()):
+            raise RetroLMError(f"the cache holds {held} tokens that are not the start of the {input_ids.shape[1]} "
+                               "input ids: pass the ids it holds followed by at least one new token.")
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
         check_generation(self.base_model, generate_kwargs)
         mode = self._decode_mode(input_ids.shape[1])  # before the prefill: a mode that cannot apply costs nothing
-        cache = self.new_cache(input_ids.shape[1] + max_new_tokens)
         started = time.perf_counter()
-        if input_ids.shape[1] > 1:
-            self.encode(input_ids[:, :-1], cache, logits_to_keep=1, progress=progress)
+        if input_ids.shape[1] - held > 1:
+            self.encode(input_ids[:, held:-1], cache, logits_to_keep=1, progress=progress)
         cache.selection = None  # the first decode step retrieves afresh, from a window holding the prompt's end
         encoded = time.perf_counter()
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
@@ -387,6 +400,15 @@ class RetroLM(nn.Module):
                              "prompt_tokens": input_ids.shape[1], "new_tokens": output.shape[1] - input_ids.shape[1],
                              "decode_mode": mode}
         return output
+
+    def answer(self, question: str, store, max_new_tokens: int = 64, template: str | None = None, **generate_kwargs):
+        """Answer `question` from a page store (`retrolm index build`; a `PageStore` or its directory): the pages of
+        the whole collection most relevant to it are retrieved by bookmark key and attended to (collection.py).
+        template: the text after the retrieved pages, "{question}" marking the question (collection.answer).
+        Returns an `Answer`: .text, .pages (document, page, score) cited, .timings."""
+        from .collection import QUESTION_TEMPLATE, answer
+
+        return answer(self, question, store, max_new_tokens, template or QUESTION_TEMPLATE, **generate_kwargs)
 
     @contextlib.contextmanager
     def decoding(self, cache: PagedKVCache, max_new_tokens: int, mode: str = "eager"):

@@ -1,0 +1,118 @@
+"""Answering over a page store (retrolm/collection.py, `RetroLM.answer`, `retrolm ask`): stored pages behave as the
+same text in context, and a question finds its page among other documents."""
+import random
+
+import pytest
+import torch
+
+from retrolm.cli import main as cli
+from retrolm.collection import QUESTION_TEMPLATE, load_retrieved
+from retrolm.demo import NOUNS, Fact
+from retrolm.errors import RetroLMError
+from retrolm.filler import ESSAY_SHAPES
+from retrolm.model import RetroLM
+from retrolm.page_store import PageStore
+
+
+@pytest.fixture(scope="module")
+def model():
+    return RetroLM.from_pretrained()
+
+
+def _essay(rng: random.Random, chars: int) -> str:
+    sentences = []
+    while sum(map(len, sentences)) < chars:
+        sentences.append(rng.choice(ESSAY_SHAPES).format(**{k: rng.choice(NOUNS) for k in "abcd"}))
+    return " ".join(sentences)
+
+
+def _ruler_template(key: str) -> str:
+    return "\n{question} The special magic number for " + key + " mentioned in the provided text is"
+
+
+def test_stored_pages_give_what_the_same_text_in_context_gives(tmp_path, model):
+    """A document of exactly the page budget (sink + local + top_k pages): every page is attended either way, so
+    the question's logits and the answer are those of the document and question encoded together."""
+    config = model.config
+    budget = config.sink_pages + config.local_pages + config.top_k
+    rng = random.Random(1)
+    fact = Fact("amber-ledger", "5523871", 0.5)
+    text = _essay(rng, 400) + " " + fact.needle + " " + _essay(rng, 2000)
+    text = text[: budget * config.page_size]
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({"doc": text}, progress=False)
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    template = _ruler_template(fact.key)
+    prompt = template.replace("{question}", question)
+    question_ids = model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    cache, held = load_retrieved(model, store, [("doc", page, 0.0) for page in range(budget)], question_ids.shape[1])
+    assert torch.equal(held, model.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0])
+    _, stored_logits = model.encode(question_ids, cache, progress=False)
+    together = model.tokenizer(text + prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    _, logits = model.encode(together, progress=False)
+    assert torch.equal(stored_logits[0], logits[0, held.shape[0]:])
+    result = model.answer(question, store, max_new_tokens=8, template=template)
+    generated = model.generate(together, max_new_tokens=8, do_sample=False)
+    assert result.text == model.tokenizer.decode(generated[0, together.shape[1]:], skip_special_tokens=True).strip()
+    assert result.text.startswith(fact.value)
+    assert sorted(page for _, page, _ in result.pages) == list(range(budget)), "the whole budget is attended"
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_question_finds_its_page_among_other_documents(tmp_path, model, seed):
+    rng = random.Random(seed)
+    docs = {f"doc{i}": _essay(rng, 2500) for i in range(8)}
+    fact = Fact(f"amber-{rng.choice(NOUNS)}", str(rng.randint(10 ** 6, 10 ** 7 - 1)), 0.5)
+    target = f"doc{rng.randrange(8)}"
+    sentences = docs[target].split(". ")
+    at = rng.randrange(3, len(sentences) - 3)
+    docs[target] = ". ".join(sentences[:at] + [fact.needle[:-1]] + sentences[at:])
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add(docs, progress=False)
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    result = model.answer(question, store, max_new_tokens=10, template=_ruler_template(fact.key))
+    start = docs[target].index(fact.needle[:-1])
+    needle_pages = {start // 64, (start + len(fact.needle) - 2) // 64}
+    assert {(doc, page) for doc, page, _ in result.pages[:2]} == {(target, p) for p in needle_pages}
+    assert result.text.startswith(fact.value), result.text
+    assert [score for _, _, score in result.pages] == sorted((s for _, _, s in result.pages), reverse=True)
+    assert result.timings["index_s"] > 0
+    again = model.answer(question, store, max_new_tokens=10, template=_ruler_template(fact.key))
+    assert again.timings["index_s"] == 0 and again.text == result.text, "the index is built once per store state"
+
+
+def test_answer_refuses_what_it_cannot_do(tmp_path, model):
+    store = PageStore.open(str(tmp_path / "store"), model, create=True)
+    with pytest.raises(RetroLMError, match="holds no documents"):
+        model.answer("Anything?", store)
+    store.add({"doc": _essay(random.Random(0), 1000)}, progress=False)
+    with pytest.raises(RetroLMError, match="must hold {question}"):
+        model.answer("Anything?", store, template="Answer:")
+    with pytest.raises(RetroLMError, match="the question is empty"):
+        model.answer("  ", store)
+    training_free = RetroLM.from_pretrained(scorer="attention")
+    with pytest.raises(RetroLMError, match="needs the trained scorer"):
+        training_free.answer("Anything?", str(tmp_path / "store"))
+    free_store = PageStore.open(str(tmp_path / "free"), training_free, create=True)
+    free_store.add({"doc": _essay(random.Random(0), 1000)}, progress=False)
+    with pytest.raises(RetroLMError, match="keeps no bookmark keys"):
+        free_store.read_pages("doc", [0])
+
+
+def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
+    rng = random.Random(5)
+    fact = Fact("quiet-orchard", "3051187", 0.5)
+    (tmp_path / "a.txt").write_text(_essay(rng, 1200) + " " + fact.needle + " " + _essay(rng, 1200))
+    (tmp_path / "b.txt").write_text(_essay(rng, 2000))
+    monkeypatch.chdir(tmp_path)
+    assert cli(["index", "build", "a.txt", "b.txt", "--out", "store", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    assert cli(["ask", question, "--store", "store", "--device", "cpu", "--max-new-tokens", "9",
+                "--template", _ruler_template(fact.key)]) == 0
+    out = capsys.readouterr().out
+    assert f"answer: {fact.value}" in out, out
+    assert "pages attended (15), best first:" in out and "a.txt page" in out and "timings:" in out
+    assert cli(["ask", question, "--store", "missing", "--device", "cpu"]) == 2
+    assert "not a page store" in capsys.readouterr().err
+    assert QUESTION_TEMPLATE.count("{question}") == 1
