@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from bench.collection_store import collection
 from retrolm.cli import main as cli
 from retrolm.collection import QUESTION_TEMPLATE, load_retrieved
 from retrolm.demo import NOUNS, Fact
@@ -116,3 +117,12 @@ def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
     assert cli(["ask", question, "--store", "missing", "--device", "cpu"]) == 2
     assert "not a page store" in capsys.readouterr().err
     assert QUESTION_TEMPLATE.count("{question}") == 1
+
+
+def test_benchmark_collection_holds_one_distinct_fact_per_document():
+    docs, facts = collection(40, 1024, seed=3)
+    assert len({fact.key for fact, _ in facts.values()}) == 40 == len(docs)
+    for doc_id, text in docs.items():
+        fact, offset = facts[doc_id]
+        assert len(text) <= 1024 and text.isascii() and text[offset:].startswith(fact.needle)
+        assert text.count("special magic number") == 1, "each document holds its own fact only"

@@ -1,0 +1,130 @@
+"""A page store of many documents on a CPU (issue 15): build time, answer time, needle-page recall and accuracy.
+
+    python bench/collection_store.py --docs 1000 --doc-tokens 1024 --questions 50 --out bench/results/collection
+
+Each document is the default model's kind of text (essay-shaped filler) holding one fact of its own ("One of the
+special magic numbers for amber-river-ledger is: 5523871."), so every other document is a distractor with a fact
+of the same shape under another key. The store is built with `PageStore.add` (as `retrolm index build` does),
+then questions about random documents' facts go through `RetroLM.answer` with RULER's answer start (the default
+model answers needles after it). Reports:
+- build: seconds and tokens/s for the whole collection, and the store's size on disk;
+- answer: seconds per question (index search, page loading, encoding the question and decoding), the first
+  question also building the index;
+- needle-page recall: the pages holding the fact are among the pages attended; accuracy: the answer starts with
+  the value.
+Writes collection_store.json and .md under --out (through temporary files). Text-chunk RAG and RetroLM over the
+whole concatenation on the same questions (the issue's comparison) are not in this script yet.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from retrolm.demo import ADJECTIVES, NOUNS, Fact  # noqa: E402
+from retrolm.filler import ESSAY_SHAPES  # noqa: E402
+from retrolm.model import RetroLM  # noqa: E402
+from retrolm.page_store import PageStore  # noqa: E402
+
+
+def make_document(rng: random.Random, chars: int, fact: Fact) -> tuple[str, int]:
+    """At most `chars` characters of essay filler with `fact`'s needle between two sentences; (text, needle
+    offset)."""
+    sentences, size = [], len(fact.needle)
+    while True:
+        sentence = rng.choice(ESSAY_SHAPES).format(**{k: rng.choice(NOUNS) for k in "abcd"})
+        if size + 1 + len(sentence) > chars:
+            break
+        sentences.append(sentence)
+        size += 1 + len(sentence)
+    at = rng.randrange(len(sentences) + 1)
+    text = " ".join(sentences[:at] + [fact.needle] + sentences[at:])
+    return text, text.index(fact.needle)
+
+
+def collection(count: int, chars: int, seed: int) -> tuple[dict[str, str], dict[str, tuple[Fact, int]]]:
+    """`count` documents (id -> text) and each one's fact and needle offset; every key is distinct."""
+    rng = random.Random(seed)
+    keys = rng.sample([f"{a}-{n}-{m}" for a in ADJECTIVES for n in NOUNS for m in NOUNS if n != m], count)
+    docs, facts = {}, {}
+    for i in range(count):
+        fact = Fact(keys[i], str(rng.randint(10 ** 6, 10 ** 7 - 1)),
+                    0.0)
+        doc_id = f"doc{i:05d}.txt"
+        docs[doc_id], offset = make_document(rng, chars, fact)
+        facts[doc_id] = (fact, offset)
+    return docs, facts
+
+
+def ask(model, store, doc_id: str, fact: Fact, offset: int) -> dict:
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    template = "\n{question} The special magic number for " + fact.key + " mentioned in the provided text is"
+    started = time.perf_counter()
+    result = model.answer(question, store, max_new_tokens=len(fact.value) + 2, template=template, do_sample=False)
+    seconds = time.perf_counter() - started
+    P = model.config.page_size
+    needle_pages = {(doc_id, p) for p in range(offset // P, (offset + len(fact.needle) - 1) // P + 1)}
+    attended = {(d, p) for d, p, _ in result.pages}
+    return {"doc": doc_id, "value": fact.value, "answer": result.text, "seconds": seconds,
+            "timings": result.timings, "recalled": needle_pages <= attended,
+            "correct": result.text.startswith(fact.value)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--doc-tokens", type=int, default=1024, help="characters = tokens for the default model")
+    parser.add_argument("--questions", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", default=None, help="store directory (default: a temporary one, removed after)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
+    args = parser.parse_args()
+    model = RetroLM.from_pretrained(args.model, device=args.device)
+    docs, facts = collection(args.docs, args.doc_tokens, args.seed)
+    path = args.store or tempfile.mkdtemp(prefix="retrolm-store-")
+    try:
+        store = PageStore.open(path, model, create=True)
+        started = time.perf_counter()
+        store.add(docs)
+        build_s = time.perf_counter() - started
+        tokens = sum(entry["tokens"] for entry in store.documents().values())
+        disk = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+        rng = random.Random(args.seed + 1)
+        asked = [ask(model, store, d, *facts[d]) for d in rng.sample(sorted(docs), args.questions)]
+    finally:
+        if args.store is None:
+            shutil.rmtree(path, ignore_errors=True)
+    later = asked[1:] or asked
+    summary = {"documents": len(docs), "tokens": tokens, "build_s": round(build_s, 1),
+               "build_tokens_per_s": round(tokens / build_s), "store_gib": round(disk / 2 ** 30, 3),
+               "first_answer_s": round(asked[0]["seconds"], 2),
+               "answer_s_mean": round(sum(a["seconds"] for a in later) / len(later), 3),
+               "answer_s_max": round(max(a["seconds"] for a in later), 3),
+               "needle_page_recall": round(100 * sum(a["recalled"] for a in asked) / len(asked), 1),
+               "accuracy": round(100 * sum(a["correct"] for a in asked) / len(asked), 1)}
+    write_json(os.path.join(args.out, "collection_store.json"),
+               {"args": vars(args), "summary": summary, "questions": asked, "environment": environment(),
+                "threads": torch.get_num_threads()})
+    table = markdown_table([summary], list(summary))
+    write_text(os.path.join(args.out, "collection_store.md"),
+               f"# Page store of {len(docs)} documents ({tokens} tokens), default model, {args.device}\n\n"
+               f"{table}\n\nAnswer times exclude the first question (which also builds the index); "
+               f"{args.questions} questions, each about one document's fact among {len(docs)} facts of the same "
+               "shape.\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
