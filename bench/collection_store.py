@@ -12,8 +12,8 @@ model answers needles after it). Reports:
   question also building the index;
 - needle-page recall: the pages holding the fact are among the pages attended; accuracy: the answer starts with
   the value.
-Writes collection_store.json and .md under --out (through temporary files). Text-chunk RAG and RetroLM over the
-whole concatenation on the same questions (the issue's comparison) are not in this script yet.
+Writes collection_store.json and .md under --out (through temporary files). bench/collection_qa.py asks the same
+kind of questions through the store, text-chunk RAG and RetroLM over the whole concatenation.
 """
 from __future__ import annotations
 
@@ -66,17 +66,29 @@ def collection(count: int, chars: int, seed: int) -> tuple[dict[str, str], dict[
     return docs, facts
 
 
+def question(fact: Fact) -> str:
+    return f"What is the special magic number for {fact.key} mentioned in the provided text?"
+
+
+def answer_template(fact: Fact) -> str:
+    """The text after the context: the question, then RULER's answer start (the default model answers after it)."""
+    return "\n{question} The special magic number for " + fact.key + " mentioned in the provided text is"
+
+
+def needle_pages(doc_id: str, fact: Fact, offset: int, page_size: int) -> set[tuple[str, int]]:
+    """(document, page) of every page the needle's characters (= tokens for the default model) fall in."""
+    return {(doc_id, p) for p in range(offset // page_size, (offset + len(fact.needle) - 1) // page_size + 1)}
+
+
 def ask(model, store, doc_id: str, fact: Fact, offset: int) -> dict:
-    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
-    template = "\n{question} The special magic number for " + fact.key + " mentioned in the provided text is"
     started = time.perf_counter()
-    result = model.answer(question, store, max_new_tokens=len(fact.value) + 2, template=template, do_sample=False)
+    result = model.answer(question(fact), store, max_new_tokens=len(fact.value) + 2, template=answer_template(fact),
+                          do_sample=False)
     seconds = time.perf_counter() - started
-    P = model.config.page_size
-    needle_pages = {(doc_id, p) for p in range(offset // P, (offset + len(fact.needle) - 1) // P + 1)}
+    needle = needle_pages(doc_id, fact, offset, model.config.page_size)
     attended = {(d, p) for d, p, _ in result.pages}
     return {"doc": doc_id, "value": fact.value, "answer": result.text, "seconds": seconds,
-            "timings": result.timings, "recalled": needle_pages <= attended,
+            "timings": result.timings, "recalled": needle <= attended,
             "correct": result.text.startswith(fact.value)}
 
 

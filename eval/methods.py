@@ -209,8 +209,7 @@ class RagMethod(Method):
         self.chunk_tokens = options.rag_chunk_tokens
         if self.chunk_tokens < 1:
             raise EvalError(f"--rag-chunk-tokens must be >= 1, got {self.chunk_tokens}.")
-        self.embedder = (LLMInputEmbedder(model) if options.rag_embedder == LLM_EMBEDDER
-                         else HFEmbedder(options.rag_embedder, self.device))
+        self.embedder = make_embedder(model, options.rag_embedder)
         self.gpu_index = self.device.type == "cuda"  # exact search on the model's GPU, else faiss on the CPU
         if not self.gpu_index:
             try:  # before any embedding, so a missing faiss stops the run at once
@@ -261,19 +260,8 @@ class RagMethod(Method):
         index.add(vectors)
         _, order = index.search(self.embedder.encode([query]), len(chunks))  # [1, chunks], best first
         gap = self.encode("\n\n", special=False)
-        chosen: list[int] = []
-        used = 0
-        for i in (int(j) for j in order[0] if j >= 0):
-            cost = len(chunks[i]) + len(gap)
-            if used + cost <= room:
-                chosen.append(i)
-                used += cost
-        out: list[int] = []
-        for k, i in enumerate(sorted(chosen)):
-            if k and i != sorted(chosen)[k - 1] + 1:
-                out += gap
-            out += chunks[i]
-        return out
+        chosen = best_chunks([len(c) for c in chunks], [int(j) for j in order[0] if j >= 0], room, len(gap))
+        return join_chunks(chunks, chosen, gap)
 
     def _empty_index(self, dim: int) -> InnerProductIndex:
         """One index for the whole run, emptied per prompt."""
@@ -282,6 +270,27 @@ class RagMethod(Method):
             self._index = InnerProductIndex(dim, use_gpu=self.gpu_index, device=gpu)  # the model's GPU
         self._index.reset()
         return self._index
+
+
+def best_chunks(lengths: list[int], order: list[int], room: int, gap: int) -> list[int]:
+    """Indices of the chunks taken best first along `order` while they fit in `room` tokens (each costs its length
+    plus `gap`), in their original order."""
+    chosen, used = [], 0
+    for i in order:
+        if used + lengths[i] + gap <= room:
+            chosen.append(i)
+            used += lengths[i] + gap
+    return sorted(chosen)
+
+
+def join_chunks(chunks: list[list[int]], chosen: list[int], gap: list[int]) -> list[int]:
+    """The `chosen` chunks' token ids in order, `gap` between chunks that were not adjacent."""
+    out: list[int] = []
+    for k, i in enumerate(chosen):
+        if k and i != chosen[k - 1] + 1:
+            out += gap
+        out += chunks[i]
+    return out
 
 
 # ----------------------------------------------------------------------------- embedders
@@ -328,6 +337,11 @@ class HFEmbedder:
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, seq, 1]
             out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy())
         return _unit(np.concatenate(out))
+
+
+def make_embedder(model, name: str):
+    """The rag embedder `name` (a Hugging Face encoder name or path, or LLM_EMBEDDER), on the model's device."""
+    return LLMInputEmbedder(model) if name == LLM_EMBEDDER else HFEmbedder(name, model.device)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

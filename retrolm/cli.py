@@ -11,6 +11,7 @@ import torch
 
 from .errors import RetroLMError, exit_code
 from .files import read_text
+from .index import DEFAULT_NPROBE, INDEX_KINDS
 from .inputs import DTYPE_NAMES
 
 
@@ -124,7 +125,7 @@ def _ask(args) -> int:
     store = PageStore.open(args.store, model)
     loaded = time.perf_counter()
     result = model.answer(args.question, store, max_new_tokens=args.max_new_tokens, template=args.template,
-                          do_sample=False)
+                          index=args.index, nprobe=args.nprobe, do_sample=False)
     print(f"answer: {result.text}")
     print(f"pages attended ({len(result.pages)}), best first:")
     for doc_id, page, score in result.pages:
@@ -132,8 +133,9 @@ def _ask(args) -> int:
         preview = model.tokenizer.decode(text, skip_special_tokens=True).replace("\n", " ")[:60]
         print(f"  {score:8.2f}  {doc_id} page {page}: {preview}")
     t = result.timings
-    print(f"timings: model and store loaded in {loaded - started:.2f} s; index {t['index_s']:.2f} s, retrieval "
-          f"{t['retrieve_s']:.3f} s, pages loaded {t['load_s']:.3f} s, answer {t['generate_s']:.2f} s")
+    searched = args.index if args.index == "exact" else f"{args.index}, nprobe {args.nprobe or DEFAULT_NPROBE}"
+    print(f"timings: model and store loaded in {loaded - started:.2f} s; index ({searched}) {t['index_s']:.2f} s, "
+          f"retrieval {t['retrieve_s']:.3f} s, pages loaded {t['load_s']:.3f} s, answer {t['generate_s']:.2f} s")
     return 0
 
 
@@ -198,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
                      help='the text after the retrieved pages, "{question}" marking the question (default: '
                           '"...Question: {question}\\nAnswer:")')
     ask.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    ask.add_argument("--index", default="exact", choices=INDEX_KINDS,
+                     help="page search over the bookmark keys: exact (default), or ivf (approximate, faiss IVF, CPU "
+                          "only; recall against exact: bench/index_recall.py)")
+    ask.add_argument("--nprobe", type=_positive_int, default=None,
+                     help=f"with --index ivf: lists searched per question (default {DEFAULT_NPROBE}; more is slower "
+                          "and closer to exact)")
     ask.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ask.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES))
     ask.set_defaults(run=_ask)

@@ -7,7 +7,7 @@ import torch
 
 from bench.collection_store import collection
 from retrolm.cli import main as cli
-from retrolm.collection import QUESTION_TEMPLATE, load_retrieved
+from retrolm.collection import QUESTION_TEMPLATE, load_retrieved, store_index, with_neighbors
 from retrolm.demo import NOUNS, Fact
 from retrolm.errors import RetroLMError
 from retrolm.filler import ESSAY_SHAPES
@@ -74,12 +74,54 @@ def test_a_question_finds_its_page_among_other_documents(tmp_path, model, seed):
     result = model.answer(question, store, max_new_tokens=10, template=_ruler_template(fact.key))
     start = docs[target].index(fact.needle[:-1])
     needle_pages = {start // 64, (start + len(fact.needle) - 2) // 64}
-    assert {(doc, page) for doc, page, _ in result.pages[:2]} == {(target, p) for p in needle_pages}
+    # the best page is a needle page, and the needle's pages are among the first three attended (the best page
+    # brings its next page along, neighbor_pages=1)
+    assert result.pages[0][:2] in {(target, p) for p in needle_pages}
+    assert {(target, p) for p in needle_pages} <= {(doc, page) for doc, page, _ in result.pages[:3]}
     assert result.text.startswith(fact.value), result.text
     assert [score for _, _, score in result.pages] == sorted((s for _, _, s in result.pages), reverse=True)
     assert result.timings["index_s"] > 0
     again = model.answer(question, store, max_new_tokens=10, template=_ruler_template(fact.key))
     assert again.timings["index_s"] == 0 and again.text == result.text, "the index is built once per store state"
+
+
+def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, model):
+    rng = random.Random(2)
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({f"doc{i}": _essay(rng, 2500) for i in range(4)}, progress=False)
+    ivf, _ = store_index(store, "ivf")
+    assert ivf.index.kind == "ivf" and len(ivf.index) == len(ivf.rows) and 1 < ivf.index.nlist < len(ivf.rows)
+    question = "What is the special magic number for quiet-orchard mentioned in the provided text?"
+    exact = model.answer(question, store, max_new_tokens=4)
+    approximate = model.answer(question, store, max_new_tokens=4, index="ivf", nprobe=ivf.index.nlist)
+    assert [(d, p) for d, p, _ in approximate.pages] == [(d, p) for d, p, _ in exact.pages]
+    assert [s for *_, s in approximate.pages] == pytest.approx([s for *_, s in exact.pages], abs=1e-4)
+    assert approximate.text == exact.text and approximate.timings["index_s"] == 0, "the ivf index built above"
+    again = model.answer(question, store, max_new_tokens=4, index="ivf", nprobe=1)
+    assert again.timings["index_s"] == 0 and len(again.pages) <= len(exact.pages), "nprobe reuses the trained index"
+    with pytest.raises(RetroLMError, match="unknown index kind 'hnsw'"):
+        model.answer(question, store, index="hnsw")
+    with pytest.raises(RetroLMError, match="nprobe only apply to the approximate index"):
+        model.answer(question, store, nprobe=4)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_retrieved_pages_bring_their_neighbours_within_the_budget(seed):
+    rng = random.Random(seed)
+    pages = {f"d{i}": rng.randint(1, 6) for i in range(rng.randint(1, 4))}
+    every = [(d, p) for d, n in pages.items() for p in range(n)]
+    seeds = [(d, p, -float(rank)) for rank, (d, p) in enumerate(rng.sample(every, rng.randint(1, len(every))))]
+    offsets = rng.choice([(), (1,), (-1,), (1, -1), (1, 2)])
+    budget = rng.randint(1, 10)
+    picks = with_neighbors(seeds, offsets, budget, pages)
+    expected = []  # reference: the seed, then each offset, skipping pages outside the document or taken already
+    for d, p, score in seeds:
+        for q in [p] + [p + o for o in offsets]:
+            if 0 <= q < pages[d] and (d, q) not in [(e[0], e[1]) for e in expected] and len(expected) < budget:
+                expected.append((d, q, score))
+    assert picks == expected
+    assert len(picks) == min(budget, len({(d, q) for d, p, _ in seeds for q in [p] + [p + o for o in offsets]
+                                          if 0 <= q < pages[d]}))
 
 
 def test_answer_refuses_what_it_cannot_do(tmp_path, model):
@@ -113,7 +155,11 @@ def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
                 "--template", _ruler_template(fact.key)]) == 0
     out = capsys.readouterr().out
     assert f"answer: {fact.value}" in out, out
-    assert "pages attended (15), best first:" in out and "a.txt page" in out and "timings:" in out
+    assert "pages attended (15), best first:" in out and "a.txt page" in out and "index (exact)" in out
+    assert cli(["ask", question, "--store", "store", "--device", "cpu", "--max-new-tokens", "9", "--index", "ivf",
+                "--nprobe", "1000", "--template", _ruler_template(fact.key)]) == 0
+    ivf_out = capsys.readouterr().out
+    assert "index (ivf, nprobe 1000)" in ivf_out and ivf_out.split("timings:")[0] == out.split("timings:")[0]
     assert cli(["ask", question, "--store", "missing", "--device", "cpu"]) == 2
     assert "not a page store" in capsys.readouterr().err
     assert QUESTION_TEMPLATE.count("{question}") == 1

@@ -141,6 +141,29 @@ def test_rag_keeps_chunks_in_document_order_within_budget(model):
     assert len(positions) >= 2 and positions == sorted(positions)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_best_chunks_fill_the_room_best_first_and_join_in_order(seed):
+    import random
+
+    from eval.methods import best_chunks, join_chunks
+
+    rng = random.Random(seed)
+    chunks = [[rng.randrange(100) for _ in range(rng.randint(1, 9))] for _ in range(rng.randint(1, 12))]
+    order = rng.sample(range(len(chunks)), len(chunks))
+    room, gap = rng.randint(0, 60), [-1] * rng.randint(0, 2)
+    chosen = best_chunks([len(c) for c in chunks], order, room, len(gap))
+    taken, used = set(), 0  # reference: walk the order, take a chunk whenever it still fits
+    for i in order:
+        if used + len(chunks[i]) + len(gap) <= room:
+            taken.add(i)
+            used += len(chunks[i]) + len(gap)
+    assert chosen == sorted(taken)
+    expected = []
+    for k, i in enumerate(chosen):
+        expected += (gap if k and chosen[k - 1] != i - 1 else []) + chunks[i]
+    assert join_chunks(chunks, chosen, gap) == expected and len(expected) <= room
+
+
 def test_rag_reuses_one_index_emptied_per_prompt(model):
     from eval.methods import MethodOptions, build_method
 

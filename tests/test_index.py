@@ -1,10 +1,11 @@
-"""The inner-product index: exact top-k on the CPU (faiss), and the GPU index equal to it (on a GPU host)."""
+"""The inner-product index: exact top-k on the CPU (faiss), the GPU index equal to it (on a GPU host), and the
+approximate IVF index: exact when it probes every list, high recall on clustered data at a few lists."""
 import numpy as np
 import pytest
 import torch
 
 from retrolm import RetroLMError
-from retrolm.index import InnerProductIndex
+from retrolm.index import DEFAULT_NPROBE, InnerProductIndex, IVFInnerProductIndex, make_index, recall
 
 
 def exact_top_k(vectors, queries, k):
@@ -66,3 +67,97 @@ def test_gpu_index_gives_the_cpu_top_k(n, dim, k):
     differs = gpu_ids != cpu_ids
     assert np.abs(gpu_scores - cpu_scores)[differs].max(initial=0) <= 1e-4
     assert differs.mean() < 1e-3
+
+
+def clustered(rng, centroids, n, noise):
+    """[n, dim] float32 vectors, each a random one of the `centroids` [clusters, dim] plus `noise` times a
+    standard-normal vector: the shape bench/index_recall.py gives its synthetic bookmark keys."""
+    picks = rng.integers(0, centroids.shape[0], n)
+    return centroids[picks] + noise * rng.standard_normal((n, centroids.shape[1])).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, dim, k, nlist", [(1, 4, 1, None), (7, 8, 10, None), (50, 16, 5, 3), (1000, 64, 10, None),
+                                              (3000, 128, 15, 40)])
+def test_ivf_probing_every_list_finds_the_exact_top_k(n, dim, k, nlist):
+    rng = np.random.default_rng(n + dim)
+    vectors, queries = rng.standard_normal((n, dim)), rng.standard_normal((9, dim))
+    index = IVFInnerProductIndex(dim, nlist=nlist, use_gpu=False)
+    index.add(torch.from_numpy(vectors))
+    assert index.nlist == (nlist or max(1, min(n, round(4 * n ** 0.5)))) and len(index) == n
+    kept = min(k, n)
+    for scores, ids in (index.search(queries, k, nprobe=index.nlist), index.search(queries, k, nprobe=10 ** 6)):
+        np.testing.assert_array_equal(ids[:, :kept], exact_top_k(vectors, queries, kept))
+        np.testing.assert_allclose(scores[:, :kept], np.take_along_axis(queries @ vectors.T, ids[:, :kept], 1),
+                                   atol=1e-5)
+        assert (ids[:, kept:] == -1).all()
+
+
+def test_ivf_recall_on_clustered_data_is_high_at_a_few_lists():
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((200, 32)).astype(np.float32)
+    vectors, queries = clustered(rng, centroids, 20000, 0.5), clustered(rng, centroids, 200, 0.5)
+    exact, ivf = InnerProductIndex(32, use_gpu=False), IVFInnerProductIndex(32, use_gpu=False)
+    for index in (exact, ivf):
+        index.add(vectors)
+    _, truth = exact.search(queries, 10)
+    assert ivf.nlist == 566 and ivf.nprobe == DEFAULT_NPROBE
+    measured = {nprobe: recall(ivf.search(queries, 10, nprobe=nprobe)[1], truth) for nprobe in (1, 4, 16)}
+    # measured: 0.58 at 1 list, 0.98 at 4, 1.0 at 16 of 566 (each list holds about 35 of the 20000 vectors)
+    assert measured[4] >= 0.95 and measured[16] >= 0.99, measured
+    assert measured[1] <= measured[4] <= measured[16]
+    random_ids = rng.integers(0, len(vectors), truth.shape)
+    assert recall(random_ids, truth) < 0.05, "the threshold tells a working index from ids found by chance"
+    assert recall(truth, truth) == 1.0 and recall(np.full_like(truth, -1), truth) == 0.0
+
+
+def test_ivf_later_adds_reuse_the_centroids_and_reset_retrains():
+    rng = np.random.default_rng(1)
+    first, later = rng.standard_normal((400, 16)), rng.standard_normal((30, 16))
+    index = IVFInnerProductIndex(16, nlist=20, use_gpu=False)
+    _, ids = index.search(first[:2], 3)
+    assert len(index) == 0 and not index.trained and (ids == -1).all()
+    index.add(first)
+    index.add(later[:5])  # fewer vectors than lists: no training, the first add's centroids file them
+    assert len(index) == 405 and index.nlist == 20
+    _, ids = index.search(later, 3, nprobe=20)
+    np.testing.assert_array_equal(ids, exact_top_k(np.vstack([first, later[:5]]), later, 3))
+    index.reset()
+    assert len(index) == 0 and not index.trained
+    with pytest.raises(RetroLMError, match="pass nlist <= 10"):
+        index.add(later[:10])
+
+
+def test_bad_ivf_parameters_are_clear_errors():
+    for nlist in (0, -3, 2.5, True):
+        with pytest.raises(RetroLMError, match="nlist must be an integer >= 1"):
+            IVFInnerProductIndex(8, nlist=nlist, use_gpu=False)
+    with pytest.raises(RetroLMError, match="nprobe must be an integer >= 1"):
+        make_index(8, "ivf", use_gpu=False, nprobe=0)
+    index = IVFInnerProductIndex(8, nlist=10, use_gpu=False)
+    with pytest.raises(RetroLMError, match="nprobe must be an integer >= 1"):
+        index.nprobe = 0
+    with pytest.raises(RetroLMError, match="nprobe must be an integer >= 1"):
+        index.search(np.zeros((1, 8)), 3, nprobe=-1)
+    with pytest.raises(RetroLMError, match="trains 10 lists on the vectors of its first add, which holds only 4"):
+        index.add(np.zeros((4, 8)))
+    with pytest.raises(RetroLMError, match="unknown index kind 'hnsw'"):
+        make_index(8, "hnsw", use_gpu=False)
+    with pytest.raises(RetroLMError, match="nprobe only apply to the approximate index"):
+        make_index(8, "exact", use_gpu=False, nprobe=4)
+    assert isinstance(make_index(8, "exact", use_gpu=False), InnerProductIndex)
+    assert isinstance(make_index(8, "ivf", use_gpu=False, nlist=3, nprobe=2), IVFInnerProductIndex)
+
+
+def test_asking_for_the_ivf_index_on_a_gpu_is_a_clear_error():
+    """faiss-gpu is not used (retrolm/index.py): the GPU's index is exact search, and IVF never quietly runs on the
+    CPU instead."""
+    for build in (lambda: make_index(8, "ivf", use_gpu=True), lambda: IVFInnerProductIndex(8, use_gpu=True)):
+        with pytest.raises(RetroLMError, match="IVF\\) index runs on the CPU only.*exact"):
+            build()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="use_gpu=None picks the GPU only where CUDA is available")
+def test_ivf_index_by_default_on_a_cuda_host_is_a_clear_error():
+    with pytest.raises(RetroLMError, match="runs on the CPU only"):
+        make_index(8, "ivf")
+    assert make_index(8, "ivf", use_gpu=False).on_gpu is False

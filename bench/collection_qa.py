@@ -1,0 +1,186 @@
+"""Questions over a document collection three ways, on the same questions (issue 15): the page store, text-chunk
+RAG, and RetroLM over the whole concatenation.
+
+    python bench/collection_qa.py --docs 32 --questions 40 --out bench/results/collection
+
+The collection is bench/collection_store.py's: essay-shaped documents of the default model's kind, each holding
+one fact of the same shape under its own key, so every other document is a distractor. Each question asks for one
+document's value, with RULER's answer start (the default model answers needles after it).
+- store: `RetroLM.answer` over a page store of the collection (built once): bookmark keys of every page in the
+  exact inner-product index, the best pages attended, only the question encoded.
+- rag: the same documents cut into chunks of `--chunk-tokens`, embedded once with `--embedder` (eval's rag
+  embedders: a Hugging Face encoder, or the LLM's own input embeddings offline), in the same exact inner-product
+  index (eval/methods.py's pipeline); the best chunks for the question, up to what the plain model's window leaves
+  beside the question, are joined in collection order and the plain model answers them.
+- concat: `RetroLM.generate` over the documents joined by blank lines, then the question: everything re-encoded
+  for every question.
+Per method: accuracy (the answer starts with the value), recall of the needle (its pages, or its chunks, among
+those attended; not measured for concat), context tokens attended, tokens encoded per question (the work that
+grows with the collection), seconds per question. Writes collection_qa_<docs>.json / .md under --out (through
+temporary files).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.collection_store import answer_template, collection, needle_pages, question  # noqa: E402
+from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from eval.methods import LLM_EMBEDDER, MethodOptions, best_chunks, join_chunks, make_embedder  # noqa: E402
+from retrolm.index import InnerProductIndex  # noqa: E402
+from retrolm.model import RetroLM  # noqa: E402
+from retrolm.page_store import PageStore  # noqa: E402
+
+METHODS = ("store", "rag", "concat")
+
+
+def ids_of(model, text: str) -> list[int]:
+    return model.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def greedy(generate, prompt: list[int], new: int, device, **kwargs) -> tuple[list[int], float]:
+    """(new token ids, seconds) of greedy decoding after `prompt` with `generate` (HF's or RetroLM's)."""
+    started = time.perf_counter()
+    output = generate(input_ids=torch.tensor([prompt], device=device), max_new_tokens=new, do_sample=False, **kwargs)
+    return output[0, len(prompt):].tolist(), time.perf_counter() - started
+
+
+class ChunkRag:
+    """Text-chunk RAG over the collection: chunks embedded once, an exact inner-product index, the plain model."""
+
+    def __init__(self, model, docs: dict[str, str], chunk_tokens: int, embedder: str):
+        self.model, self.window = model, model.base_model.config.max_position_embeddings
+        self.chunks, self.owner = [], []  # token ids of each chunk in collection order; (document, first token)
+        for doc_id, text in docs.items():
+            ids = ids_of(model, text)
+            for start in range(0, len(ids), chunk_tokens):
+                self.chunks.append(ids[start:start + chunk_tokens])
+                self.owner.append((doc_id, start))
+        self.embedder = make_embedder(model, embedder)
+        started = time.perf_counter()
+        vectors = self.embedder.encode([model.tokenizer.decode(c) for c in self.chunks])
+        self.index = InnerProductIndex(vectors.shape[1], use_gpu=model.device.type == "cuda")
+        self.index.add(vectors)
+        self.build_s = time.perf_counter() - started
+        self.gap = ids_of(model, "\n\n")
+
+    def ask(self, doc_id: str, fact, offset: int, new: int) -> dict:
+        started = time.perf_counter()
+        tail = ids_of(self.model, answer_template(fact).replace("{question}", question(fact)))
+        room = self.window - len(tail) - new
+        _, order = self.index.search(self.embedder.encode([question(fact)]), len(self.chunks))
+        order = [int(i) for i in order[0] if i >= 0]
+        chosen = best_chunks([len(c) for c in self.chunks], order, room, len(self.gap))
+        context = join_chunks(self.chunks, chosen, self.gap)
+        held = {self.owner[i][1] + t for i in chosen if self.owner[i][0] == doc_id for t in range(len(self.chunks[i]))}
+        answer, _ = greedy(self.model.base_model.generate, context + tail, new, self.model.device)
+        return {"answer": self.model.tokenizer.decode(answer), "seconds": time.perf_counter() - started,
+                "recalled": set(range(offset, offset + len(fact.needle))) <= held, "context_tokens": len(context),
+                "encoded_tokens": len(context) + len(tail) + new}
+
+
+def ask_store(model, store, doc_id: str, fact, offset: int, new: int) -> dict:
+    started = time.perf_counter()
+    result = model.answer(question(fact), store, max_new_tokens=new, template=answer_template(fact), do_sample=False)
+    seconds = time.perf_counter() - started
+    attended = {(d, p) for d, p, _ in result.pages}
+    tail = len(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
+    return {"answer": result.text, "seconds": seconds,
+            "recalled": needle_pages(doc_id, fact, offset, model.config.page_size) <= attended,
+            "context_tokens": len(result.pages) * model.config.page_size, "encoded_tokens": tail + new}
+
+
+def ask_concat(model, context: list[int], fact, new: int) -> dict:
+    tail = ids_of(model, answer_template(fact).replace("{question}", question(fact)))
+    answer, seconds = greedy(model.generate, context + tail, new, model.device, progress=False)
+    return {"answer": model.tokenizer.decode(answer), "seconds": seconds, "recalled": None,
+            "context_tokens": len(context), "encoded_tokens": len(context) + len(tail) + new}
+
+
+def summarise(rows: list[dict]) -> dict:
+    recalled = [r["recalled"] for r in rows if r["recalled"] is not None]
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    return {"accuracy": round(100 * mean("correct"), 1),
+            "needle_recall": round(100 * sum(recalled) / len(recalled), 1) if recalled else None,
+            "context_tokens": round(mean("context_tokens")), "encoded_tokens_per_question": round(
+                mean("encoded_tokens")), "seconds_per_question": round(mean("seconds"), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
+    parser.add_argument("--docs", type=int, default=32)
+    parser.add_argument("--doc-tokens", type=int, default=1024, help="characters = tokens for the default model")
+    parser.add_argument("--questions", type=int, default=40)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--chunk-tokens", type=int, default=MethodOptions.rag_chunk_tokens,
+                        help="rag chunk size in tokens (default: eval's rag default)")
+    parser.add_argument("--embedder", default=LLM_EMBEDDER,
+                        help="rag embedder: a Hugging Face encoder name or path (e.g. BAAI/bge-small-en-v1.5), or "
+                             f"{LLM_EMBEDDER} (the LLM's input embeddings, offline; the default here)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
+    args = parser.parse_args()
+    model = RetroLM.from_pretrained(args.model, device=args.device)
+    docs, facts = collection(args.docs, args.doc_tokens, args.seed)
+    asked = random.Random(args.seed + 1).sample(sorted(docs), min(args.questions, len(docs)))
+    new = max(len(facts[d][0].value) for d in asked) + 2
+    rows: dict[str, list[dict]] = {}
+    setup = {"collection_tokens": sum(len(ids_of(model, t)) for t in docs.values())}
+
+    def record(method: str, results: list[dict]) -> None:
+        """Score `method`'s answers and rewrite the result files, so a run stopped later keeps what it finished."""
+        for doc_id, row in zip(asked, results):
+            value = facts[doc_id][0].value
+            row.update(doc=doc_id, value=value, correct=row["answer"].strip().startswith(value))
+        rows[method] = results
+        write_results(args, setup, rows, len(asked))
+
+    if "store" in args.methods:
+        path = tempfile.mkdtemp(prefix="retrolm-store-")
+        try:
+            store = PageStore.open(path, model, create=True)
+            started = time.perf_counter()
+            store.add(docs)
+            setup["store_build_s"] = round(time.perf_counter() - started, 1)
+            record("store", [ask_store(model, store, d, *facts[d], new) for d in asked])
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+    if "rag" in args.methods:
+        rag = ChunkRag(model, docs, args.chunk_tokens, args.embedder)
+        setup["rag_index_s"] = round(rag.build_s, 1)
+        record("rag", [rag.ask(d, *facts[d], new) for d in asked])
+    if "concat" in args.methods:
+        context = ids_of(model, "\n\n".join(docs.values()))
+        record("concat", [ask_concat(model, context, facts[d][0], new) for d in asked])
+
+
+def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int) -> None:
+    summary = [{"method": m, **summarise(r)} for m, r in rows.items()]
+    name = f"collection_qa_{args.docs}"
+    write_json(os.path.join(args.out, f"{name}.json"),
+               {"args": vars(args), "setup": setup, "summary": summary, "questions": rows,
+                "environment": environment(), "threads": torch.get_num_threads()})
+    table = markdown_table(summary, list(summary[0]))
+    write_text(os.path.join(args.out, f"{name}.md"),
+               f"# {questions} questions over {args.docs} documents ({setup['collection_tokens']} tokens), default "
+               f"model, {args.device}\n\n{table}\n\nSetup (once per collection): {setup}. Each question asks for "
+               "one document's value among facts of the same shape in every document; recall: the needle's pages "
+               "(store) or chunks (rag) are among those attended. Encoded tokens: what the model runs per question "
+               "(the store reuses the pages' KV; concat re-encodes the whole collection).\n")
+    print(table, flush=True)
+
+
+if __name__ == "__main__":
+    main()
