@@ -17,11 +17,12 @@ document's value, with RULER's answer start (the default model answers needles a
 Per method: accuracy (the answer starts with the value), recall of the needle (its pages, or its chunks, among
 those attended; not measured for concat), context tokens attended, tokens encoded per question (the work that
 grows with the collection), seconds per question. Writes collection_qa_<docs>.json / .md under --out (through
-temporary files).
+temporary files); `--plot FILES` draws result files into collection_qa.png.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -131,7 +132,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
+    parser.add_argument("--plot", nargs="+", default=None, metavar="JSON",
+                        help="run nothing: draw these result files (collection_qa_*.json) into collection_qa.png "
+                             "under --out")
     args = parser.parse_args()
+    if args.plot:
+        plot(args.plot, os.path.join(args.out, "collection_qa.png"))
+        return
     model = RetroLM.from_pretrained(args.model, device=args.device)
     docs, facts = collection(args.docs, args.doc_tokens, args.seed)
     asked = random.Random(args.seed + 1).sample(sorted(docs), min(args.questions, len(docs)))
@@ -180,6 +187,50 @@ def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int
                "(store) or chunks (rag) are among those attended. Encoded tokens: what the model runs per question "
                "(the store reuses the pages' KV; concat re-encodes the whole collection).\n")
     print(table, flush=True)
+
+
+def plot(paths: list[str], target: str) -> None:
+    """Accuracy, needle recall and tokens encoded per question against the collection's size, one line per method,
+    from result files of this script (each one collection size; the device in each point's label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, dict, str]]] = {}
+    for path in paths:
+        with open(path) as f:
+            run = json.load(f)
+        for row in run["summary"]:
+            series.setdefault(row["method"], []).append((run["args"]["docs"], row, run["args"]["device"]))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (("accuracy", "accuracy (%)"), ("needle_recall", "needle recall (%)"),
+              ("encoded_tokens_per_question", "tokens encoded per question"))
+    for axis, (key, label) in zip(axes, panels):
+        for method, points in sorted(series.items()):
+            points = sorted((docs, row[key]) for docs, row, _ in points if row[key] is not None)
+            if points:  # a fixed colour and marker per method, so panels match and equal values stay visible
+                style = {"store": ("tab:green", "o", "-"), "rag": ("tab:orange", "s", "--"),
+                         "concat": ("tab:blue", "^", ":")}[method]
+                axis.plot([d for d, _ in points], [v for _, v in points], color=style[0], marker=style[1],
+                          linestyle=style[2], label=method)
+        axis.set_xscale("log")
+        axis.set_xlabel("documents in the collection (1,024 tokens each)")
+        axis.set_ylabel(label)
+        if key == "encoded_tokens_per_question":
+            axis.set_yscale("log")
+        else:
+            axis.set_ylim(-2, 102)
+        axis.grid(True, alpha=0.3)
+    axes[0].legend()
+    devices = sorted({(docs, device) for points in series.values() for docs, _, device in points})
+    figure.suptitle("Questions over a collection, default model (documents: device; "
+                    + "; ".join(f"{docs}: {device}" for docs, device in devices) + ")")
+    figure.tight_layout()
+    handle, temporary = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(target))
+    os.close(handle)
+    figure.savefig(temporary, dpi=110)
+    os.replace(temporary, target)
 
 
 if __name__ == "__main__":
