@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Issue 14: one-shape drills against four-shape drills (train/drills.py), side by side on one GPU, each through
+# Issue 14: drill styles (train/drills.py) against each other, side by side on one GPU, each through
 # `bench/drill_base.sh base` (pretraining, the 1x gate, bench/copy_probe.py on the test and validation formats).
-#   bash bench/drill_shapes.sh [plain] [shapes]   # DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), compiled
-# Both by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in 560 s on an H200
+#   bash bench/drill_shapes.sh [plain] [shapes] [rejoined] [bare-rejoined]
+# plain: one statement shape; shapes: all four; rejoined: one shape, half the answers restating the relation with
+# another joining word (0.25 in the others); bare-rejoined: the same with plain and bare statements.
+# DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), compiled.
+# plain and shapes by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in 560 s on an H200
 # (one alone takes ~260 s), so give them a call each. GATE=0 skips drill_base.sh's 1x gate. At DEADLINE seconds
 # (default 560, under the device's 600 s per call) the runs are stopped and what they wrote is packed, build logs
 # included: pretraining resumes from its last saved step (every 500) if the next call finds the same machine
@@ -11,15 +14,20 @@
 set -uo pipefail
 source bench/device_env.sh  # installs the carried wheels once, before the two runs would race to
 DEADLINE=${DEADLINE:-560}
-run() {  # run NAME SHAPES
+run() {  # run NAME SHAPES REJOINED
     mkdir -p "$OUT/$1"
     OUT="$OUT/$1" WORK="work/$1" DRILLS=${DRILLS:-0.5} PRETRAIN_STEPS=${PRETRAIN_STEPS:-6000} COMPILE=true \
-        DRILL_SHAPES=$2 WORKERS=$((14 / ${#RUNS[@]})) bash bench/drill_base.sh base > "$OUT/$1/run.log" 2>&1
+        DRILL_SHAPES=$2 DRILL_REJOINED=$3 WORKERS=$((14 / ${#RUNS[@]})) bash bench/drill_base.sh base \
+        > "$OUT/$1/run.log" 2>&1
 }
-declare -A SHAPES=([plain]=plain [shapes]=plain,trailing,attribute,bare)
+declare -A STYLES=([plain]="plain 0.25" [shapes]="plain,trailing,attribute,bare 0.25" [rejoined]="plain 0.5"
+                   [bare-rejoined]="plain,bare 0.5")
 RUNS=("${@:-plain shapes}")
 RUNS=(${RUNS[*]})
-for name in "${RUNS[@]}"; do run "$name" "${SHAPES[$name]}" & done
+for name in "${RUNS[@]}"; do
+    [ -n "${STYLES[$name]:-}" ] || { echo "unknown run $name: one of ${!STYLES[*]}"; exit 2; }
+    run "$name" ${STYLES[$name]} &
+done
 end=$((SECONDS + DEADLINE))
 while [ -n "$(jobs -rp)" ] && [ $SECONDS -lt $end ]; do sleep 2; done
 if [ -n "$(jobs -rp)" ]; then

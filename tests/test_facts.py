@@ -126,15 +126,33 @@ def test_drill_statements_share_one_phrasing_of_their_shape(shape):
 
 
 def test_drill_shapes_can_be_restricted():
-    """`drill_shapes` limits the statement shapes a drill document may take (plain alone: the first drills)."""
-    shapes = {drills.make_drill(random.Random(seed), 1022, corpus.varied_filler, ("plain", "bare")).phrasing.shape
-              for seed in range(40)}
+    """`DrillStyle.shapes` limits the statement shapes a drill document may take (plain alone: the first drills)."""
+    shapes = {drills.make_drill(random.Random(seed), 1022, corpus.varied_filler,
+                                drills.DrillStyle(("plain", "bare"))).phrasing.shape for seed in range(40)}
     assert shapes == {"plain", "bare"}
     with pytest.raises(ValueError, match="drill shapes must be some of"):
-        drills.make_drill(random.Random(0), 1022, corpus.varied_filler, ("plain", "sideways"))
-    spec = corpus.DocumentSpec(3, 1022, 0.25, 340, drill_fraction=1.0, drill_shapes=("attribute",))
+        drills.DrillStyle(("plain", "sideways"))
+    spec = corpus.DocumentSpec(3, 1022, 0.25, 340, drill_fraction=1.0, drill_style=drills.DrillStyle(("attribute",)))
     assert " of " in corpus.document(spec) and corpus.document(spec) != corpus.document(
-        corpus.DocumentSpec(3, 1022, 0.25, 340, drill_fraction=1.0, drill_shapes=("plain",)))
+        corpus.DocumentSpec(3, 1022, 0.25, 340, drill_fraction=1.0, drill_style=drills.DrillStyle(("plain",))))
+
+
+def _rejoined_share(style) -> float:
+    """The share of question answers in drills of `style` that restate the relation after "Its"."""
+    answers = [line for seed in range(150)
+               for line in drills.make_drill(random.Random(seed), 1022, corpus.varied_filler, style).text.split("\n")
+               if line.startswith("Answer: ")]
+    return sum(a.startswith("Answer: Its ") for a in answers) / len(answers)
+
+
+def test_drill_style_sets_the_share_of_rejoined_answers():
+    """`DrillStyle.rejoined` is the share of answers naming the fact with another joining word; the default keeps
+    the first drill runs' mix (one answer in four in the plain shape), and a bad share is refused."""
+    assert 0.18 < _rejoined_share(drills.DrillStyle(("plain",))) < 0.32
+    assert 0.6 < _rejoined_share(drills.DrillStyle(("plain",), rejoined=0.7)) < 0.8
+    assert _rejoined_share(drills.DrillStyle(("plain",), rejoined=0.0)) == 0.0
+    with pytest.raises(ValueError, match="rejoined answers must be in"):
+        drills.DrillStyle(rejoined=1.5)
 
 
 def test_drill_documents_are_exact_and_leave_the_other_documents_unchanged():

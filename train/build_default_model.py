@@ -35,7 +35,7 @@ from retrolm.training.config import load_train_config  # noqa: E402
 from retrolm.training.data import prepare_packed_data  # noqa: E402
 from retrolm.training.pretrain import load_pretrain_config, pretrain  # noqa: E402
 from train.corpus import write_documents  # noqa: E402
-from train.drills import SHAPES, check_shapes  # noqa: E402
+from train.drills import REJOINED, SHAPES, DrillStyle  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "default_model")
 # phases --stop-after can end a build at ("documents" is both document phases, before their packing)
@@ -99,9 +99,19 @@ def _export(checkpoint: str, out: str) -> dict:
     return {"files": sizes, "total_mb": round(sum(sizes.values()) / 1e6, 2)}
 
 
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share must be a number in [0, 1]; got {text!r}")
+    return share
+
+
 def _drill_shapes(text: str) -> tuple[str, ...]:
     try:
-        return check_shapes(tuple(s.strip() for s in text.split(",") if s.strip()))
+        return DrillStyle(shapes=tuple(s.strip() for s in text.split(",") if s.strip())).shapes
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -113,20 +123,23 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline end to end on a CPU")
     parser.add_argument("--workers", type=int, default=None, help="processes generating documents")
     # All default to 0, the recipe of the shipped model; docs/status.md has what the other settings gave.
-    parser.add_argument("--fact-fraction", type=float, default=0.0,
+    parser.add_argument("--fact-fraction", type=_share, default=0.0,
                         help="share of tasks and dense texts in varied formats (train/facts.py) rather than RULER's "
                              "templates; 1.0 keeps every evaluated template out of training")
-    parser.add_argument("--short-fraction", type=float, default=0.0,
+    parser.add_argument("--short-fraction", type=_share, default=0.0,
                         help="share of long (stage 1 and 2) documents made of window-sized documents in a row")
-    parser.add_argument("--drill-fraction", type=float, default=0.0,
+    parser.add_argument("--drill-fraction", type=_share, default=0.0,
                         help="share of pretraining documents that are recall drills (train/drills.py): values to copy "
                              "in phrasings invented per document, so the base learns to copy in any format")
-    parser.add_argument("--stage-drill-fraction", type=float, default=0.0,
+    parser.add_argument("--stage-drill-fraction", type=_share, default=0.0,
                         help="share of long (stage 1 and 2) documents that are recall drills: needles in invented "
                              "phrasings for the retriever to find")
     parser.add_argument("--drill-shapes", type=_drill_shapes, default=SHAPES, metavar="SHAPE,...",
                         help=f"the statement shapes drills may take (default all: {','.join(SHAPES)}); plain alone "
                              "is the one-shape drills of the first drill runs")
+    parser.add_argument("--drill-rejoined", type=_share, default=REJOINED, metavar="F",
+                        help=f"share of drill answers that restate the relation with another joining word "
+                             f"(default {REJOINED}, the first drill runs' mix)")
     parser.add_argument("--cut-dense-end", action="store_true",
                         help="cut dense recall texts to length at their end, so no question outlives its needle "
                              "(the shipped corpus cuts at the front)")
@@ -170,7 +183,7 @@ def main(argv=None) -> int:
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
                          "cut_dense_end": args.cut_dense_end, "drill_fraction": args.drill_fraction,
                          "stage_drill_fraction": args.stage_drill_fraction,
-                         "drill_shapes": list(args.drill_shapes)}
+                         "drill_shapes": list(args.drill_shapes), "drill_rejoined": args.drill_rejoined}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     results["post_train"] = args.post_train
     results["stage2_replay"] = args.stage2_replay if args.post_train else None
@@ -201,6 +214,7 @@ def main(argv=None) -> int:
         page = RetroLMConfig.load(paths["stage1"]).page_size  # also fails early when it is no RetroLM checkpoint
     window = pretrain_config.model["max_position_embeddings"]
     tokenizer = byte_tokenizer()
+    drill_style = DrillStyle(args.drill_shapes, args.drill_rejoined)
 
     os.makedirs(work, exist_ok=True)  # after every check: a refused build leaves nothing behind
 
@@ -219,13 +233,12 @@ def main(argv=None) -> int:
         _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
             paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
             min_task_tokens=window // 3, workers=args.workers, fact_fraction=args.fact_fraction,
-            drill_fraction=args.drill_fraction, drill_shapes=args.drill_shapes))
+            drill_fraction=args.drill_fraction, drill_style=drill_style))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,
         fact_fraction=args.fact_fraction, short_fraction=args.short_fraction, short_length=window - 2,
-        cut_end=args.cut_dense_end, drill_fraction=args.stage_drill_fraction,
-        drill_shapes=args.drill_shapes))
+        cut_end=args.cut_dense_end, drill_fraction=args.stage_drill_fraction, drill_style=drill_style))
     if stopping_after("documents"):
         return 0
     if needs_pretraining_windows:

@@ -23,7 +23,7 @@ from multiprocessing import Pool
 
 from eval.errors import EvalError
 from eval.ruler_tasks import NOISE, TASKS, Generator, essay_words, random_key_word, split_sentences
-from train.drills import SHAPES, drill_text
+from train.drills import DrillStyle, drill_text
 from train.facts import dense_fact_text, fact_task_text
 
 TRAIN_SEED_BASE = 1_000_000
@@ -164,7 +164,7 @@ class DocumentSpec:
     # never a needle whose question stays)
     cut_end: bool = False
     drill_fraction: float = 0.0  # the document is a recall drill (train/drills.py) instead
-    drill_shapes: tuple[str, ...] = SHAPES  # the statement shapes its drills may take
+    drill_style: DrillStyle = DrillStyle()  # what its drills may look like
 
 
 def document(spec: DocumentSpec) -> str:
@@ -176,7 +176,7 @@ def document(spec: DocumentSpec) -> str:
     rng = random.Random(f"doc/{spec.seed}/short")
     drill_rng = random.Random(f"doc/{spec.seed}/drill")  # its own draws: at 0 the other documents stay as they were
     if spec.drill_fraction and drill_rng.random() < spec.drill_fraction:
-        text = drill_text(drill_rng, spec.length, varied_filler, spec.drill_shapes)
+        text = drill_text(drill_rng, spec.length, varied_filler, spec.drill_style)
     elif spec.short_fraction and rng.random() < spec.short_fraction:
         count = (spec.length + 2) // (spec.short_length + 2)
         shorts = [document(replace(spec, seed=spec.seed * 64 + i + 1, length=spec.short_length, short_fraction=0.0,
@@ -219,12 +219,12 @@ def _document(seed: int, length: int, text_fraction: float, min_task: int, dense
 def write_documents(path: str, count: int, length: int, seed: int, text_fraction: float, min_task_tokens: int,
                     dense_fraction: float = 0.0, workers: int | None = None, fact_fraction: float = 0.0,
                     short_fraction: float = 0.0, short_length: int = 0, cut_end: bool = False,
-                    drill_fraction: float = 0.0, drill_shapes: tuple[str, ...] = SHAPES) -> str:
+                    drill_fraction: float = 0.0, drill_style: DrillStyle = DrillStyle()) -> str:
     """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically;
     the options are `DocumentSpec`'s."""
     stdlib_docstrings()  # read once in the parent: forked workers inherit it
     specs = [DocumentSpec(seed + i, length, text_fraction, min_task_tokens, dense_fraction, fact_fraction,
-                          short_fraction, short_length, cut_end, drill_fraction, drill_shapes) for i in range(count)]
+                          short_fraction, short_length, cut_end, drill_fraction, drill_style) for i in range(count)]
     tmp = path + ".tmp"
     with Pool(workers or os.cpu_count()) as pool, open(tmp, "w") as f:
         for text in pool.imap(document, specs, chunksize=64):

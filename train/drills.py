@@ -68,6 +68,25 @@ def _capitalised(text: str) -> str:
 
 
 SHAPES = ("plain", "trailing", "attribute", "bare")
+# share of recall answers that restate the relation with another joining word (`Phrasing.rejoined`); 0.25 is the
+# mix of the first drill runs (a bare statement's "It <words>" answer is rejoined too, so its share is higher)
+REJOINED = 0.25
+
+
+@dataclass(frozen=True)
+class DrillStyle:
+    """What a drill may look like: its statement `shapes` and the share of answers that are `rejoined`."""
+
+    shapes: tuple[str, ...] = SHAPES
+    rejoined: float = REJOINED
+
+    def __post_init__(self):
+        unknown = sorted(set(self.shapes) - set(SHAPES))
+        if not self.shapes or unknown:
+            raise ValueError(f"drill shapes must be some of {', '.join(SHAPES)}; "
+                             f"got {', '.join(self.shapes) or 'none'}")
+        if not 0.0 <= self.rejoined <= 1.0:
+            raise ValueError(f"the share of rejoined answers must be in [0, 1]; got {self.rejoined}")
 
 
 @dataclass(frozen=True)
@@ -91,13 +110,16 @@ class Phrasing:
         tail = f" {self.trail}" if self.trail else ""
         return f"{lead}{key if lead else _capitalised(key)} {self.relation} {value}{tail}."
 
-    def answer_start(self, rng: random.Random, key: str) -> str:
-        """The start of an answer about `key`, which the value completes."""
+    def answer_start(self, rng: random.Random, key: str, rejoined: float = REJOINED) -> str:
+        """The start of an answer about `key`, which the value completes: with probability `rejoined` the relation
+        restated with another joining word, else the statement's own words."""
+        if rng.random() < rejoined:
+            return self.rejoined(rng)
         if self.shape == "attribute":
-            return rng.choice((f"It {self.join}", f"The {self.words} {self.join}", self.rejoined(rng),
+            return rng.choice((f"It {self.join}", f"The {self.words} {self.join}",
                                f"The {self.words} of {key} {self.join}"))
-        form = rng.randrange(4)
-        if form == 3 or (form == 1 and not self.join):  # "It pebble lantern" says nothing: name the words
+        form = rng.randrange(3)
+        if form == 1 and not self.join:  # "It pebble lantern" says nothing: name the words
             return self.rejoined(rng)
         return (_capitalised(self.relation), f"It {self.relation}", f"{_capitalised(key)} {self.relation}")[form]
 
@@ -116,13 +138,14 @@ def invented_phrasing(rng: random.Random, shapes: tuple[str, ...] = SHAPES) -> P
     return Phrasing(shape, words, join, trail)
 
 
-def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str) -> str:
-    """A later line asking for `key`'s value, in one of the layouts of the module docstring."""
+def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str, rejoined: float = REJOINED) -> str:
+    """A later line asking for `key`'s value, in one of the layouts of the module docstring (`rejoined`: the share
+    of answers restating the relation with another joining word)."""
     layout = rng.randrange(3)
     if layout == 0:
         return phrasing.statement(rng.choice(LEADS), key, value)
     question = rng.choice(rng.choice((ASKS, NAMING_ASKS))).format(k=key, K=_capitalised(key), w=phrasing.words)
-    answer = f"{phrasing.answer_start(rng, key)} {value}."
+    answer = f"{phrasing.answer_start(rng, key, rejoined)} {value}."
     if layout == 1:
         return f"\nQuestion: {question}\nAnswer: {answer}\n"
     return f"\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer: {answer}\n"
@@ -136,18 +159,11 @@ class Drill:
     asked: list[tuple[int, int, str]]  # (where a recall starts and ends in text, key)
 
 
-def check_shapes(shapes: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = sorted(set(shapes) - set(SHAPES))
-    if not shapes or unknown:
-        raise ValueError(f"drill shapes must be some of {', '.join(SHAPES)}; got {', '.join(shapes) or 'none'}")
-    return shapes
-
-
-def make_drill(rng: random.Random, length: int, filler, shapes: tuple[str, ...] = SHAPES) -> Drill:
+def make_drill(rng: random.Random, length: int, filler, style: DrillStyle = DrillStyle()) -> Drill:
     """About `length` characters of `filler(rng, chars)` text holding facts stated in one invented phrasing (its
-    shape one of `shapes`), each asked back later (at least 40 characters on); facts stop in the last fifth, where
-    the pending ones are asked."""
-    phrasing = invented_phrasing(rng, check_shapes(shapes))
+    shape one of `style.shapes`), each asked back later (at least 40 characters on); facts stop in the last fifth,
+    where the pending ones are asked."""
+    phrasing = invented_phrasing(rng, style.shapes)
     kind = rng.choice(sorted(DRILL_VALUES))
     pieces, size, pending, stated, asked = [], 0, [], {}, []
     while size < length:
@@ -155,7 +171,7 @@ def make_drill(rng: random.Random, length: int, filler, shapes: tuple[str, ...] 
         if ready and (rng.random() < 0.35 or size > length * 0.8):
             fact = rng.choice(ready)
             pending.remove(fact)
-            pieces.append(recall(rng, *fact[1:]))
+            pieces.append(recall(rng, *fact[1:], style.rejoined))
             asked.append((size, size + len(pieces[-1]), fact[1]))
         elif rng.random() < 0.3 and size < length * 0.8:
             key = subject(rng)
@@ -171,6 +187,6 @@ def make_drill(rng: random.Random, length: int, filler, shapes: tuple[str, ...] 
     return Drill(" ".join(pieces), phrasing, stated, asked)
 
 
-def drill_text(rng: random.Random, length: int, filler, shapes: tuple[str, ...] = SHAPES) -> str:
+def drill_text(rng: random.Random, length: int, filler, style: DrillStyle = DrillStyle()) -> str:
     """The text of `make_drill`."""
-    return make_drill(rng, length, filler, shapes).text
+    return make_drill(rng, length, filler, style).text
