@@ -2,6 +2,7 @@
 RAG, and RetroLM over the whole concatenation.
 
     python bench/collection_qa.py --docs 32 --questions 40 --out bench/results/collection
+    python bench/collection_qa.py --docs 32 --scorer attention   # the training-free scorer (store and concat)
 
 The collection is bench/collection_store.py's: essay-shaped documents of the default model's kind, each holding
 one fact of the same shape under its own key, so every other document is a distractor. Each question asks for one
@@ -96,9 +97,10 @@ def ask_store(model, store, doc_id: str, fact, offset: int, new: int) -> dict:
     seconds = time.perf_counter() - started
     attended = {(d, p) for d, p, _ in result.pages}
     tail = len(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
+    searched = tail if model.config.scorer == "attention" else 0  # the training-free search encodes it alone first
     return {"answer": result.text, "seconds": seconds,
             "recalled": needle_pages(doc_id, fact, offset, model.config.page_size) <= attended,
-            "context_tokens": len(result.pages) * model.config.page_size, "encoded_tokens": tail + new}
+            "context_tokens": len(result.pages) * model.config.page_size, "encoded_tokens": searched + tail + new}
 
 
 def ask_concat(model, context: list[int], fact, new: int) -> dict:
@@ -129,6 +131,10 @@ def main() -> None:
     parser.add_argument("--embedder", default=LLM_EMBEDDER,
                         help="rag embedder: a Hugging Face encoder name or path (e.g. BAAI/bge-small-en-v1.5), or "
                              f"{LLM_EMBEDDER} (the LLM's input embeddings, offline; the default here)")
+    parser.add_argument("--scorer", default="trained", choices=("trained", "attention"),
+                        help="RetroLM's page scorer for store and concat: the model's trained retriever (default) or "
+                             "the training-free one (page summaries; what a model without a retriever gets); result "
+                             "files of the latter end in _attention")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
@@ -139,7 +145,7 @@ def main() -> None:
     if args.plot:
         plot(args.plot, os.path.join(args.out, "collection_qa.png"))
         return
-    model = RetroLM.from_pretrained(args.model, device=args.device)
+    model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer)
     docs, facts = collection(args.docs, args.doc_tokens, args.seed)
     asked = random.Random(args.seed + 1).sample(sorted(docs), min(args.questions, len(docs)))
     new = max(len(facts[d][0].value) for d in asked) + 2
@@ -175,17 +181,18 @@ def main() -> None:
 
 def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int) -> None:
     summary = [{"method": m, **summarise(r)} for m, r in rows.items()]
-    name = f"collection_qa_{args.docs}"
+    name = f"collection_qa_{args.docs}" + ("" if args.scorer == "trained" else f"_{args.scorer}")
     write_json(os.path.join(args.out, f"{name}.json"),
                {"args": vars(args), "setup": setup, "summary": summary, "questions": rows,
                 "environment": environment(), "threads": torch.get_num_threads()})
     table = markdown_table(summary, list(summary[0]))
     write_text(os.path.join(args.out, f"{name}.md"),
-               f"# {questions} questions over {args.docs} documents ({setup['collection_tokens']} tokens), default "
-               f"model, {args.device}\n\n{table}\n\nSetup (once per collection): {setup}. Each question asks for "
-               "one document's value among facts of the same shape in every document; recall: the needle's pages "
-               "(store) or chunks (rag) are among those attended. Encoded tokens: what the model runs per question "
-               "(the store reuses the pages' KV; concat re-encodes the whole collection).\n")
+               f"# {questions} questions over {args.docs} documents ({setup['collection_tokens']} tokens), "
+               f"{args.model or 'default model'}, {args.scorer} scorer, {args.device}\n\n{table}\n\n"
+               f"Setup (once per collection): {setup}. Each question asks for one document's value among facts of "
+               "the same shape in every document; recall: the needle's pages (store) or chunks (rag) are among "
+               "those attended. Encoded tokens: what the model runs per question (the store reuses the pages' KV; "
+               "concat re-encodes the whole collection).\n")
     print(table, flush=True)
 
 

@@ -12,7 +12,9 @@ model answers needles after it). Reports:
   question also building the index;
 - needle-page recall: the pages holding the fact are among the pages attended; accuracy: the answer starts with
   the value.
-Writes collection_store.json and .md under --out (through temporary files). bench/collection_qa.py asks the same
+`--scorer attention` builds and asks the store of the training-free scorer (page summaries, searched exactly).
+Writes collection_store.json and .md (collection_store_attention.* for the training-free scorer) under --out
+(through temporary files). bench/collection_qa.py asks the same
 kind of questions through the store, text-chunk RAG and RetroLM over the whole concatenation.
 """
 from __future__ import annotations
@@ -99,11 +101,14 @@ def main() -> None:
     parser.add_argument("--doc-tokens", type=int, default=1024, help="characters = tokens for the default model")
     parser.add_argument("--questions", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scorer", default="trained", choices=("trained", "attention"),
+                        help="page scorer: the model's trained retriever (bookmark keys) or the training-free one "
+                             "(page summaries); result files of the latter end in _attention")
     parser.add_argument("--store", default=None, help="store directory (default: a temporary one, removed after)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
     args = parser.parse_args()
-    model = RetroLM.from_pretrained(args.model, device=args.device)
+    model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer)
     docs, facts = collection(args.docs, args.doc_tokens, args.seed)
     path = args.store or tempfile.mkdtemp(prefix="retrolm-store-")
     try:
@@ -126,12 +131,14 @@ def main() -> None:
                "answer_s_max": round(max(a["seconds"] for a in later), 3),
                "needle_page_recall": round(100 * sum(a["recalled"] for a in asked) / len(asked), 1),
                "accuracy": round(100 * sum(a["correct"] for a in asked) / len(asked), 1)}
-    write_json(os.path.join(args.out, "collection_store.json"),
+    name = "collection_store" + ("" if args.scorer == "trained" else f"_{args.scorer}")
+    write_json(os.path.join(args.out, f"{name}.json"),
                {"args": vars(args), "summary": summary, "questions": asked, "environment": environment(),
                 "threads": torch.get_num_threads()})
     table = markdown_table([summary], list(summary))
-    write_text(os.path.join(args.out, "collection_store.md"),
-               f"# Page store of {len(docs)} documents ({tokens} tokens), default model, {args.device}\n\n"
+    write_text(os.path.join(args.out, f"{name}.md"),
+               f"# Page store of {len(docs)} documents ({tokens} tokens), {args.model or 'default model'}, "
+               f"{args.scorer} scorer, {args.device}\n\n"
                f"{table}\n\nAnswer times exclude the first question (which also builds the index); "
                f"{args.questions} questions, each about one document's fact among {len(docs)} facts of the same "
                "shape.\n")

@@ -79,6 +79,8 @@ def write_json(path: str, data) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+    """Write text via a temp file and rename (the folder made first), as write_json."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)

@@ -218,10 +218,11 @@ class PagedKVCache(Cache):
         self.num_complete_pages = end
 
     def load_pages(self, token_ids: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
-                   page_starts: torch.Tensor, queries: torch.Tensor, bookmark_keys: torch.Tensor) -> None:
+                   page_starts: torch.Tensor, queries: torch.Tensor | None, bookmark_keys: torch.Tensor | None) -> None:
         """Fill this empty, resident cache with whole pages encoded elsewhere (a page store's), as if they had been
         encoded here: token ids [T] (T a whole number of pages), per layer keys / values [kv_heads, T, D] rotated
-        at `page_starts` [T / P], and the pages' retriever queries and bookmark keys [T / P, heads, dim]."""
+        at `page_starts` [T / P], and the pages' retriever queries and bookmark keys [T / P, heads, dim] (None
+        under the training-free scorer, which summarises the loaded pages from their keys at the next forward)."""
         tokens, P = token_ids.shape[0], self.page_size
         if self.num_tokens or self.slots is not None or tokens % P or not tokens:
             raise RetroLMError(f"load_pages fills an empty resident cache with whole pages; got {tokens} tokens "
@@ -234,6 +235,8 @@ class PagedKVCache(Cache):
             layer.keys, layer.values = _grow(layer.keys, 2, tokens), _grow(layer.values, 2, tokens)
             layer.keys[0, :, :tokens], layer.values[0, :, :tokens] = k, v
             layer.length = tokens
+        if bookmark_keys is None:
+            bookmark_keys = queries = self.bookmark_keys.new_zeros(tokens // P, *self.bookmark_keys.shape[1:])
         self.store_bookmarks(0, queries.to(self.bookmark_keys.device), bookmark_keys.to(self.bookmark_keys.device))
         self.set_page_starts(torch.arange(tokens // P, device=self.page_starts.device),
                              page_starts.to(self.page_starts.device))

@@ -71,6 +71,9 @@ def _train_retriever(args) -> int:
 
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
+SCORERS = ("trained", "attention")
+SCORER_HELP = ("page scorer: trained (the model's retriever, bookmark keys searched by faiss) or attention (training-"
+               "free, any model: page summaries searched exactly); default: the model's own")
 
 
 def collect_documents(paths: list[str]) -> dict[str, str]:
@@ -97,7 +100,7 @@ def _index(args) -> int:
         from .model import RetroLM
 
         documents = collect_documents(args.docs)  # every file read before the model loads: a bad one fails first
-        model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype, **_scorer(args))
         store = PageStore.open(args.out, model, create=True)
         start = time.perf_counter()
         store.add(documents)
@@ -116,12 +119,17 @@ def _index(args) -> int:
     return 0
 
 
+def _scorer(args) -> dict:
+    """from_pretrained's scorer override: none unless --scorer was given (the model's own scorer)."""
+    return {} if args.scorer is None else {"scorer": args.scorer}
+
+
 def _ask(args) -> int:
     from .model import RetroLM
     from .page_store import PageStore
 
     started = time.perf_counter()
-    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype, **_scorer(args))
     store = PageStore.open(args.store, model)
     loaded = time.perf_counter()
     result = model.answer(args.question, store, max_new_tokens=args.max_new_tokens, template=args.template,
@@ -186,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
     build.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     build.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES))
+    build.add_argument("--scorer", default=None, choices=SCORERS, help=SCORER_HELP)
     listing = actions.add_parser("list", help="the documents of a store")
     listing.add_argument("--store", required=True)
     delete = actions.add_parser("delete", help="remove documents from a store")
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                           "and closer to exact)")
     ask.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ask.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES))
+    ask.add_argument("--scorer", default=None, choices=SCORERS, help=SCORER_HELP + " (the store's, as built)")
     ask.set_defaults(run=_ask)
     args = parser.parse_args(argv)
     return exit_code(lambda: args.run(args))

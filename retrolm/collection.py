@@ -7,6 +7,12 @@
 2. The question prompt (as `retrolm generate` writes it after a context) is the query: the retriever's query of
    its last page-sized window scores every page, with the score used within one input (summed per-head inner
    products, which is the flattened vectors' inner product the index computes).
+   A store built with the training-free scorer (`scorer="attention"`: any model, no retriever trained) keeps no
+   bookmark keys but each page's per-layer key summaries (scorer.py). Its pages are ranked by that scorer's own
+   rule (`SummaryIndex`): the question is encoded alone, and in every layer the queries of its last
+   `scorer_query_tokens` tokens spread one unit of estimated attention per (token, head) over all the store's
+   pages; a page's score is its share summed over the layers. This is no inner product, so that search is exact
+   and reads every summary (no faiss, no "ivf"): its cost grows with pages x layers (bench/collection_qa.py).
 3. The best `sink_pages + local_pages + top_k` pages, each best page bringing its neighbours in its document
    (`neighbor_pages`, `neighbor_direction`) within that budget as within one input, are loaded in the store's
    document order and page order within a document into a fresh paged cache as if they were one input. The
@@ -24,6 +30,7 @@ from .errors import RetroLMError
 from .index import check_index_options, make_index
 from .pager import page_windows
 from .page_store import PageStore
+from .scorer import page_scores
 
 QUESTION_TEMPLATE = "\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer:"
 
@@ -68,10 +75,49 @@ class StoreIndex:
         return [(*self.rows[i], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
 
 
-def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None) -> tuple[StoreIndex, bool]:
+class SummaryIndex:
+    """The training-free scorer's page summaries (per layer, centre and radius of each page's RoPE-free keys) of
+    every page of a store, rows mapped to (document, page), searched exactly with that scorer's rule
+    (scorer.page_scores, as within one input; module docstring, step 2)."""
+
+    kind = "exact"
+
+    def __init__(self, rows: list[tuple[str, int]], center: list[torch.Tensor], radius: list[torch.Tensor]):
+        """rows: (document, page) of each summary row; center, radius: per layer [rows, kv_heads, dim]."""
+        self.rows, self.center, self.radius = rows, center, radius
+
+    @classmethod
+    def from_store(cls, store: PageStore, device: torch.device) -> "SummaryIndex":
+        rows, per_doc = [], []
+        for doc_id in store.documents():
+            summaries = store.page_summaries(doc_id)  # per layer (centre, radius) [pages, kv_heads, dim]
+            per_doc.append(summaries)
+            rows += [(doc_id, page) for page in range(summaries[0][0].shape[0])]
+        if not per_doc:
+            raise RetroLMError(f"page store {store.path} holds no documents; add some with `retrolm index build`.")
+        layers = range(len(per_doc[0]))
+        return cls(rows, [torch.cat([doc[i][0] for doc in per_doc]).to(device) for i in layers],
+                   [torch.cat([doc[i][1] for doc in per_doc]).to(device) for i in layers])
+
+    def search(self, queries: list[torch.Tensor], k: int, scaling: float) -> list[tuple[str, int, float]]:
+        """The k best (document, page, score) for per-layer RoPE-free queries [tokens, heads, dim], best first: a
+        page's score is its estimated attention share summed over the layers."""
+        n = len(self.rows)
+        every = torch.ones(1, n, dtype=torch.bool, device=self.center[0].device)
+        total = torch.zeros(n, device=every.device)
+        for layer, rows in enumerate(queries):
+            valid = torch.ones(1, rows.shape[0], dtype=torch.bool, device=every.device)
+            total += page_scores(rows[None].to(every.device), valid, self.center[layer], self.radius[layer],
+                                 ~every, every, scaling)[0]
+        scores, ids = total.topk(min(k, n))
+        return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids.tolist())]
+
+
+def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None):
     """The store's index of `kind` (and nlist, for "ivf"), built on first use and again whenever the store's
     documents change; (index, built now). One index per kind and nlist is kept per store state; nprobe is a search
-    parameter (`StoreIndex.search`), so changing it reuses the trained index."""
+    parameter (`StoreIndex.search`), so changing it reuses the trained index. A training-free store's index is a
+    `SummaryIndex` (exact only)."""
     state = tuple((doc_id, entry["file"]) for doc_id, entry in store.documents().items())
     cached = getattr(store, "_indexes", None)
     if cached is None or cached[0] != state:
@@ -79,7 +125,10 @@ def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None)
     key = (kind, nlist)
     if key in cached[1]:
         return cached[1][key], False
-    index = StoreIndex(store, use_gpu=store.model.device.type == "cuda", kind=kind, nlist=nlist)
+    if store.model.config.scorer == "trained":
+        index = StoreIndex(store, use_gpu=store.model.device.type == "cuda", kind=kind, nlist=nlist)
+    else:
+        index = SummaryIndex.from_store(store, store.model.device)
     cached[1][key] = index
     return index, True
 
@@ -93,6 +142,19 @@ def question_query(model, question_ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         queries, _ = model.retriever(embed(ids.to(model.device)), lengths.to(model.device))
     return queries[0]
+
+
+def question_layer_queries(model, question_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the RoPE-free queries [<= scorer_query_tokens, heads, dim] of the last tokens of `question_ids`
+    [T], encoded alone: what the training-free scorer scores pages with."""
+    cache, _ = model.encode(question_ids[None], logits_to_keep=1, progress=False)
+    return [summaries.recent_queries for summaries in cache.layer_summaries()]
+
+
+def attention_scaling(model) -> float:
+    """The softmax scaling of the model's attention (what the training-free scorer weighs its bounds by)."""
+    attention = model.base_model.get_decoder().layers[0].self_attn
+    return getattr(attention, "scaling", None) or attention.head_dim ** -0.5
 
 
 def with_neighbors(seeds: list[tuple[str, int, float]], offsets: tuple[int, ...], budget: int,
@@ -120,10 +182,12 @@ def load_retrieved(model, store: PageStore, picks: list[tuple[str, int, float]],
     token_ids = torch.cat([doc.token_ids for doc in docs])
     cache = model.new_cache(token_ids.shape[0] + room)
     layers = range(len(docs[0].keys))
+    trained = docs[0].bookmark_keys is not None  # else the cache summarises the pages from their keys
     cache.load_pages(token_ids, [torch.cat([d.keys[i] for d in docs], dim=1) for i in layers],
                      [torch.cat([d.values[i] for d in docs], dim=1) for i in layers],
-                     torch.cat([d.page_starts for d in docs]), torch.cat([d.page_queries for d in docs]),
-                     torch.cat([d.bookmark_keys for d in docs]))
+                     torch.cat([d.page_starts for d in docs]),
+                     torch.cat([d.page_queries for d in docs]) if trained else None,
+                     torch.cat([d.bookmark_keys for d in docs]) if trained else None)
     return cache, token_ids
 
 
@@ -136,15 +200,18 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     words of the question helps a small model (the default model answers RULER's needles after RULER's own
     "The special magic number for X mentioned in the provided text is"). index: "exact" (exact inner-product
     search) or "ivf" (approximate, CPU only: raises for a model on a GPU), `nprobe` lists searched per question
-    (default index.DEFAULT_NPROBE; "ivf" only)."""
+    (default index.DEFAULT_NPROBE; "ivf" only). A store of the training-free scorer is searched exactly with that
+    scorer's rule (module docstring, step 2): "ivf" raises for it."""
     if "{question}" not in template:
         raise RetroLMError(f"the answer template must hold {{question}} where the question goes; got {template!r}.")
-    if model.config.scorer != "trained":
-        raise RetroLMError("answering over a page store retrieves pages by bookmark keys, which needs the trained "
-                           "scorer: load a model with a trained retriever (retrolm train-retriever) and build its "
-                           "store with it.")
     if not question.strip():
         raise RetroLMError("the question is empty; pass the question to answer.")
+    trained = model.config.scorer == "trained"
+    if not trained and (index != "exact" or nprobe is not None):
+        raise RetroLMError(f"index={index!r}{'' if nprobe is None else f', nprobe={nprobe}'}: a store of the "
+                           "training-free scorer is searched exactly by its page summaries (no inner-product index "
+                           "to approximate); leave index='exact' and nprobe unset, or use a model with a trained "
+                           "retriever (retrolm train-retriever).")
     check_index_options(index, nprobe=nprobe, use_gpu=model.device.type == "cuda")
     store = store if isinstance(store, PageStore) else PageStore.open(store, model)
     started = time.perf_counter()
@@ -154,7 +221,10 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
                                    add_special_tokens=False).input_ids
     config = model.config
     budget = config.sink_pages + config.local_pages + config.top_k
-    seeds = pages_index.search(question_query(model, question_ids[0]), budget, nprobe=nprobe)
+    if trained:
+        seeds = pages_index.search(question_query(model, question_ids[0]), budget, nprobe=nprobe)
+    else:
+        seeds = pages_index.search(question_layer_queries(model, question_ids[0]), budget, attention_scaling(model))
     picks = with_neighbors(seeds, config.neighbor_offsets, budget,
                            {doc_id: entry["pages"] for doc_id, entry in store.documents().items()})
     retrieved = time.perf_counter()

@@ -404,11 +404,12 @@ class RetroLM(nn.Module):
     def answer(self, question: str, store, max_new_tokens: int = 64, template: str | None = None,
                index: str = "exact", nprobe: int | None = None, **generate_kwargs):
         """Answer `question` from a page store (`retrolm index build`; a `PageStore` or its directory): the pages of
-        the whole collection most relevant to it are retrieved by bookmark key and attended to (collection.py).
+        the whole collection most relevant to it are retrieved (by bookmark key, or under the training-free scorer by
+        its page summaries) and attended to (collection.py).
         template: the text after the retrieved pages, "{question}" marking the question (collection.answer).
-        index: "exact" inner-product search over the bookmark keys, or "ivf" (approximate, CPU only) with `nprobe`
-        lists searched (collection.answer). Returns an `Answer`: .text, .pages (document, page, score) cited,
-        .timings."""
+        index: "exact" inner-product search over the bookmark keys, or "ivf" (approximate, CPU only, trained scorer)
+        with `nprobe` lists searched (collection.answer). Returns an `Answer`: .text, .pages (document, page, score)
+        cited, .timings."""
         from .collection import QUESTION_TEMPLATE, answer
 
         return answer(self, question, store, max_new_tokens, template or QUESTION_TEMPLATE, index=index,

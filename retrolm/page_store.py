@@ -119,41 +119,57 @@ class PageStore:
         return len(self.manifest["documents"])
 
     def read_pages(self, doc_id: str, pages: list[int]) -> StoredDocument:
-        """Complete `pages` of one document (trained scorer), their rows alone read from the memory-mapped shard;
-        the result's tensors hold those pages one after another."""
-        entry = self.manifest["documents"].get(doc_id)
-        if entry is None:
-            raise RetroLMError(f"document {doc_id!r} is not in page store {self.path}.")
+        """Complete `pages` of one document, their rows alone read from the memory-mapped shard; the result's
+        tensors hold those pages one after another (bookmark keys and page queries under the trained scorer; none
+        under the training-free one, whose summaries the cache computes again from the keys)."""
+        entry = self._entry(doc_id)
         if any(not 0 <= p < entry["pages"] for p in pages):
             raise RetroLMError(f"document {doc_id!r} has {entry['pages']} complete pages; asked for {pages}.")
         P, layers = self._model().config.page_size, self.model.base_model.config.num_hidden_layers
-        with safe_open(os.path.join(self.path, PAGES_DIR, entry["file"]), framework="pt") as shard:
-            self._check_bookmarks(shard)
-
+        with safe_open(self._shard_path(doc_id, entry), framework="pt") as shard:
             def rows(name: str, token_axis: int) -> torch.Tensor:
                 tensor = shard.get_slice(name)
                 cut = (lambda a, b: tensor[:, a:b]) if token_axis else (lambda a, b: tensor[a:b])
                 return torch.cat([cut(p * P, (p + 1) * P) for p in pages], dim=token_axis)
 
-            def per_page(name: str) -> torch.Tensor:
-                return shard.get_tensor(name)[torch.tensor(pages)]
+            def per_page(name: str) -> torch.Tensor | None:
+                return shard.get_tensor(name)[torch.tensor(pages)] if name in shard.keys() else None
 
             return StoredDocument(doc_id, rows("token_ids", 0), [rows(f"keys.{i}", 1) for i in range(layers)],
                                   [rows(f"values.{i}", 1) for i in range(layers)], per_page("page_starts"),
                                   per_page("bookmark_keys"), per_page("page_queries"), None)
 
     def bookmark_keys(self, doc_id: str) -> torch.Tensor:
-        """[complete pages, heads, dim]: one document's bookmark keys alone (what a cross-document index needs)."""
-        entry = self.manifest["documents"][doc_id]
-        with safe_open(os.path.join(self.path, PAGES_DIR, entry["file"]), framework="pt") as shard:
-            self._check_bookmarks(shard)
+        """[complete pages, heads, dim]: one document's bookmark keys alone (what the trained scorer's
+        cross-document index needs)."""
+        with safe_open(self._shard_path(doc_id), framework="pt") as shard:
+            if "bookmark_keys" not in shard.keys():
+                raise RetroLMError(f"page store {self.path} was built with the training-free scorer, which keeps no "
+                                   "bookmark keys: search it with page_summaries (collection.SummaryIndex).")
             return shard.get_tensor("bookmark_keys")
 
-    def _check_bookmarks(self, shard) -> None:
-        if "bookmark_keys" not in shard.keys():
-            raise RetroLMError(f"page store {self.path} was built with the training-free scorer, which keeps no "
-                               "bookmark keys: cross-document retrieval needs a model with a trained retriever "
-                               "(retrolm train-retriever), and a store built with it.")
+    def page_summaries(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (centre, radius) [complete pages, kv_heads, head_dim]: one document's training-free page
+        summaries alone (what that scorer's cross-document search needs)."""
+        layers = self._model().base_model.config.num_hidden_layers
+        with safe_open(self._shard_path(doc_id), framework="pt") as shard:
+            if "center.0" not in shard.keys():
+                raise RetroLMError(f"page store {self.path} was built with the trained scorer, which keeps bookmark "
+                                   "keys, not page summaries: search it with bookmark_keys (collection.StoreIndex).")
+            return _summaries(shard, layers)
+
+    def _entry(self, doc_id: str) -> dict:
+        entry = self.manifest["documents"].get(doc_id)
+        if entry is None:
+            raise RetroLMError(f"document {doc_id!r} is not in page store {self.path}.")
+        return entry
+
+    def _shard_path(self, doc_id: str, entry: dict | None = None) -> str:
+        path = os.path.join(self.path, PAGES_DIR, (entry or self._entry(doc_id))["file"])
+        if not os.path.isfile(path):
+            raise RetroLMError(f"{path} (document {doc_id!r}) is missing: the store is damaged; add the document "
+                               "again.")
+        return path
 
     def _model(self):
         if self.model is None:
@@ -161,19 +177,12 @@ class PageStore:
         return self.model
 
     def read(self, doc_id: str) -> StoredDocument:
-        entry = self.manifest["documents"].get(doc_id)
-        if entry is None:
-            raise RetroLMError(f"document {doc_id!r} is not in page store {self.path}.")
-        path = os.path.join(self.path, PAGES_DIR, entry["file"])
-        if not os.path.isfile(path):
-            raise RetroLMError(f"{path} (document {doc_id!r}) is missing: the store is damaged; add the document "
-                               "again.")
+        path = self._shard_path(doc_id)
         layers = self._model().base_model.config.num_hidden_layers
         with safe_open(path, framework="pt") as shard:
             names = set(shard.keys())
             get = shard.get_tensor
-            summaries = ([(get(f"center.{i}"), get(f"radius.{i}")) for i in range(layers)]
-                         if "center.0" in names else None)
+            summaries = _summaries(shard, layers) if "center.0" in names else None
             return StoredDocument(doc_id, get("token_ids"), [get(f"keys.{i}") for i in range(layers)],
                                   [get(f"values.{i}") for i in range(layers)], get("page_starts"),
                                   *((get("bookmark_keys"), get("page_queries")) if "bookmark_keys" in names
@@ -221,6 +230,10 @@ class PageStore:
         """Delete those of `files` no document of the manifest names any more."""
         for name in files - {entry["file"] for entry in self.manifest["documents"].values()}:
             os.remove(os.path.join(self.path, PAGES_DIR, name))
+
+
+def _summaries(shard, layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(shard.get_tensor(f"center.{i}"), shard.get_tensor(f"radius.{i}")) for i in range(layers)]
 
 
 def _shard(cache) -> dict[str, torch.Tensor]:

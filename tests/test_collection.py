@@ -7,7 +7,7 @@ import torch
 
 from bench.collection_store import collection
 from retrolm.cli import main as cli
-from retrolm.collection import QUESTION_TEMPLATE, load_retrieved, store_index, with_neighbors
+from retrolm.collection import QUESTION_TEMPLATE, SummaryIndex, load_retrieved, store_index, with_neighbors
 from retrolm.demo import NOUNS, Fact
 from retrolm.errors import RetroLMError
 from retrolm.filler import ESSAY_SHAPES
@@ -18,6 +18,15 @@ from retrolm.page_store import PageStore
 @pytest.fixture(scope="module")
 def model():
     return RetroLM.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def free_model():
+    """The default model under the training-free scorer: a store of page summaries, no bookmark keys."""
+    return RetroLM.from_pretrained(scorer="attention")
+
+
+SCORER_MODELS = {"trained": "model", "attention": "free_model"}
 
 
 def _essay(rng: random.Random, chars: int) -> str:
@@ -31,9 +40,12 @@ def _ruler_template(key: str) -> str:
     return "\n{question} The special magic number for " + key + " mentioned in the provided text is"
 
 
-def test_stored_pages_give_what_the_same_text_in_context_gives(tmp_path, model):
+@pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
+def test_stored_pages_give_what_the_same_text_in_context_gives(tmp_path, request, scorer):
     """A document of exactly the page budget (sink + local + top_k pages): every page is attended either way, so
-    the question's logits and the answer are those of the document and question encoded together."""
+    the question's logits and the answer are those of the document and question encoded together, under either
+    scorer."""
+    model = request.getfixturevalue(SCORER_MODELS[scorer])
     config = model.config
     budget = config.sink_pages + config.local_pages + config.top_k
     rng = random.Random(1)
@@ -59,8 +71,11 @@ def test_stored_pages_give_what_the_same_text_in_context_gives(tmp_path, model):
     assert sorted(page for _, page, _ in result.pages) == list(range(budget)), "the whole budget is attended"
 
 
+@pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
 @pytest.mark.parametrize("seed", [0, 3])
-def test_a_question_finds_its_page_among_other_documents(tmp_path, model, seed):
+def test_a_question_finds_its_page_among_other_documents(tmp_path, request, scorer, seed):
+    """Either scorer: by the trained retriever's bookmark keys, or (training-free) by the page summaries."""
+    model = request.getfixturevalue(SCORER_MODELS[scorer])
     rng = random.Random(seed)
     docs = {f"doc{i}": _essay(rng, 2500) for i in range(8)}
     fact = Fact(f"amber-{rng.choice(NOUNS)}", str(rng.randint(10 ** 6, 10 ** 7 - 1)), 0.5)
@@ -133,13 +148,56 @@ def test_answer_refuses_what_it_cannot_do(tmp_path, model):
         model.answer("Anything?", store, template="Answer:")
     with pytest.raises(RetroLMError, match="the question is empty"):
         model.answer("  ", store)
-    training_free = RetroLM.from_pretrained(scorer="attention")
-    with pytest.raises(RetroLMError, match="needs the trained scorer"):
-        training_free.answer("Anything?", str(tmp_path / "store"))
-    free_store = PageStore.open(str(tmp_path / "free"), training_free, create=True)
-    free_store.add({"doc": _essay(random.Random(0), 1000)}, progress=False)
+    with pytest.raises(RetroLMError, match="trained scorer, which keeps bookmark keys, not page summaries"):
+        store.page_summaries("doc")
+
+
+def test_training_free_store_refuses_an_approximate_index(tmp_path, free_model):
+    store = PageStore.open(str(tmp_path / "free"), free_model, create=True)
+    store.add({"doc": _essay(random.Random(0), 1000)}, progress=False)
+    for options in ({"index": "ivf"}, {"nprobe": 4}):
+        with pytest.raises(RetroLMError, match="searched exactly by its page summaries"):
+            free_model.answer("Anything?", store, **options)
     with pytest.raises(RetroLMError, match="keeps no bookmark keys"):
-        free_store.read_pages("doc", [0])
+        store.bookmark_keys("doc")
+    assert store.read_pages("doc", [0]).bookmark_keys is None
+
+
+def _reference_summary_scores(queries, center, radius, scaling):
+    """Per page, the estimated attention share summed over layers, tokens and heads, one (token, head) at a time:
+    each spreads a softmax over every page of its bound q.c + |q|.r (query head h reads KV head h // (H / kvh))."""
+    pages = center[0].shape[0]
+    total = torch.zeros(pages, dtype=torch.float64)
+    for rows, c, r in zip(queries, center, radius):
+        heads, kv_heads = rows.shape[1], c.shape[1]
+        for token in range(rows.shape[0]):
+            for head in range(heads):
+                q = rows[token, head].double()
+                g = head // (heads // kv_heads)
+                bound = torch.tensor([float(q @ c[p, g].double() + q.abs() @ r[p, g].double()) for p in range(pages)])
+                total += (bound * scaling).softmax(dim=0)
+    return total
+
+
+@pytest.mark.parametrize("layers,pages,heads,kv_heads,dim,tokens", [
+    (1, 1, 1, 1, 4, 1), (2, 7, 4, 2, 8, 3), (3, 40, 6, 6, 16, 5), (2, 25, 8, 1, 8, 16), (4, 13, 4, 4, 32, 2)])
+def test_summary_search_ranks_pages_as_the_reference(layers, pages, heads, kv_heads, dim, tokens):
+    """SummaryIndex (the training-free scorer's cross-document search) against a per-(token, head) reference on
+    random summaries of many shapes: the same scores, best first, across documents."""
+    gen = torch.Generator().manual_seed(layers * 1000 + pages)
+    center = [torch.randn(pages, kv_heads, dim, generator=gen) for _ in range(layers)]
+    radius = [torch.rand(pages, kv_heads, dim, generator=gen) for _ in range(layers)]
+    queries = [torch.randn(tokens, heads, dim, generator=gen) for _ in range(layers)]
+    rows = [(f"doc{i % 3}", i // 3) for i in range(pages)]
+    scaling = dim ** -0.5
+    expected = _reference_summary_scores(queries, center, radius, scaling)
+    for k in (1, pages, pages + 5):
+        found = SummaryIndex(rows, center, radius).search(queries, k, scaling)
+        order = expected.argsort(descending=True)[: min(k, pages)]
+        assert [score for *_, score in found] == pytest.approx(expected[order].tolist(), rel=1e-4)
+        assert [(d, p) for d, p, _ in found] == [rows[i] for i in order.tolist()]
+    assert sum(score for *_, score in SummaryIndex(rows, center, radius).search(queries, pages, scaling)) == \
+        pytest.approx(layers * tokens * heads, rel=1e-4), "each (token, head) of each layer spreads one unit"
 
 
 def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
@@ -163,6 +221,26 @@ def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
     assert cli(["ask", question, "--store", "missing", "--device", "cpu"]) == 2
     assert "not a page store" in capsys.readouterr().err
     assert QUESTION_TEMPLATE.count("{question}") == 1
+
+
+def test_ask_command_with_the_training_free_scorer(tmp_path, capsys, monkeypatch):
+    """`--scorer attention` builds a store of page summaries (what a model without a trained retriever gets) and
+    answers from it; the same store asked with the trained scorer is refused, naming the difference."""
+    rng = random.Random(6)
+    fact = Fact("still-harbor", "8801264", 0.5)
+    (tmp_path / "a.txt").write_text(_essay(rng, 2000))
+    (tmp_path / "b.txt").write_text(_essay(rng, 1200) + " " + fact.needle + " " + _essay(rng, 1200))
+    monkeypatch.chdir(tmp_path)
+    assert cli(["index", "build", "a.txt", "b.txt", "--out", "store", "--device", "cpu", "--scorer", "attention"]) == 0
+    capsys.readouterr()
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    ask = ["ask", question, "--store", "store", "--device", "cpu", "--max-new-tokens", "9", "--template",
+           _ruler_template(fact.key)]
+    assert cli(ask + ["--scorer", "attention"]) == 0
+    out = capsys.readouterr().out
+    assert f"answer: {fact.value}" in out and "b.txt page" in out.split("best first:")[1].split("\n")[1], out
+    assert cli(ask) == 2
+    assert "scorer ('attention' in the store, 'trained' now)" in capsys.readouterr().err
 
 
 def test_benchmark_collection_holds_one_distinct_fact_per_document():
