@@ -155,6 +155,20 @@ def test_drill_style_sets_the_share_of_rejoined_answers():
         drills.DrillStyle(rejoined=1.5)
 
 
+@pytest.mark.parametrize("shapes", [("plain",), drills.SHAPES])
+def test_drills_end_in_filler_never_inside_a_fact_or_a_recall(shapes):
+    """A drill is cut to its document's length; a statement or a recall running past that end would be cut, and a
+    recall cut after "Answer:" teaches that the text may end where a value is due. Every statement and recall ends
+    inside the length, and the text reaches it (filler last)."""
+    for seed in range(150):
+        drill = drills.make_drill(random.Random(seed), 1022, corpus.varied_filler, drills.DrillStyle(shapes))
+        assert len(drill.text) >= 1022, "filler fills the document to its length"
+        for start, end, _ in drill.asked:
+            assert end <= 1022, drill.text[start:]
+        for key, (start, value) in drill.stated.items():
+            assert drill.text.index(value, start) + len(value) < 1022, drill.text[start:]
+
+
 def test_drill_documents_are_exact_and_leave_the_other_documents_unchanged():
     drilled = 0
     for seed in range(200):

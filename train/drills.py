@@ -170,21 +170,32 @@ def make_drill(rng: random.Random, length: int, filler, style: DrillStyle = Dril
         ready = [p for p in pending if p[0] <= size]
         if ready and (rng.random() < 0.35 or size > length * 0.8):
             fact = rng.choice(ready)
+            piece = recall(rng, *fact[1:], style.rejoined)
+            if size + len(piece) > length:
+                break
             pending.remove(fact)
-            pieces.append(recall(rng, *fact[1:], style.rejoined))
-            asked.append((size, size + len(pieces[-1]), fact[1]))
+            asked.append((size, size + len(piece), fact[1]))
         elif rng.random() < 0.3 and size < length * 0.8:
             key = subject(rng)
             if key in stated:
                 continue
             value = DRILL_VALUES[kind](rng)
+            piece = phrasing.statement(rng.choice(LEADS), key, value)
+            if size + len(piece) > length:
+                break
             stated[key] = (size, value)
-            pieces.append(phrasing.statement(rng.choice(LEADS), key, value))
             pending.append((size + rng.randint(40, max(40, length // 2)), key, phrasing, value))
         else:
-            pieces.append(filler(rng, rng.randint(30, 160)))
-        size += len(pieces[-1]) + 1
-    return Drill(" ".join(pieces), phrasing, stated, asked)
+            piece = filler(rng, rng.randint(30, 160))
+        pieces.append(piece)
+        size += len(piece) + 1
+    # A fact or a recall that would run past the end is left out and filler ends the document instead: a recall
+    # cut after "Answer:" would teach that the text may end where a value is due (the end-of-text token is likelier
+    # there the later the position: 0.35 at token 921 after 6,000 steps, 0.98 after 10,000).
+    text = " ".join(pieces)
+    while len(text) < length:
+        text += " " + filler(rng, max(30, length - len(text)))
+    return Drill(text, phrasing, stated, asked)
 
 
 def drill_text(rng: random.Random, length: int, filler, style: DrillStyle = DrillStyle()) -> str:
