@@ -5,9 +5,11 @@
 # plain: one statement shape; shapes: all four; rejoined: one shape, half the answers restating the relation with
 # another joining word (0.25 in the others); bare-rejoined: the same with plain and bare statements.
 # DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), compiled.
-# plain and shapes by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in 560 s on an H200
-# (one alone takes ~260 s), so give them a call each. GATE=0 skips drill_base.sh's 1x gate. At DEADLINE seconds
-# (default 560, under the device's 600 s per call) the runs are stopped and what they wrote is packed, build logs
+# plain and shapes by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in
+# 560 s on an H200 (one alone takes ~260 s), so give them a call each. GATE=0 skips drill_base.sh's 1x gate. At DEADLINE seconds
+# (default 560, under the device's 600 s per call; one 6,000-step run needs ~350 s: data ~25, pretraining 245-290,
+# packing the base and both probes ~80, so a DEADLINE of 310 returned the build log alone on 2026-12-04; 10,000
+# steps ~500) the runs are stopped and what they wrote is packed, build logs
 # included: pretraining resumes from its last saved step (every 500) if the next call finds the same machine
 # (work/ stays while it is warm; a call a minute later found a fresh one on 2026-12-04).
 # $OUT gets each base in 15 MB parts (plain/, shapes/) and one results.tgz with the logs, gates and probes.
