@@ -8,7 +8,9 @@ from one that finds it but copies it badly:
 - exact: the answer starts with the value;
 - first char: the answer's first character is the value's (the lookup after the answer start found the value);
 - tail: the answer's first character is wrong, but the value without its first character appears in the answer
-  (the copy went on from the right place after a wrong start, e.g. "4112" for "ZX-4412").
+  (the copy went on from the right place after a wrong start, e.g. "4112" for "ZX-4412");
+- end of text: the mean probability of the end-of-text token right after the answer start (a base that learned
+  that a text may end where a value is due answers nothing, more so late in its window).
 Needles, questions and answer starts are bench/heldout_prose.py's five test formats (`--needles validation`: stage
 1's three validation formats, another set kept out of training; `--needles sealed`: the six formats of
 bench/sealed_needles.py, used only for final reporting: never look at its failures to shape training); haystacks
@@ -45,6 +47,16 @@ def score(answer: str, value: str) -> dict[str, bool]:
     return {"exact": answer.startswith(value), "first char": first, "tail": not first and value[1:] in answer}
 
 
+def sample(needles: str, chars: int, seed: int, i: int, topics) -> tuple:
+    """Sample i of a run: (its needle, its prompt: the needle hidden in `chars` characters of haystack, or alone)."""
+    make_needle, formats = NEEDLE_SETS[needles]
+    rng = random.Random(f"copy-probe/{seed}/{i}")
+    needle = make_needle(rng, i % formats)
+    context = (hide(haystack(rng, chars, topics), needle.sentence, rng.uniform(0.05, 0.95)) if chars
+               else needle.sentence)
+    return needle, prompt(needle, context)
+
+
 @torch.no_grad()
 def probe(path: str, sizes: list[int], samples: int, seed: int, needles: str, device: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,24 +65,23 @@ def probe(path: str, sizes: list[int], samples: int, seed: int, needles: str, de
     model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     window = model.config.max_position_embeddings
     topics = reference_topics()
-    make_needle, formats = NEEDLE_SETS[needles]
+    formats = NEEDLE_SETS[needles][1]
     cells = {}
     for chars in sizes:
         counts = {"exact": 0, "first char": 0, "tail": 0}
+        end_of_text = 0.0
         per_format = [0] * formats
         examples = []
         for i in range(samples):
-            rng = random.Random(f"copy-probe/{seed}/{i}")
-            needle = make_needle(rng, i % formats)
-            context = (hide(haystack(rng, chars, topics), needle.sentence, rng.uniform(0.05, 0.95)) if chars
-                       else needle.sentence)
-            ids = tokenizer(prompt(needle, context), return_tensors="pt").input_ids.to(device)
+            needle, text = sample(needles, chars, seed, i, topics)
+            ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
             if ids.shape[1] + NEW_TOKENS > window:
                 raise SystemExit(f"{chars} haystack characters make a {ids.shape[1]}-token prompt: over the "
                                  f"{window}-token window with {NEW_TOKENS} new tokens; pass smaller --sizes.")
-            out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+            end_of_text += float(out.scores[0][0].float().softmax(-1)[tokenizer.eos_token_id])
+            answer = tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip()
             for name, hit in score(answer, needle.value).items():
                 counts[name] += hit
             per_format[i % formats] += answer.startswith(needle.value)
@@ -78,7 +89,7 @@ def probe(path: str, sizes: list[int], samples: int, seed: int, needles: str, de
                 examples.append({"format": i % formats, "value": needle.value, "answer": answer})
         cells[str(chars)] = {k: round(100 * v / samples, 1) for k, v in counts.items()} | {
             "exact per format": [round(100 * v / (samples // formats), 1) for v in per_format],
-            "examples": examples}
+            "end of text": round(end_of_text / samples, 3), "examples": examples}
         print(f"{path} {chars} chars: {cells[str(chars)]['exact']}% exact", flush=True)
     return cells
 
@@ -112,9 +123,9 @@ def main(argv=None) -> int:
         "bases": dict(zip(names, args.bases)), "needles": args.needles, "sizes": sizes, "samples": args.samples,
         "seed": args.seed, "device": args.device, "environment": environment(), "results": results})
     columns = ["base", "haystack chars", "exact", "first char right", "tail copied after a wrong start",
-               "exact by format " + " / ".join(str(f) for f in range(formats))]
+               "exact by format " + " / ".join(str(f) for f in range(formats)), "end of text next (mean p)"]
     rows = [dict(zip(columns, [name, chars, cell["exact"], cell["first char"], cell["tail"],
-                               " / ".join(f"{v:g}" for v in cell["exact per format"])]))
+                               " / ".join(f"{v:g}" for v in cell["exact per format"]), cell["end of text"]]))
             for name, cells in results.items() for chars, cell in cells.items()]
     write_text(stem + ".md", "\n".join([
         f"# Copying unseen needle formats ({args.needles} set), full attention ({args.samples} samples per row, "

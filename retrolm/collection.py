@@ -180,7 +180,7 @@ def load_retrieved(model, store: PageStore, picks: list[tuple[str, int, float]],
         by_doc.setdefault(doc_id, []).append(page)
     docs = [store.read_pages(doc_id, pages) for doc_id, pages in by_doc.items()]
     token_ids = torch.cat([doc.token_ids for doc in docs])
-    cache = model.new_cache(token_ids.shape[0] + room)
+    cache = model.new_cache(token_ids.shape[0] + room, resident=True)  # a page budget: no need to offload
     layers = range(len(docs[0].keys))
     trained = docs[0].bookmark_keys is not None  # else the cache summarises the pages from their keys
     cache.load_pages(token_ids, [torch.cat([d.keys[i] for d in docs], dim=1) for i in layers],

@@ -274,13 +274,15 @@ class RetroLM(nn.Module):
     def device(self) -> torch.device:
         return _inner_model(self.base_model).device
 
-    def new_cache(self, capacity_tokens: int = 0) -> PagedKVCache:
-        """An empty paged cache for this model, with room reserved for `capacity_tokens` tokens."""
+    def new_cache(self, capacity_tokens: int = 0, resident: bool = False) -> PagedKVCache:
+        """An empty paged cache for this model, with room reserved for `capacity_tokens` tokens; offloaded when the
+        config says offload_kv, unless `resident` (a page store's documents and retrieved pages are held whole)."""
         inner = _inner_model(self.base_model)
         r = self.config.retriever
+        offload = self.config.offload_kv and not resident
         return PagedKVCache(inner.config.num_hidden_layers, self.config.page_size, r.num_score_heads, r.score_dim,
                             device=self.device, capacity_tokens=capacity_tokens,
-                            offload_pages=self.config.offload_device_pages if self.config.offload_kv else 0)
+                            offload_pages=self.config.offload_device_pages if offload else 0)
 
     def _plan(self, cache: PagedKVCache, input_ids: torch.Tensor):
         """The plan of a forward encoding input_ids [1, q] into `cache` (called by the pre-forward hook)."""

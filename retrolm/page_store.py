@@ -209,7 +209,9 @@ class PageStore:
             name = hashlib.sha256(f"{doc_id}\0{text}".encode()).hexdigest()[:32] + ".safetensors"
             path = os.path.join(self.path, PAGES_DIR, name)
             if not os.path.isfile(path):  # written whole or not at all (temporary file, then rename)
-                cache, _ = model.encode(model._check(ids[doc_id]), logits_to_keep=1, progress=False)
+                document = model._check(ids[doc_id])  # encoded whole and resident: its shard holds every page
+                cache, _ = model.encode(document, model.new_cache(document.shape[1], resident=True),
+                                        logits_to_keep=1, progress=False)
                 write_safetensors_atomic(path, _shard(cache))
             entries[doc_id] = {"file": name, "tokens": ids[doc_id].shape[1], "pages": ids[doc_id].shape[1] // page}
         replaced = {self.manifest["documents"][d]["file"] for d in entries if d in self.manifest["documents"]}
@@ -239,8 +241,6 @@ def _summaries(shard, layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _shard(cache) -> dict[str, torch.Tensor]:
     """The tensors of one encoded document's shard (see the module docstring)."""
     tokens, pages = cache.num_tokens, cache.num_complete_pages
-    if cache.slots is not None:
-        raise RetroLMError("a page store is built from resident KV: load the model with offload_kv=False to build it.")
     shard = {"token_ids": cache.token_ids[:tokens],
              "page_starts": cache.page_starts[: -(-tokens // cache.page_size)]}
     for i, layer in enumerate(cache.layers):

@@ -100,6 +100,26 @@ def test_a_question_finds_its_page_among_other_documents(tmp_path, request, scor
     assert again.timings["index_s"] == 0 and again.text == result.text, "the index is built once per store state"
 
 
+def test_a_model_that_offloads_its_kv_builds_and_answers_the_same_store(tmp_path, model):
+    """offload_kv changes where a long input's pages live, not their values: a store's documents and retrieved pages
+    are held resident either way, so an offloading model writes the same shards and gives the same answer."""
+    offloading = RetroLM.from_pretrained(offload_kv=True, offload_device_pages=16)
+    rng = random.Random(4)
+    docs = {f"doc{i}": _essay(rng, 2500) for i in range(3)}
+    fact = Fact("amber-lake", "4455667", 0.5)
+    docs["doc1"] = docs["doc1"][:900] + " " + fact.needle + " " + docs["doc1"][900:]
+    for name, built_by in (("resident", model), ("offloaded", offloading)):
+        PageStore.open(str(tmp_path / name), built_by, create=True).add(docs, progress=False)
+    shards = {name: {p.name: p.read_bytes() for p in (tmp_path / name / "pages").iterdir()}
+              for name in ("resident", "offloaded")}
+    assert shards["resident"] == shards["offloaded"]
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    answers = [m.answer(question, str(tmp_path / "offloaded"), max_new_tokens=9, template=_ruler_template(fact.key))
+               for m in (model, offloading)]
+    assert answers[0].text == answers[1].text and answers[0].text.startswith(fact.value)
+    assert answers[0].pages == answers[1].pages
+
+
 def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, model):
     rng = random.Random(2)
     store = PageStore.open(str(tmp_path), model, create=True)

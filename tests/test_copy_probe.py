@@ -2,9 +2,12 @@
 import json
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.copy_probe import main, score
+from bench.copy_probe import main, sample, score
 from retrolm.tiny import build_tiny_model
+from retrolm.training.needle_recall import reference_topics
 
 
 @pytest.mark.parametrize("answer, value, expected", [
@@ -28,6 +31,14 @@ def test_probe_writes_a_row_per_base_and_size_and_refuses_a_prompt_over_the_wind
         assert all(0 <= cell[k] <= 100 for k in ("exact", "first char", "tail"))
         assert len(cell["exact per format"]) == 5 and len(cell["examples"]) == 5
     assert (out / "copy_probe.md").read_text().count("| tiny |") == 2
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(base).eval(), AutoTokenizer.from_pretrained(base)
+    for chars in (0, 100):  # the end-of-text column: the mean next-token probability after each prompt
+        direct = 0.0
+        for i in range(5):
+            ids = tokenizer(sample("test", chars, 0, i, reference_topics())[1], return_tensors="pt").input_ids
+            with torch.no_grad():
+                direct += float(model(ids).logits[0, -1].softmax(-1)[tokenizer.eos_token_id]) / 5
+        assert results[str(chars)]["end of text"] == pytest.approx(direct, abs=2e-3)
     with pytest.raises(SystemExit, match="over the 512-token window"):
         main(["--bases", base, "--sizes", "600", "--samples", "5", "--out", str(tmp_path / "long")])
     assert not (tmp_path / "long").exists(), "nothing written for a run that was refused"
