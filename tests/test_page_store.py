@@ -98,7 +98,8 @@ def test_an_interrupted_add_leaves_the_store_as_it_was_and_is_resumed(tmp_path, 
     monkeypatch.setattr(page_store, "write_safetensors_atomic", real_write)
     encoded = []
     real_encode = model.encode
-    monkeypatch.setattr(model, "encode", lambda ids, **kw: encoded.append(ids.shape[1]) or real_encode(ids, **kw))
+    monkeypatch.setattr(model, "encode",
+                        lambda ids, *args, **kw: encoded.append(ids.shape[1]) or real_encode(ids, *args, **kw))
     store = PageStore.open(path, model)
     store.add(changed, progress=False)
     assert encoded == [len(texts["head"])], "the two finished shards are reused, the third is encoded"
