@@ -71,6 +71,33 @@ def test_stored_pages_give_what_the_same_text_in_context_gives(tmp_path, request
     assert sorted(page for _, page, _ in result.pages) == list(range(budget)), "the whole budget is attended"
 
 
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_a_hub_model_without_a_retriever_answers_from_its_store(tmp_path, tiny_dirs, arch):
+    """A model with no retriever gets the training-free scorer: its store keeps page summaries, and with every page
+    of a budget-sized document retrieved the question's logits are those of the document and question together;
+    over more pages than the budget, `answer` attends exactly the budget, best first."""
+    model = RetroLM.from_pretrained(tiny_dirs[arch], page_size=8, top_k=3)
+    assert model.config.scorer == "attention"
+    budget = model.config.sink_pages + model.config.local_pages + model.config.top_k
+    gen = torch.Generator().manual_seed(7)
+    text = "".join(chr(c) for c in torch.randint(97, 123, (budget * 8,), generator=gen).tolist())
+    store = PageStore.open(str(tmp_path / "one"), model, create=True)
+    store.add({"doc": text}, progress=False)
+    question_ids = model.tokenizer("\nQuestion: which?\nAnswer:", return_tensors="pt",
+                                   add_special_tokens=False).input_ids
+    cache, held = load_retrieved(model, store, [("doc", page, 0.0) for page in range(budget)], question_ids.shape[1])
+    _, stored_logits = model.encode(question_ids, cache, progress=False)
+    together = torch.cat([held[None], question_ids], dim=1)
+    _, logits = model.encode(together, progress=False)
+    torch.testing.assert_close(stored_logits[0], logits[0, held.shape[0]:], rtol=0, atol=1e-5)
+    many = PageStore.open(str(tmp_path / "many"), model, create=True)
+    many.add({f"doc{i}": text[i:] + text[:i] for i in range(4)}, progress=False)
+    result = model.answer("which?", many, max_new_tokens=4)
+    assert len(result.pages) == budget and len({(d, p) for d, p, _ in result.pages}) == budget
+    with pytest.raises(RetroLMError, match="searched exactly by its page summaries"):
+        model.answer("which?", many, index="ivf")
+
+
 @pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
 @pytest.mark.parametrize("seed", [0, 3])
 def test_a_question_finds_its_page_among_other_documents(tmp_path, request, scorer, seed):
