@@ -10,7 +10,8 @@
 # shipped recipe's) the pretraining length (~13 steps/s on an H200); COMPILE=true compiles pretraining's forward;
 # DRILL_SHAPES (default all four of train/drills.py; "plain" is the one-shape drills of the first runs) the
 # statement shapes drills take; DRILL_REJOINED (default 0.25) the share of drill answers restating the relation with
-# another joining word; STAGE_DRILLS (default 0) the share of stage 1's long documents that are drills
+# another joining word; SPLIT_WINDOWS (default 0) the share of pretraining windows holding two documents;
+# STAGE_DRILLS (default 0) the share of stage 1's long documents that are drills
 # (generated in the first call: give it to every call); WORK (default work/drills) the build's directory; SAMPLES
 # (default 20) the samples per cell.
 # The base comes back in $OUT in parts of 15 MB (`cat base.tgz.* > base.tgz`), for a later call on a fresh machine
@@ -25,6 +26,7 @@ build() {
     mkdir -p "$WORK"
     python3 train/build_default_model.py --work "$WORK" --out "$WORK/model" --drill-fraction "${DRILLS:-0.3}" \
         --drill-shapes "${DRILL_SHAPES:-plain,trailing,attribute,bare}" --drill-rejoined "${DRILL_REJOINED:-0.25}" \
+        --split-windows "${SPLIT_WINDOWS:-0}" \
         --stage-drill-fraction "${STAGE_DRILLS:-0}" \
         --pretrain-set "max_steps=${PRETRAIN_STEPS:-3000}" --pretrain-set "compile=${COMPILE:-false}" \
         --workers "${WORKERS:-14}" "$@" >> "$WORK/build.log" 2>&1
@@ -51,7 +53,8 @@ base)
     [ "${GATE:-1}" = 1 ] && gate drills "$WORK/base"  # GATE=0: the copy probes alone (quicker)
     for needles in test validation; do  # bench/copy_probe.py: copying unseen formats at three haystack sizes
         python3 bench/copy_probe.py --bases "$WORK/base" \
-            --names "drills ${DRILLS:-0.3} (${DRILL_SHAPES:-four shapes}, rejoined ${DRILL_REJOINED:-0.25}), ${PRETRAIN_STEPS:-3000} steps" \
+            --names "drills ${DRILLS:-0.3} (${DRILL_SHAPES:-four shapes}, rejoined ${DRILL_REJOINED:-0.25}, split\
+ ${SPLIT_WINDOWS:-0}), ${PRETRAIN_STEPS:-3000} steps" \
             --needles $needles --out "$OUT/gate_probe" > "$OUT/gate_probe_$needles.log" 2>&1
     done
     cat "$OUT"/gate_probe/copy_probe*.md

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Issue 14: drill styles (train/drills.py) against each other, side by side on one GPU, each through
 # `bench/drill_base.sh base` (pretraining, the 1x gate, bench/copy_probe.py on the test and validation formats).
-#   bash bench/drill_shapes.sh [plain] [shapes] [rejoined] [bare-rejoined]
+#   bash bench/drill_shapes.sh [plain] [shapes] [rejoined] [bare-rejoined] [rejoined-split]
 # plain: one statement shape; shapes: all four; rejoined: one shape, half the answers restating the relation with
-# another joining word (0.25 in the others); bare-rejoined: the same with plain and bare statements.
+# another joining word (0.25 in the others); bare-rejoined: the same with plain and bare statements;
+# rejoined-split: rejoined with half the pretraining windows holding two documents (--split-windows 0.5).
 # DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), compiled.
 # plain and shapes by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in
-# 560 s on an H200 (one alone takes ~260 s), so give them a call each. GATE=0 skips drill_base.sh's 1x gate. At DEADLINE seconds
+# 560 s on an H200 (one alone takes ~260 s), so give them a call each. GATE=0 skips drill_base.sh's 1x gate. At
+# DEADLINE seconds
 # (default 560, under the device's 600 s per call; one 6,000-step run needs ~350 s: data ~25, pretraining 245-290,
 # packing the base and both probes ~80, so a DEADLINE of 310 returned the build log alone on 2026-12-04; 10,000
 # steps ~500) the runs are stopped and what they wrote is packed, build logs
@@ -16,14 +18,14 @@
 set -uo pipefail
 source bench/device_env.sh  # installs the carried wheels once, before the two runs would race to
 DEADLINE=${DEADLINE:-560}
-run() {  # run NAME SHAPES REJOINED
+run() {  # run NAME SHAPES REJOINED SPLIT
     mkdir -p "$OUT/$1"
     OUT="$OUT/$1" WORK="work/$1" DRILLS=${DRILLS:-0.5} PRETRAIN_STEPS=${PRETRAIN_STEPS:-6000} COMPILE=true \
-        DRILL_SHAPES=$2 DRILL_REJOINED=$3 WORKERS=$((14 / ${#RUNS[@]})) bash bench/drill_base.sh base \
-        > "$OUT/$1/run.log" 2>&1
+        DRILL_SHAPES=$2 DRILL_REJOINED=$3 SPLIT_WINDOWS=$4 WORKERS=$((14 / ${#RUNS[@]})) \
+        bash bench/drill_base.sh base > "$OUT/$1/run.log" 2>&1
 }
-declare -A STYLES=([plain]="plain 0.25" [shapes]="plain,trailing,attribute,bare 0.25" [rejoined]="plain 0.5"
-                   [bare-rejoined]="plain,bare 0.5")
+declare -A STYLES=([plain]="plain 0.25 0" [shapes]="plain,trailing,attribute,bare 0.25 0" [rejoined]="plain 0.5 0"
+                   [bare-rejoined]="plain,bare 0.5 0" [rejoined-split]="plain 0.5 0.5")
 RUNS=("${@:-plain shapes}")
 RUNS=(${RUNS[*]})
 for name in "${RUNS[@]}"; do

@@ -227,7 +227,8 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     build = [sys.executable, os.path.join(ROOT, "train", "build_default_model.py"), "--smoke", "--work",
              str(tmp_path / "work"), "--out", str(out), "--workers", "2", "--pretrain-set", "max_steps=12",
              "--post-train", "--stage2-replay", "0", "--stage2-set", "max_steps=3", "--drill-fraction", "0.3",
-             "--stage-drill-fraction", "0.5", "--drill-shapes", "plain,bare", "--drill-rejoined", "0.5"]
+             "--stage-drill-fraction", "0.5", "--drill-shapes", "plain,bare", "--drill-rejoined", "0.5",
+             "--split-windows", "0.5"]
     stopped = subprocess.run(build + ["--stop-after", "pretrain"], capture_output=True, text=True, cwd=ROOT)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     results = json.load(open(tmp_path / "work" / "build_results.json"))
@@ -244,6 +245,7 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     assert results["stage1"]["steps"] == 4, "stage 1 keeps the smoke size"
     assert results["corpus"]["drill_fraction"] == 0.3 and results["corpus"]["stage_drill_fraction"] == 0.5
     assert results["corpus"]["drill_shapes"] == ["plain", "bare"] and results["corpus"]["drill_rejoined"] == 0.5
+    assert results["corpus"]["split_windows"] == 0.5
     model = RetroLM.from_pretrained(str(out))
     assert model.config.neighbor_pages == 1, "the exported model keeps the shipped inference settings"
     assert os.path.isdir(out / "adapter") and os.path.isdir(out / "base")

@@ -1,4 +1,5 @@
 """Varied-format training lessons: answerable, of exact size, and never in an evaluated format."""
+import json
 import random
 import re
 
@@ -177,3 +178,32 @@ def test_drill_documents_are_exact_and_leave_the_other_documents_unchanged():
         assert len(mixed) == 1022 and mixed.isascii()
         drilled += mixed != plain
     assert 35 <= drilled <= 85, "about 30% of documents become drills, the rest stay the shipped corpus's"
+
+
+def test_split_windows_hold_two_whole_documents_and_leave_the_default_corpus_unchanged(tmp_path):
+    """`split_fraction` of the windows hold two documents that fill them exactly, each between its own begin and
+    end tokens, so the end of text is no longer always at a window's last position; at 0 the documents are the
+    shipped corpus's, byte for byte."""
+    from retrolm.tiny import byte_tokenizer
+    from retrolm.training.data import pack_documents
+
+    tokenizer = byte_tokenizer()
+    window = 256
+    split = corpus.write_documents(str(tmp_path / "split.jsonl"), 40, window - 2, seed=3, text_fraction=0.25,
+                                   min_task_tokens=window // 3, workers=1, split_fraction=0.5)
+    texts = [json.loads(line)["text"] for line in open(split)]
+    assert 50 < len(texts) < 75, "about half the 40 windows hold two documents"
+    packed = pack_documents([tokenizer(t, add_special_tokens=False).input_ids for t in texts], window,
+                            tokenizer.eos_token_id, tokenizer.bos_token_id)
+    assert packed.shape == (40, window), "the documents fill the windows exactly, none left over"
+    assert (packed[:, 0] == tokenizer.bos_token_id).all() and (packed[:, -1] == tokenizer.eos_token_id).all()
+    inner_ends = [(row, int(p)) for row in packed for p in (row[:-1] == tokenizer.eos_token_id).nonzero()[0]]
+    assert len(inner_ends) == len(texts) - 40 and len({p for _, p in inner_ends}) > 10, "ends at many positions"
+    for row, end in inner_ends:  # the second document starts right after the first one's end
+        assert window // 4 <= end < window - window // 4 and row[end + 1] == tokenizer.bos_token_id
+    default = corpus.write_documents(str(tmp_path / "one.jsonl"), 12, window - 2, seed=3, text_fraction=0.25,
+                                     min_task_tokens=window // 3, workers=1)
+    unsplit = corpus.write_documents(str(tmp_path / "zero.jsonl"), 12, window - 2, seed=3, text_fraction=0.25,
+                                     min_task_tokens=window // 3, workers=1, split_fraction=0.0)
+    assert open(default).read() == open(unsplit).read()
+    assert corpus.window_lengths(12, window - 2, 0.0, 3) == [window - 2] * 12

@@ -140,6 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--drill-rejoined", type=_share, default=REJOINED, metavar="F",
                         help=f"share of drill answers that restate the relation with another joining word "
                              f"(default {REJOINED}, the first drill runs' mix)")
+    parser.add_argument("--split-windows", type=_share, default=0.0, metavar="F",
+                        help="share of pretraining windows holding two documents instead of one, so a document's "
+                             "end is not always at the window's end (train/corpus.py window_lengths)")
     parser.add_argument("--cut-dense-end", action="store_true",
                         help="cut dense recall texts to length at their end, so no question outlives its needle "
                              "(the shipped corpus cuts at the front)")
@@ -183,7 +186,8 @@ def main(argv=None) -> int:
     results["corpus"] = {"fact_fraction": args.fact_fraction, "short_fraction": args.short_fraction,
                          "cut_dense_end": args.cut_dense_end, "drill_fraction": args.drill_fraction,
                          "stage_drill_fraction": args.stage_drill_fraction,
-                         "drill_shapes": list(args.drill_shapes), "drill_rejoined": args.drill_rejoined}
+                         "drill_shapes": list(args.drill_shapes), "drill_rejoined": args.drill_rejoined,
+                         "split_windows": args.split_windows}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     results["post_train"] = args.post_train
     results["stage2_replay"] = args.stage2_replay if args.post_train else None
@@ -233,7 +237,7 @@ def main(argv=None) -> int:
         _phase("documents", paths["pretrain.jsonl"], results, lambda: write_documents(
             paths["pretrain.jsonl"], size["pretrain_docs"], window - 2, seed=0, text_fraction=0.25,
             min_task_tokens=window // 3, workers=args.workers, fact_fraction=args.fact_fraction,
-            drill_fraction=args.drill_fraction, drill_style=drill_style))
+            drill_fraction=args.drill_fraction, drill_style=drill_style, split_fraction=args.split_windows))
     _phase("long_documents", paths["long.jsonl"], results, lambda: write_documents(
         paths["long.jsonl"], size["long_docs"], size["long_len"] - 2, seed=STAGE_SEED, text_fraction=0.0,
         min_task_tokens=size["long_len"] // 2, dense_fraction=0.5, workers=args.workers,

@@ -216,20 +216,42 @@ def _document(seed: int, length: int, text_fraction: float, min_task: int, dense
     return (text_filler(rng, lead - 2) + "\n\n" if lead >= 2 else " " * lead) + text
 
 
+def window_lengths(count: int, length: int, split_fraction: float, seed: int) -> list[int]:
+    """Document lengths filling `count` windows of `length + 2` tokens (a document between its begin and end
+    tokens): one document of `length`, or (probability `split_fraction`) two, the first a quarter to three quarters
+    of the window, whose lengths with their own begin and end tokens fill it exactly. A base trained on windows of
+    one document each meets the end of text only at the window's last position and learns to expect it late in
+    the window, where RetroLM packs a question after its retrieved pages (bench/results/drills/drills.md)."""
+    if not split_fraction:
+        return [length] * count
+    rng = random.Random(f"split/{seed}")
+    lengths = []
+    for _ in range(count):
+        if rng.random() < split_fraction:
+            first = rng.randint(length // 4, length - 2 - length // 4)
+            lengths += [first, length - 2 - first]
+        else:
+            lengths.append(length)
+    return lengths
+
+
 def write_documents(path: str, count: int, length: int, seed: int, text_fraction: float, min_task_tokens: int,
                     dense_fraction: float = 0.0, workers: int | None = None, fact_fraction: float = 0.0,
                     short_fraction: float = 0.0, short_length: int = 0, cut_end: bool = False,
-                    drill_fraction: float = 0.0, drill_style: DrillStyle = DrillStyle()) -> str:
-    """Write `count` documents of exactly `length` characters to `path` (jsonl, {"text": ...}), atomically;
-    the options are `DocumentSpec`'s."""
+                    drill_fraction: float = 0.0, drill_style: DrillStyle = DrillStyle(),
+                    split_fraction: float = 0.0) -> str:
+    """Write documents for `count` windows of `length + 2` tokens to `path` (jsonl, {"text": ...}), atomically:
+    one document of exactly `length` characters per window, or two that fill it (`window_lengths`,
+    `split_fraction`); the other options are `DocumentSpec`'s."""
     stdlib_docstrings()  # read once in the parent: forked workers inherit it
-    specs = [DocumentSpec(seed + i, length, text_fraction, min_task_tokens, dense_fraction, fact_fraction,
-                          short_fraction, short_length, cut_end, drill_fraction, drill_style) for i in range(count)]
+    specs = [DocumentSpec(seed + i, size, text_fraction, min_task_tokens, dense_fraction, fact_fraction,
+                          short_fraction, short_length, cut_end, drill_fraction, drill_style)
+             for i, size in enumerate(window_lengths(count, length, split_fraction, seed))]
     tmp = path + ".tmp"
     with Pool(workers or os.cpu_count()) as pool, open(tmp, "w") as f:
-        for text in pool.imap(document, specs, chunksize=64):
-            if len(text) != length or not text.isascii():
-                raise ValueError(f"document of {len(text)} characters (want {length}, ASCII)")
+        for spec, text in zip(specs, pool.imap(document, specs, chunksize=64)):
+            if len(text) != spec.length or not text.isascii():
+                raise ValueError(f"document of {len(text)} characters (want {spec.length}, ASCII)")
             f.write(json.dumps({"text": text}) + "\n")
     os.replace(tmp, path)
     return path
