@@ -5,8 +5,8 @@
 # the methods it finished.
 #   bash bench/collection_gpu.sh            # QUESTIONS (default 20), LIMIT_64 (default 120), LIMIT_1000 (default 400)
 #   FACTS=one bash bench/collection_gpu.sh  # only the asked document holds a fact (collection_qa.py --facts one)
-# $OUT gets collection_qa_64.{json,md} and collection_qa_1000.{json,md} (_one with FACTS=one). Needs no faiss: on a GPU both indexes are
-# exact search in torch (retrolm/index.py).
+# $OUT gets collection_qa_64.{json,md} and collection_qa_1000.{json,md} (_one with FACTS=one). Needs no faiss: on a
+# GPU both indexes are exact search in torch (retrolm/index.py).
 set -uo pipefail
 source bench/device_env.sh
 for docs in 64 1000; do
