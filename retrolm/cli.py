@@ -137,7 +137,7 @@ def _ask(args) -> int:
     print(f"answer: {result.text}")
     print(f"pages attended ({len(result.pages)}), best first:")
     for doc_id, page, score in result.pages:
-        text = store.read_pages(doc_id, [page]).token_ids
+        text = store.page_token_ids(doc_id, page)  # the page's text alone: its K/V are not needed here
         preview = model.tokenizer.decode(text, skip_special_tokens=True).replace("\n", " ")[:60]
         print(f"  {score:8.2f}  {doc_id} page {page}: {preview}")
     t = result.timings

@@ -139,6 +139,15 @@ class PageStore:
                                   [rows(f"values.{i}", 1) for i in range(layers)], per_page("page_starts"),
                                   per_page("bookmark_keys"), per_page("page_queries"), None)
 
+    def page_token_ids(self, doc_id: str, page: int) -> torch.Tensor:
+        """[page_size] token ids of one complete page alone (what a citation shows), no K/V read."""
+        entry = self._entry(doc_id)
+        if not 0 <= page < entry["pages"]:
+            raise RetroLMError(f"document {doc_id!r} has {entry['pages']} complete pages; asked for page {page}.")
+        P = self._model().config.page_size
+        with safe_open(self._shard_path(doc_id, entry), framework="pt") as shard:
+            return shard.get_slice("token_ids")[page * P:(page + 1) * P]
+
     def bookmark_keys(self, doc_id: str) -> torch.Tensor:
         """[complete pages, heads, dim]: one document's bookmark keys alone (what the trained scorer's
         cross-document index needs)."""

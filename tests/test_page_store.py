@@ -41,6 +41,10 @@ def test_shards_hold_what_encoding_computed(tmp_path, model):
         assert store.documents()[doc_id] == {"file": store.documents()[doc_id]["file"], "tokens": tokens,
                                              "pages": tokens // page}
         assert torch.equal(doc.token_ids, ids[0])
+        for p in range(tokens // page):  # one page's text alone, as `retrolm ask` cites it
+            assert torch.equal(store.page_token_ids(doc_id, p), ids[0, p * page:(p + 1) * page])
+        with pytest.raises(RetroLMError, match="complete pages; asked for page"):
+            store.page_token_ids(doc_id, tokens // page)
         for i, layer in enumerate(cache.layers):
             assert torch.equal(doc.keys[i], layer.keys[0, :, :tokens])
             assert torch.equal(doc.values[i], layer.values[0, :, :tokens])
