@@ -1,7 +1,8 @@
 """Answering a question over a page store (page_store.py): pages retrieved across documents, then attended to.
 
 1. Every stored page's bookmark key goes into an inner-product index (index.py), built once per state of the
-   store and index kind: exact by default (faiss on the CPU, one matrix product on a GPU), or `index="ivf"`, faiss's
+   store and index kind, and after a store change from the last index's rows plus those of the documents added or
+   replaced (`document_rows`: an add to 1,000 documents reads one document's keys): exact by default (faiss on the CPU, one matrix product on a GPU), or `index="ivf"`, faiss's
    approximate IVF index on the CPU, `nprobe` lists searched per question (its recall against exact search:
    bench/index_recall.py).
 2. The question prompt (as `retrolm generate` writes it after a context) is the query: the retriever's query of
@@ -45,23 +46,24 @@ class Answer:
 class StoreIndex:
     """The bookmark keys of every page of a store in one inner-product index, rows mapped to (document, page).
 
-    kind: "exact" or "ivf" (index.make_index; nlist and nprobe apply to "ivf", which raises on a GPU). The IVF index
-    is trained on all the store's keys, added at once."""
+    blocks: doc id -> its bookmark keys [pages, heads, dim] or [pages, heads * dim], in store order, at least one
+    (`document_rows`). kind: "exact" or "ivf" (index.make_index; nlist and nprobe apply to "ivf", which raises on a
+    GPU). The IVF index is trained on all the keys, added at once."""
 
-    def __init__(self, store: PageStore, use_gpu: bool | None = None, kind: str = "exact", nlist: int | None = None,
-                 nprobe: int | None = None):
-        check_index_options(kind, nlist, nprobe, use_gpu)  # before reading any key
-        self.rows: list[tuple[str, int]] = []
-        keys = []
-        for doc_id in store.documents():
-            doc_keys = store.bookmark_keys(doc_id)  # [pages, heads, dim]
-            keys.append(doc_keys.flatten(1))
-            self.rows += [(doc_id, page) for page in range(doc_keys.shape[0])]
-        if not keys:
-            raise RetroLMError(f"page store {store.path} holds no documents; add some with `retrolm index build`.")
+    def __init__(self, blocks: dict[str, torch.Tensor], use_gpu: bool | None = None, kind: str = "exact",
+                 nlist: int | None = None, nprobe: int | None = None):
+        check_index_options(kind, nlist, nprobe, use_gpu)
+        self.rows = _rows({doc_id: keys.shape[0] for doc_id, keys in blocks.items()})
+        self.spans = _spans(self.rows)
+        dim = next(iter(blocks.values()))[0].numel()
         self.kind = kind
-        self.index = make_index(keys[0].shape[1], kind, use_gpu=use_gpu, nlist=nlist, nprobe=nprobe)
-        self.index.add(torch.cat(keys))  # [pages, heads * dim]
+        self.index = make_index(dim, kind, use_gpu=use_gpu, nlist=nlist, nprobe=nprobe)
+        on = self.index.device if self.index.on_gpu else "cpu"  # kept rows stay where they are, read ones move once
+        self.index.add(torch.cat([keys.flatten(1).to(on, torch.float32) for keys in blocks.values()]))
+
+    def block(self, doc_id: str) -> torch.Tensor:
+        """One document's bookmark keys [pages, heads * dim] as indexed."""
+        return self.index.vectors(*self.spans[doc_id])
 
     def search(self, query: torch.Tensor, k: int, nprobe: int | None = None) -> list[tuple[str, int, float]]:
         """The k best (document, page, score) for a retriever query [heads, dim], best first. nprobe (the "ivf"
@@ -83,21 +85,26 @@ class SummaryIndex:
     kind = "exact"
 
     def __init__(self, rows: list[tuple[str, int]], center: list[torch.Tensor], radius: list[torch.Tensor]):
-        """rows: (document, page) of each summary row; center, radius: per layer [rows, kv_heads, dim]."""
+        """rows: (document, page) of each summary row, each document's rows together; center, radius: per layer
+        [rows, kv_heads, dim]."""
         self.rows, self.center, self.radius = rows, center, radius
+        self.spans = _spans(rows)
 
     @classmethod
-    def from_store(cls, store: PageStore, device: torch.device) -> "SummaryIndex":
-        rows, per_doc = [], []
-        for doc_id in store.documents():
-            summaries = store.page_summaries(doc_id)  # per layer (centre, radius) [pages, kv_heads, dim]
-            per_doc.append(summaries)
-            rows += [(doc_id, page) for page in range(summaries[0][0].shape[0])]
-        if not per_doc:
-            raise RetroLMError(f"page store {store.path} holds no documents; add some with `retrolm index build`.")
+    def from_blocks(cls, blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+                    device: torch.device) -> "SummaryIndex":
+        """blocks: doc id -> its per-layer (centre, radius) [pages, kv_heads, dim], in store order, at least one
+        (`document_rows`)."""
+        rows = _rows({doc_id: summaries[0][0].shape[0] for doc_id, summaries in blocks.items()})
+        per_doc = list(blocks.values())
         layers = range(len(per_doc[0]))
-        return cls(rows, [torch.cat([doc[i][0] for doc in per_doc]).to(device) for i in layers],
-                   [torch.cat([doc[i][1] for doc in per_doc]).to(device) for i in layers])
+        return cls(rows, [torch.cat([doc[i][0].to(device) for doc in per_doc]) for i in layers],
+                   [torch.cat([doc[i][1].to(device) for doc in per_doc]) for i in layers])
+
+    def block(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One document's per-layer (centre, radius) [pages, kv_heads, dim] as indexed."""
+        start, end = self.spans[doc_id]
+        return [(center[start:end], radius[start:end]) for center, radius in zip(self.center, self.radius)]
 
     def search(self, queries: list[torch.Tensor], k: int, scaling: float) -> list[tuple[str, int, float]]:
         """The k best (document, page, score) for per-layer RoPE-free queries [tokens, heads, dim], best first: a
@@ -113,23 +120,56 @@ class SummaryIndex:
         return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids.tolist())]
 
 
+def _rows(pages: dict[str, int]) -> list[tuple[str, int]]:
+    """(document, page) of each index row, for documents' page counts in index order."""
+    return [(doc_id, page) for doc_id, count in pages.items() for page in range(count)]
+
+
+def _spans(rows: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
+    """Each document's index rows (start, end): its rows must lie together."""
+    spans: dict[str, tuple[int, int]] = {}
+    for i, (doc_id, _) in enumerate(rows):
+        start, end = spans.get(doc_id, (i, i))
+        if end != i:
+            raise RetroLMError(f"an index holds each document's rows together; {doc_id!r} is split at row {i}.")
+        spans[doc_id] = (start, i + 1)
+    return spans
+
+
+def document_rows(store: PageStore) -> dict:
+    """doc id -> what the store's index holds of it (bookmark keys under the trained scorer, else page summaries),
+    in store order. A document the last index built for this store holds with the same shard is taken from that
+    index, not read again: after a store change only the documents added or replaced are read from disk (with
+    1,000 documents, an add costs reading one document's rows, not all of them), and no second copy of the rows
+    is kept beside the index."""
+    if not len(store):
+        raise RetroLMError(f"page store {store.path} holds no documents; add some with `retrolm index build`.")
+    read = store.bookmark_keys if store.model.config.scorer == "trained" else store.page_summaries
+    files, last = getattr(store, "_last_index", ({}, None))
+    return {doc_id: last.block(doc_id) if files.get(doc_id) == entry["file"] else read(doc_id)
+            for doc_id, entry in store.documents().items()}
+
+
 def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None):
     """The store's index of `kind` (and nlist, for "ivf"), built on first use and again whenever the store's
-    documents change; (index, built now). One index per kind and nlist is kept per store state; nprobe is a search
-    parameter (`StoreIndex.search`), so changing it reuses the trained index. A training-free store's index is a
+    documents change, unchanged documents' rows taken from the last index built (`document_rows`); (index, built
+    now). One index per kind and nlist is kept per store state; nprobe is a search parameter
+    (`StoreIndex.search`), so changing it reuses the trained index. A training-free store's index is a
     `SummaryIndex` (exact only)."""
-    state = tuple((doc_id, entry["file"]) for doc_id, entry in store.documents().items())
+    check_index_options(kind, nlist, use_gpu=store.model.device.type == "cuda")  # before reading any row
+    files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
     cached = getattr(store, "_indexes", None)
-    if cached is None or cached[0] != state:
-        cached = store._indexes = (state, {})
+    if cached is None or cached[0] != files:
+        cached = store._indexes = (files, {})
     key = (kind, nlist)
     if key in cached[1]:
         return cached[1][key], False
     if store.model.config.scorer == "trained":
-        index = StoreIndex(store, use_gpu=store.model.device.type == "cuda", kind=kind, nlist=nlist)
+        index = StoreIndex(document_rows(store), use_gpu=store.model.device.type == "cuda", kind=kind, nlist=nlist)
     else:
-        index = SummaryIndex.from_store(store, store.model.device)
+        index = SummaryIndex.from_blocks(document_rows(store), store.model.device)
     cached[1][key] = index
+    store._last_index = (files, index)
     return index, True
 
 

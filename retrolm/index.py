@@ -111,11 +111,21 @@ class InnerProductIndex:
             self._cpu.reset()
 
     def add(self, vectors) -> None:
-        vectors = _as_float32(vectors, self.dim)
-        if self.on_gpu:
-            self._vectors = torch.cat([self._vectors, torch.from_numpy(vectors).to(self.device)])
+        if self.on_gpu:  # a tensor goes to the GPU directly, never through host memory
+            vectors = vectors if isinstance(vectors, torch.Tensor) else torch.from_numpy(_as_float32(vectors, self.dim))
+            _check_shape(vectors.shape, self.dim)
+            self._vectors = torch.cat([self._vectors, vectors.detach().to(self.device, torch.float32)])
         else:
+            vectors = _as_float32(vectors, self.dim)
             self._cpu.add(vectors)
+
+    def vectors(self, start: int, end: int) -> torch.Tensor:
+        """Rows start..end [end - start, dim] float32 as added (on the index's device): what an index rebuilt after
+        a change keeps, not read again."""
+        _check_rows(start, end, len(self))
+        if self.on_gpu:
+            return self._vectors[start:end]
+        return torch.from_numpy(self._cpu.reconstruct_n(start, end - start))
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [q, k], ids [q, k]) of the k largest inner products per query, best first; ids -1 past n."""
@@ -182,6 +192,11 @@ class IVFInnerProductIndex:
             self._train(vectors)
         self._cpu.add(vectors)
 
+    def vectors(self, start: int, end: int) -> torch.Tensor:
+        """Rows start..end [end - start, dim] float32 as added (InnerProductIndex.vectors)."""
+        _check_rows(start, end, len(self))
+        return torch.from_numpy(self._cpu.reconstruct_n(start, end - start))
+
     def _train(self, vectors: np.ndarray) -> None:
         n, faiss = vectors.shape[0], self._faiss
         nlist = default_nlist(n) if self._nlist_asked is None else self._nlist_asked
@@ -194,6 +209,7 @@ class IVFInnerProductIndex:
         index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
         index.cp.min_points_per_centroid = 1  # fewer than faiss's 39 per list is the caller's choice, not a warning
         index.train(vectors)
+        index.set_direct_map_type(faiss.DirectMap.Array)  # rows read back by id (`vectors`), kept up by each add
         self._quantizer, self._cpu, self.nlist = quantizer, index, nlist  # the index uses the quantizer: keep it
 
     def search(self, queries, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -228,6 +244,15 @@ def _as_float32(vectors, dim: int) -> np.ndarray:
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.detach().float().cpu().numpy()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise RetroLMError(f"index vectors must be [n, {dim}]; got shape {list(vectors.shape)}.")
+    _check_shape(vectors.shape, dim)
     return vectors
+
+
+def _check_rows(start: int, end: int, n: int) -> None:
+    if not 0 <= start <= end <= n:
+        raise RetroLMError(f"rows {start}..{end} asked of an index holding {n} vectors.")
+
+
+def _check_shape(shape, dim: int) -> None:
+    if len(shape) != 2 or shape[1] != dim:
+        raise RetroLMError(f"index vectors must be [n, {dim}]; got shape {list(shape)}.")

@@ -7,7 +7,8 @@ import torch
 
 from bench.collection_store import collection
 from retrolm.cli import main as cli
-from retrolm.collection import QUESTION_TEMPLATE, SummaryIndex, load_retrieved, store_index, with_neighbors
+from retrolm.collection import (QUESTION_TEMPLATE, SummaryIndex, attention_scaling, load_retrieved, question_layer_queries,
+                                question_query, store_index, with_neighbors)
 from retrolm.demo import NOUNS, Fact
 from retrolm.errors import RetroLMError
 from retrolm.filler import ESSAY_SHAPES
@@ -167,6 +168,53 @@ def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, model):
         model.answer(question, store, nprobe=4)
 
 
+@pytest.mark.parametrize("scorer,kind", [("trained", "exact"), ("trained", "ivf"), ("attention", "exact")])
+def test_an_index_after_store_changes_matches_one_built_afresh(tmp_path, request, monkeypatch, scorer, kind):
+    """After documents are added, replaced and deleted, the store's index is rebuilt reading only the documents
+    added or replaced (the others' rows come from the last index), and holds and finds exactly what an index built
+    from a freshly opened store does."""
+    model = request.getfixturevalue(SCORER_MODELS[scorer])
+    rng = random.Random(5)
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({f"doc{i}": _essay(rng, 1500 + 300 * i) for i in range(5)}, progress=False)
+    store_index(store, kind)
+    store.add({"doc1": _essay(rng, 1700), "doc9": _essay(rng, 900)}, progress=False)
+    store.delete(["doc3"])
+    read = []
+    name = "bookmark_keys" if scorer == "trained" else "page_summaries"
+    reader = getattr(store, name)
+    monkeypatch.setattr(store, name, lambda doc_id: read.append(doc_id) or reader(doc_id))
+    updated, built = store_index(store, kind)
+    assert built and sorted(read) == ["doc1", "doc9"], "only the changed documents are read again"
+    fresh, _ = store_index(PageStore.open(str(tmp_path), model), kind)
+    assert updated.rows == fresh.rows
+    for doc_id in store.documents():
+        for kept, new in zip(_flat(updated.block(doc_id)), _flat(fresh.block(doc_id))):
+            assert torch.equal(kept, new), doc_id
+    question_ids = model.tokenizer("What is the special magic number for quiet-orchard?", return_tensors="pt",
+                                   add_special_tokens=False).input_ids[0]
+    if scorer == "trained":
+        query = question_query(model, question_ids)
+        assert updated.search(query, 7, **_all_lists(updated)) == fresh.search(query, 7, **_all_lists(fresh))
+    else:
+        queries, scaling = question_layer_queries(model, question_ids), attention_scaling(model)
+        assert updated.search(queries, 7, scaling) == fresh.search(queries, 7, scaling)
+
+
+def _flat(block) -> list[torch.Tensor]:
+    return [block] if isinstance(block, torch.Tensor) else [t for pair in block for t in pair]
+
+
+def _all_lists(index) -> dict:
+    return {"nprobe": index.index.nlist} if index.kind == "ivf" else {}
+
+
+def test_index_rows_must_hold_each_document_together():
+    center = [torch.zeros(3, 1, 4)]
+    with pytest.raises(RetroLMError, match="'a' is split at row 2"):
+        SummaryIndex([("a", 0), ("b", 0), ("a", 1)], center, center)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_retrieved_pages_bring_their_neighbours_within_the_budget(seed):
     rng = random.Random(seed)
@@ -235,7 +283,7 @@ def test_summary_search_ranks_pages_as_the_reference(layers, pages, heads, kv_he
     center = [torch.randn(pages, kv_heads, dim, generator=gen) for _ in range(layers)]
     radius = [torch.rand(pages, kv_heads, dim, generator=gen) for _ in range(layers)]
     queries = [torch.randn(tokens, heads, dim, generator=gen) for _ in range(layers)]
-    rows = [(f"doc{i % 3}", i // 3) for i in range(pages)]
+    rows = sorted((f"doc{i % 3}", i // 3) for i in range(pages))  # each document's rows together
     scaling = dim ** -0.5
     expected = _reference_summary_scores(queries, center, radius, scaling)
     for k in (1, pages, pages + 5):

@@ -127,6 +127,22 @@ def test_ivf_later_adds_reuse_the_centroids_and_reset_retrains():
         index.add(later[:10])
 
 
+@pytest.mark.parametrize("kind", ["exact", "ivf"] + (["gpu"] if torch.cuda.is_available() else []))
+def test_vectors_reads_back_the_rows_as_added(kind):
+    """What a rebuilt store index keeps of unchanged documents (collection.document_rows): rows start..end of
+    every add, in order, as float32."""
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal((n, 12)) for n in (300, 1, 57)]
+    index = make_index(12, "ivf", nlist=8) if kind == "ivf" else InnerProductIndex(12, use_gpu=kind == "gpu")
+    for part in parts:
+        index.add(part)
+    every = np.vstack(parts).astype(np.float32)
+    for start, end in [(0, 358), (299, 301), (301, 358), (5, 5)]:
+        np.testing.assert_array_equal(index.vectors(start, end).cpu().numpy(), every[start:end])
+    with pytest.raises(RetroLMError, match="rows 350..359 asked of an index holding 358"):
+        index.vectors(350, 359)
+
+
 def test_bad_ivf_parameters_are_clear_errors():
     for nlist in (0, -3, 2.5, True):
         with pytest.raises(RetroLMError, match="nlist must be an integer >= 1"):
