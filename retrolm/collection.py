@@ -1,10 +1,10 @@
 """Answering a question over a page store (page_store.py): pages retrieved across documents, then attended to.
 
 1. Every stored page's bookmark key goes into an inner-product index (index.py), built once per state of the
-   store and index kind, and after a store change from the last index's rows plus those of the documents added or
-   replaced (`document_rows`: an add to 1,000 documents reads one document's keys): exact by default (faiss on the CPU, one matrix product on a GPU), or `index="ivf"`, faiss's
-   approximate IVF index on the CPU, `nprobe` lists searched per question (its recall against exact search:
-   bench/index_recall.py).
+   store and index kind, after a store change from the last index's rows plus those of the documents added or
+   replaced (`document_rows`: an add to 1,000 documents reads one document's keys). Exact by default (faiss on the
+   CPU, one matrix product on a GPU), or `index="ivf"`, faiss's approximate IVF index on the CPU, `nprobe` lists
+   searched per question (its recall against exact search: bench/index_recall.py).
 2. The question prompt (as `retrolm generate` writes it after a context) is the query: the retriever's query of
    its last page-sized window scores every page, with the score used within one input (summed per-head inner
    products, which is the flattened vectors' inner product the index computes).

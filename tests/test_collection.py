@@ -7,8 +7,8 @@ import torch
 
 from bench.collection_store import collection
 from retrolm.cli import main as cli
-from retrolm.collection import (QUESTION_TEMPLATE, SummaryIndex, attention_scaling, load_retrieved, question_layer_queries,
-                                question_query, store_index, with_neighbors)
+from retrolm.collection import (QUESTION_TEMPLATE, SummaryIndex, attention_scaling, load_retrieved,
+                                question_layer_queries, question_query, store_index, with_neighbors)
 from retrolm.demo import NOUNS, Fact
 from retrolm.errors import RetroLMError
 from retrolm.filler import ESSAY_SHAPES
