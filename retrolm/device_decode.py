@@ -252,7 +252,6 @@ class DeviceDecoder:
         """The trained scorer's pages for this step into `self.attended` (kept unless `refresh`); returns their
         count [1]."""
         config, cache = self.config, self.cache
-        P = config.page_size
         window = cache.token_ids[t0 + self.window_offsets]  # the P tokens before t0
         retriever = self.model.retriever
         embeds = self.embed(window)[None].to(next(retriever.parameters()).device)
