@@ -103,7 +103,7 @@ def ask_store(model, store, doc_id: str, fact, offset: int, new: int) -> dict:
     attended = {(d, p) for d, p, _ in result.pages}
     tail = len(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
     searched = tail if model.config.scorer == "attention" else 0  # the training-free search encodes it alone first
-    return {"answer": result.text, "seconds": seconds,
+    return {"answer": result.text, "seconds": seconds, "index_s": result.timings["index_s"],
             "recalled": needle_pages(doc_id, fact, offset, model.config.page_size) <= attended,
             "context_tokens": len(result.pages) * model.config.page_size, "encoded_tokens": searched + tail + new}
 

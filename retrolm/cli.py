@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--store", required=True)
     ask.add_argument("--model", default=None, help="the model the store was built with (default: the embedded one)")
     ask.add_argument("--template", default=None,
-                     help='the text after the retrieved pages, "{question}" marking the question (default: '
-                          '"...Question: {question}\\nAnswer:")')
+                     help='the text after the retrieved pages, "{question}" marking the question (default: the '
+                          "question as `retrolm generate` asks it, in the tokenizer's chat template when it has one, "
+                          'else "...Question: {question}\\nAnswer:")')
     ask.add_argument("--max-new-tokens", type=_positive_int, default=64)
     ask.add_argument("--index", default="exact", choices=INDEX_KINDS,
                      help="page search over the bookmark keys: exact (default), or ivf (approximate, faiss IVF, CPU "

@@ -31,9 +31,10 @@ from .errors import RetroLMError
 from .index import check_index_options, make_index
 from .pager import page_windows
 from .page_store import PageStore
+from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
 from .scorer import page_scores
 
-QUESTION_TEMPLATE = "\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer:"
+QUESTION_TEMPLATE = QUESTION + PLAIN_ANSWER  # the text after the pages without a chat template
 
 
 @dataclass
@@ -233,15 +234,18 @@ def load_retrieved(model, store: PageStore, picks: list[tuple[str, int, float]],
 
 @torch.no_grad()
 def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 64,
-           template: str = QUESTION_TEMPLATE, index: str = "exact", nprobe: int | None = None,
+           template: str | None = None, index: str = "exact", nprobe: int | None = None,
            **generate_kwargs) -> Answer:
     """Answer `question` from the pages of `store` (a PageStore or its directory) most relevant to it. `template`
-    is the text after the retrieved pages, "{question}" standing for the question: a start of the answer in the
-    words of the question helps a small model (the default model answers RULER's needles after RULER's own
+    is the text after the retrieved pages, "{question}" standing for the question; None: the question as
+    `retrolm generate` asks it after a context, in the tokenizer's chat template when it has one
+    (prompt.text_after_context: the template's text before the user's message is left out), else ending in
+    "Answer:" (QUESTION_TEMPLATE). A start of the answer in the words of the question helps a small model (the default model answers RULER's needles after RULER's own
     "The special magic number for X mentioned in the provided text is"). index: "exact" (exact inner-product
     search) or "ivf" (approximate, CPU only: raises for a model on a GPU), `nprobe` lists searched per question
     (default index.DEFAULT_NPROBE; "ivf" only). A store of the training-free scorer is searched exactly with that
     scorer's rule (module docstring, step 2): "ivf" raises for it."""
+    template = text_after_context(model.tokenizer) if template is None else template
     if "{question}" not in template:
         raise RetroLMError(f"the answer template must hold {{question}} where the question goes; got {template!r}.")
     if not question.strip():

@@ -408,14 +408,14 @@ class RetroLM(nn.Module):
         """Answer `question` from a page store (`retrolm index build`; a `PageStore` or its directory): the pages of
         the whole collection most relevant to it are retrieved (by bookmark key, or under the training-free scorer by
         its page summaries) and attended to (collection.py).
-        template: the text after the retrieved pages, "{question}" marking the question (collection.answer).
+        template: the text after the retrieved pages, "{question}" marking the question; None: as `generate`'s
+        prompts ask it, in the chat template when the tokenizer has one (collection.answer).
         index: "exact" inner-product search over the bookmark keys, or "ivf" (approximate, CPU only, trained scorer)
         with `nprobe` lists searched (collection.answer). Returns an `Answer`: .text, .pages (document, page, score)
         cited, .timings."""
-        from .collection import QUESTION_TEMPLATE, answer
+        from .collection import answer
 
-        return answer(self, question, store, max_new_tokens, template or QUESTION_TEMPLATE, index=index,
-                      nprobe=nprobe, **generate_kwargs)
+        return answer(self, question, store, max_new_tokens, template, index=index, nprobe=nprobe, **generate_kwargs)
 
     @contextlib.contextmanager
     def decoding(self, cache: PagedKVCache, max_new_tokens: int, mode: str = "eager"):

@@ -14,6 +14,7 @@ from retrolm.errors import RetroLMError
 from retrolm.filler import ESSAY_SHAPES
 from retrolm.model import RetroLM
 from retrolm.page_store import PageStore
+from retrolm.prompt import build_prompt_ids, text_after_context
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +233,34 @@ def test_retrieved_pages_bring_their_neighbours_within_the_budget(seed):
     assert picks == expected
     assert len(picks) == min(budget, len({(d, q) for d, p, _ in seeds for q in [p] + [p + o for o in offsets]
                                           if 0 <= q < pages[d]}))
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_the_question_follows_the_pages_in_the_chat_template(tmp_path, model, monkeypatch):
+    """With a chat template, the text after the retrieved pages is the rest of the user message `retrolm generate`
+    starts with the context, then the assistant's turn; without one, QUESTION_TEMPLATE."""
+    assert text_after_context(model.tokenizer) == QUESTION_TEMPLATE
+    monkeypatch.setattr(model.tokenizer, "chat_template", CHAT_TEMPLATE, raising=False)
+    after = text_after_context(model.tokenizer)
+    assert after == "\n\nAnswer the question using the text above.\nQuestion: {question}<|end|><|assistant|>"
+    question, context = "Which lake is amber?", "Some context."
+    in_context = model.tokenizer.decode(build_prompt_ids(model.tokenizer, context, question)[0])
+    assert in_context == "<|user|>" + context + after.replace("{question}", question), "as generate asks it"
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({"doc": _essay(random.Random(0), 1000)}, progress=False)
+    prompts = []
+    generate_after = model.generate_after
+    monkeypatch.setattr(model, "generate_after", lambda cache, prompt, *a, **k: prompts.append(prompt) or
+                        generate_after(cache, prompt, *a, **k))
+    model.answer(question, store, max_new_tokens=2)
+    asked = model.tokenizer(after.replace("{question}", question), add_special_tokens=False).input_ids
+    assert prompts[0][0, -len(asked):].tolist() == asked
+    monkeypatch.setattr(model.tokenizer, "chat_template", "{{ 'no message here' }}")
+    with pytest.raises(RetroLMError, match="chat template does not show a user message"):
+        model.answer(question, store, max_new_tokens=2)
 
 
 def test_answer_refuses_what_it_cannot_do(tmp_path, model):
