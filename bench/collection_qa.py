@@ -44,6 +44,7 @@ sys.path.insert(0, ROOT)
 from bench.collection_store import answer_template, collection, needle_pages, question  # noqa: E402
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from eval.methods import LLM_EMBEDDER, MethodOptions, best_chunks, join_chunks, make_embedder  # noqa: E402
+from retrolm.collection import search_pages, store_index  # noqa: E402
 from retrolm.index import InnerProductIndex  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.page_store import PageStore  # noqa: E402
@@ -103,9 +104,19 @@ def ask_store(model, store, doc_id: str, fact, offset: int, new: int) -> dict:
     attended = {(d, p) for d, p, _ in result.pages}
     tail = len(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
     searched = tail if model.config.scorer == "attention" else 0  # the training-free search encodes it alone first
+    needle = needle_pages(doc_id, fact, offset, model.config.page_size)
     return {"answer": result.text, "seconds": seconds, "index_s": result.timings["index_s"],
-            "recalled": needle_pages(doc_id, fact, offset, model.config.page_size) <= attended,
+            "recalled": needle <= attended, "needle_rank": needle_rank(model, store, needle, fact),
             "context_tokens": len(result.pages) * model.config.page_size, "encoded_tokens": searched + tail + new}
+
+
+def needle_rank(model, store, needle: set, fact) -> int:
+    """The rank (1 = best) of the best of the needle's pages among every stored page, by the store's search for the
+    question (answer's first step, before neighbours join): how far a miss was from the page budget."""
+    index, _ = store_index(store)
+    prompt = torch.tensor(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
+    ranked = search_pages(model, index, prompt, len(index.rows))
+    return 1 + next(i for i, (doc_id, page, _) in enumerate(ranked) if (doc_id, page) in needle)
 
 
 def ask_store_one(model, store, doc_id: str, text: str, fact_free: str, fact, offset: int, new: int) -> dict:
@@ -137,8 +148,10 @@ def ask_concat(model, context: list[int], fact, new: int) -> dict:
 def summarise(rows: list[dict]) -> dict:
     recalled = [r["recalled"] for r in rows if r["recalled"] is not None]
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    ranks = sorted(r["needle_rank"] for r in rows if "needle_rank" in r)
     return {"accuracy": round(100 * mean("correct"), 1),
             "needle_recall": round(100 * sum(recalled) / len(recalled), 1) if recalled else None,
+            "median_needle_rank": ranks[len(ranks) // 2] if ranks else None,
             "context_tokens": round(mean("context_tokens")), "encoded_tokens_per_question": round(
                 mean("encoded_tokens")), "seconds_per_question": round(mean("seconds"), 3)}
 

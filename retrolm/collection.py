@@ -198,11 +198,19 @@ def attention_scaling(model) -> float:
     return getattr(attention, "scaling", None) or attention.head_dim ** -0.5
 
 
+def search_pages(model, pages_index, question_ids: torch.Tensor, k: int, nprobe: int | None = None):
+    """The k best (document, page, score) of `pages_index` (`store_index`) for the question prompt's ids [T], best
+    first, by the model's scorer (module docstring, step 2)."""
+    if model.config.scorer == "trained":
+        return pages_index.search(question_query(model, question_ids), k, nprobe=nprobe)
+    return pages_index.search(question_layer_queries(model, question_ids), k, attention_scaling(model))
+
+
 def with_neighbors(seeds: list[tuple[str, int, float]], offsets: tuple[int, ...], budget: int,
                    pages: dict[str, int]) -> list[tuple[str, int, float]]:
     """At most `budget` pages: each seed (document, page, score), best first, then the pages at `offsets` from it in
     its own document (RetroLMConfig.neighbor_offsets: a fact cut by a page end is read whole, as within one input),
-    each page once. A neighbour carries the score of the page that brought it. `pages`: complete pages per
+    each page once. A neighbour carries the score of the page that brought it. `pages`: pages per
     document."""
     taken: dict[tuple[str, int], float] = {}
     for doc_id, page, score in seeds:
@@ -265,10 +273,7 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
                                    add_special_tokens=False).input_ids
     config = model.config
     budget = config.sink_pages + config.local_pages + config.top_k
-    if trained:
-        seeds = pages_index.search(question_query(model, question_ids[0]), budget, nprobe=nprobe)
-    else:
-        seeds = pages_index.search(question_layer_queries(model, question_ids[0]), budget, attention_scaling(model))
+    seeds = search_pages(model, pages_index, question_ids[0], budget, nprobe)
     picks = with_neighbors(seeds, config.neighbor_offsets, budget,
                            {doc_id: entry["pages"] for doc_id, entry in store.documents().items()})
     retrieved = time.perf_counter()

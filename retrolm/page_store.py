@@ -6,9 +6,13 @@ Layout of a store directory:
   that shape encoding), and one entry per document (its shard, tokens, pages).
 - `pages/<hash of the document id>.safetensors`: one document's shard. Per layer `keys.<i>` / `values.<i>`
   [kv_heads, tokens, head_dim] as encoded (RoPE at the document's own positions, from 0); `token_ids` [tokens];
-  `page_starts` [pages]; `bookmark_keys` and `page_queries` (the retriever's key and query of each page) [complete
-  pages, heads, dim] under the trained scorer, or per layer
-  `center.<i>` / `radius.<i>` [complete pages, kv_heads, head_dim] (the training-free scorer's page summaries).
+  `page_starts` [pages]; `bookmark_keys` and `page_queries` (the retriever's key and query of each page) [pages,
+  heads, dim] under the trained scorer, or per layer `center.<i>` / `radius.<i>` [pages, kv_heads, head_dim] (the
+  training-free scorer's page summaries).
+
+A document is encoded padded to whole pages with newline tokens (the last token of the tokenizer's "\n"), so its
+last page is retrievable like the others: a shard's tokens are pages x page_size, the manifest's `tokens` counts
+the document's own.
 
 Every write goes through a temporary file and a rename, and the manifest changes once per add or delete, after
 the shards it names are complete: a crash leaves the store as it was. A shard is named by its document's id and
@@ -29,7 +33,7 @@ from .checkpoint import fingerprints_match, weights_fingerprint
 from .errors import RetroLMError
 from .files import read_json_object, write_json_atomic, write_safetensors_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: documents padded to whole pages (version 1 dropped a document's last partial page)
 MANIFEST = "manifest.json"
 PAGES_DIR = "pages"
 # The RetroLM knobs that change what encoding writes into the pages (decode-only and speed knobs are left out)
@@ -73,8 +77,8 @@ class StoredDocument:
     keys: list[torch.Tensor]  # per layer [kv_heads, tokens, head_dim]
     values: list[torch.Tensor]
     page_starts: torch.Tensor  # [pages]
-    bookmark_keys: torch.Tensor | None  # [complete pages, heads, dim] (trained scorer)
-    page_queries: torch.Tensor | None  # [complete pages, heads, dim] (trained scorer)
+    bookmark_keys: torch.Tensor | None  # [pages, heads, dim] (trained scorer)
+    page_queries: torch.Tensor | None  # [pages, heads, dim] (trained scorer)
     summaries: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer (center, radius) (attention scorer)
 
 
@@ -119,12 +123,12 @@ class PageStore:
         return len(self.manifest["documents"])
 
     def read_pages(self, doc_id: str, pages: list[int]) -> StoredDocument:
-        """Complete `pages` of one document, their rows alone read from the memory-mapped shard; the result's
+        """`pages` of one document, their rows alone read from the memory-mapped shard; the result's
         tensors hold those pages one after another (bookmark keys and page queries under the trained scorer; none
         under the training-free one, whose summaries the cache computes again from the keys)."""
         entry = self._entry(doc_id)
         if any(not 0 <= p < entry["pages"] for p in pages):
-            raise RetroLMError(f"document {doc_id!r} has {entry['pages']} complete pages; asked for {pages}.")
+            raise RetroLMError(f"document {doc_id!r} has {entry['pages']} pages; asked for {pages}.")
         P, layers = self._model().config.page_size, self.model.base_model.config.num_hidden_layers
         with safe_open(self._shard_path(doc_id, entry), framework="pt") as shard:
             def rows(name: str, token_axis: int) -> torch.Tensor:
@@ -140,16 +144,16 @@ class PageStore:
                                   per_page("bookmark_keys"), per_page("page_queries"), None)
 
     def page_token_ids(self, doc_id: str, page: int) -> torch.Tensor:
-        """[page_size] token ids of one complete page alone (what a citation shows), no K/V read."""
+        """[page_size] token ids of one page alone (what a citation shows), no K/V read."""
         entry = self._entry(doc_id)
         if not 0 <= page < entry["pages"]:
-            raise RetroLMError(f"document {doc_id!r} has {entry['pages']} complete pages; asked for page {page}.")
+            raise RetroLMError(f"document {doc_id!r} has {entry['pages']} pages; asked for page {page}.")
         P = self._model().config.page_size
         with safe_open(self._shard_path(doc_id, entry), framework="pt") as shard:
             return shard.get_slice("token_ids")[page * P:(page + 1) * P]
 
     def bookmark_keys(self, doc_id: str) -> torch.Tensor:
-        """[complete pages, heads, dim]: one document's bookmark keys alone (what the trained scorer's
+        """[pages, heads, dim]: one document's bookmark keys alone (what the trained scorer's
         cross-document index needs)."""
         with safe_open(self._shard_path(doc_id), framework="pt") as shard:
             if "bookmark_keys" not in shard.keys():
@@ -158,7 +162,7 @@ class PageStore:
             return shard.get_tensor("bookmark_keys")
 
     def page_summaries(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer (centre, radius) [complete pages, kv_heads, head_dim]: one document's training-free page
+        """Per layer (centre, radius) [pages, kv_heads, head_dim]: one document's training-free page
         summaries alone (what that scorer's cross-document search needs)."""
         layers = self._model().base_model.config.num_hidden_layers
         with safe_open(self._shard_path(doc_id), framework="pt") as shard:
@@ -209,6 +213,7 @@ class PageStore:
         tokenizer, page = model.tokenizer, model.config.page_size
         ids = {doc_id: tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
                for doc_id, text in documents.items()}
+        padding = padding_id(tokenizer)
         short = [f"{doc_id!r} ({t.shape[1]} tokens)" for doc_id, t in ids.items() if t.shape[1] < page]
         if short:  # before any encoding: a refused add writes nothing
             raise RetroLMError(f"under one page ({page} tokens): {', '.join(short)}; a page store retrieves whole "
@@ -218,11 +223,12 @@ class PageStore:
             name = hashlib.sha256(f"{doc_id}\0{text}".encode()).hexdigest()[:32] + ".safetensors"
             path = os.path.join(self.path, PAGES_DIR, name)
             if not os.path.isfile(path):  # written whole or not at all (temporary file, then rename)
-                document = model._check(ids[doc_id])  # encoded whole and resident: its shard holds every page
+                document = model._check(padded_to_pages(ids[doc_id], page, padding))
                 cache, _ = model.encode(document, model.new_cache(document.shape[1], resident=True),
-                                        logits_to_keep=1, progress=False)
+                                        logits_to_keep=1, progress=False)  # whole and resident: a shard has every page
                 write_safetensors_atomic(path, _shard(cache))
-            entries[doc_id] = {"file": name, "tokens": ids[doc_id].shape[1], "pages": ids[doc_id].shape[1] // page}
+            tokens = ids[doc_id].shape[1]
+            entries[doc_id] = {"file": name, "tokens": tokens, "pages": -(-tokens // page)}
         replaced = {self.manifest["documents"][d]["file"] for d in entries if d in self.manifest["documents"]}
         self.manifest["documents"].update(entries)
         write_json_atomic(os.path.join(self.path, MANIFEST), self.manifest)
@@ -241,6 +247,22 @@ class PageStore:
         """Delete those of `files` no document of the manifest names any more."""
         for name in files - {entry["file"] for entry in self.manifest["documents"].values()}:
             os.remove(os.path.join(self.path, PAGES_DIR, name))
+
+
+def padding_id(tokenizer) -> int:
+    """The token that pads a document to whole pages: the last token of the tokenizer's "\n" (a line break, which
+    ends a document's text as blank lines would)."""
+    ids = tokenizer("\n", add_special_tokens=False).input_ids
+    if not ids:
+        raise RetroLMError("the tokenizer encodes \"\\n\" as no token, and a page store pads documents to whole pages "
+                           "with it; use a tokenizer that encodes line breaks.")
+    return ids[-1]
+
+
+def padded_to_pages(ids: torch.Tensor, page_size: int, padding: int) -> torch.Tensor:
+    """[1, T] ids followed by `padding` up to a whole number of pages."""
+    missing = -ids.shape[1] % page_size
+    return torch.cat([ids, ids.new_full((1, missing), padding)], dim=1)
 
 
 def _summaries(shard, layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

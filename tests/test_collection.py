@@ -129,6 +129,26 @@ def test_a_question_finds_its_page_among_other_documents(tmp_path, request, scor
     assert again.timings["index_s"] == 0 and again.text == result.text, "the index is built once per store state"
 
 
+@pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
+def test_a_needle_in_a_documents_last_partial_page_is_found(tmp_path, request, scorer):
+    """Documents are stored padded to whole pages: a fact in the text after a document's last whole page is
+    retrieved and answered like any other (a store of version 1 never held that text)."""
+    model = request.getfixturevalue(SCORER_MODELS[scorer])
+    rng = random.Random(7)
+    P = model.config.page_size
+    docs = {f"doc{i}": _essay(rng, 2000)[:20 * P + 10] for i in range(6)}
+    fact = Fact("amber-harbor", "8306417", 0.5)
+    docs["doc4"] = docs["doc4"][:20 * P - 1] + " " + fact.needle  # page 20 holds the needle alone, 62 of 64 tokens
+    assert len(docs["doc4"]) % P and (len(docs["doc4"]) - len(fact.needle)) // P == 20
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add(docs, progress=False)
+    assert store.documents()["doc4"]["pages"] == 21
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    result = model.answer(question, store, max_new_tokens=10, template=_ruler_template(fact.key))
+    assert ("doc4", 20) in {(doc, page) for doc, page, _ in result.pages[:2]}
+    assert result.text.startswith(fact.value), result.text
+
+
 def test_a_model_that_offloads_its_kv_builds_and_answers_the_same_store(tmp_path, model):
     """offload_kv changes where a long input's pages live, not their values: a store's documents and retrieved pages
     are held resident either way, so an offloading model writes the same shards and gives the same answer."""

@@ -29,34 +29,39 @@ def model(request):
 
 
 def test_shards_hold_what_encoding_computed(tmp_path, model):
+    """Each document padded to whole pages (its last partial page retrievable too), then encoded: the shard holds
+    that encoding's tokens, K/V, page starts and per-page keys or summaries."""
     store = PageStore.open(str(tmp_path / "store"), model, create=True)
     texts = _texts()
     store.add(texts, progress=False)
     page = model.config.page_size
+    newline = model.tokenizer("\n", add_special_tokens=False).input_ids[-1]
     for doc_id, text in texts.items():
         ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        cache, _ = model.encode(ids, logits_to_keep=1, progress=False)
+        tokens, pages = ids.shape[1], -(-ids.shape[1] // page)
+        assert tokens % page, "the texts end inside a page"
+        padded = torch.cat([ids, torch.full((1, pages * page - tokens), newline)], dim=1)
+        cache, _ = model.encode(padded, logits_to_keep=1, progress=False)
         doc = store.read(doc_id)
-        tokens = ids.shape[1]
         assert store.documents()[doc_id] == {"file": store.documents()[doc_id]["file"], "tokens": tokens,
-                                             "pages": tokens // page}
-        assert torch.equal(doc.token_ids, ids[0])
-        for p in range(tokens // page):  # one page's text alone, as `retrolm ask` cites it
-            assert torch.equal(store.page_token_ids(doc_id, p), ids[0, p * page:(p + 1) * page])
-        with pytest.raises(RetroLMError, match="complete pages; asked for page"):
-            store.page_token_ids(doc_id, tokens // page)
+                                             "pages": pages}
+        assert torch.equal(doc.token_ids, padded[0])
+        for p in range(pages):  # one page's text alone, as `retrolm ask` cites it
+            assert torch.equal(store.page_token_ids(doc_id, p), padded[0, p * page:(p + 1) * page])
+        with pytest.raises(RetroLMError, match="pages; asked for page"):
+            store.page_token_ids(doc_id, pages)
         for i, layer in enumerate(cache.layers):
-            assert torch.equal(doc.keys[i], layer.keys[0, :, :tokens])
-            assert torch.equal(doc.values[i], layer.values[0, :, :tokens])
-        assert torch.equal(doc.page_starts, cache.page_starts[: -(-tokens // page)])
+            assert torch.equal(doc.keys[i], layer.keys[0, :, :pages * page])
+            assert torch.equal(doc.values[i], layer.values[0, :, :pages * page])
+        assert torch.equal(doc.page_starts, cache.page_starts[:pages])
         if model.config.scorer == "trained":
-            assert doc.summaries is None and torch.equal(doc.bookmark_keys, cache.bookmark_keys[: tokens // page])
-            assert torch.equal(doc.page_queries, cache.page_queries[: tokens // page])
+            assert doc.summaries is None and torch.equal(doc.bookmark_keys, cache.bookmark_keys[:pages])
+            assert torch.equal(doc.page_queries, cache.page_queries[:pages])
         else:
             assert doc.bookmark_keys is None and doc.page_queries is None and len(doc.summaries) == len(cache.layers)
             center, radius = doc.summaries[2]
-            assert torch.equal(center, cache.layers[2].summaries.center[: tokens // page])
-            assert torch.equal(radius, cache.layers[2].summaries.radius[: tokens // page])
+            assert torch.equal(center, cache.layers[2].summaries.center[:pages])
+            assert torch.equal(radius, cache.layers[2].summaries.radius[:pages])
     reopened = PageStore.open(str(tmp_path / "store"), model)
     assert reopened.documents() == store.documents()
 
@@ -98,7 +103,7 @@ def test_an_interrupted_add_leaves_the_store_as_it_was_and_is_resumed(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         store.add(changed, progress=False)
     assert open(os.path.join(path, "manifest.json")).read() == before, "the manifest is untouched"
-    assert PageStore.open(path, model).read("head").token_ids.numel() == len(texts["head"])
+    assert PageStore.open(path, model).documents()["head"]["tokens"] == len(texts["head"])
     monkeypatch.setattr(page_store, "write_safetensors_atomic", real_write)
     encoded = []
     real_encode = model.encode
@@ -106,9 +111,10 @@ def test_an_interrupted_add_leaves_the_store_as_it_was_and_is_resumed(tmp_path, 
                         lambda ids, *args, **kw: encoded.append(ids.shape[1]) or real_encode(ids, *args, **kw))
     store = PageStore.open(path, model)
     store.add(changed, progress=False)
-    assert encoded == [len(texts["head"])], "the two finished shards are reused, the third is encoded"
+    assert encoded == [-(-len(texts["head"]) // 64) * 64], "the two finished shards are reused, the third is encoded"
     assert sorted(store.documents()) == ["head", "new", "tail"]
-    assert store.read("head").token_ids.numel() == len(texts["middle"]), "the new text replaced it"
+    assert store.documents()["head"]["tokens"] == len(texts["middle"]), "the new text replaced it"
+    assert model.tokenizer.decode(store.read("head").token_ids[:len(texts["middle"])]) == texts["middle"]
     named = {entry["file"] for entry in store.documents().values()}
     assert set(os.listdir(os.path.join(path, "pages"))) == named, "the replaced shard is gone"
 
@@ -149,7 +155,7 @@ def test_index_command_builds_lists_and_deletes(tmp_path, capsys, monkeypatch):
     assert "stored 2 documents (2800 tokens)" in capsys.readouterr().out
     assert cli(["index", "list", "--store", store]) == 0
     listing = capsys.readouterr().out
-    assert "1500 tokens      23 pages  docs/a.md" in listing and "docs/sub/b.txt" in listing
+    assert "1500 tokens      24 pages  docs/a.md" in listing and "docs/sub/b.txt" in listing
     assert cli(["index", "delete", "--store", store, "docs/a.md"]) == 0
     assert "1 left" in capsys.readouterr().out
     assert cli(["index", "build", "docs/missing.txt", "--out", store, "--device", "cpu"]) == 2
