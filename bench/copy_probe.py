@@ -10,7 +10,10 @@ from one that finds it but copies it badly:
 - tail: the answer's first character is wrong, but the value without its first character appears in the answer
   (the copy went on from the right place after a wrong start, e.g. "4112" for "ZX-4412");
 - end of text: the mean probability of the end-of-text token right after the answer start (a base that learned
-  that a text may end where a value is due answers nothing, more so late in its window).
+  that a text may end where a value is due answers nothing, more so late in its window);
+- value start: the mean probability of the value's first token that is not a space, the answer start and a space
+  given (teacher-forced): a graded measure of starting the copy at the right place, where exact copies move in
+  steps of whole samples (the first token is where unseen formats fail: bench/copy_tokens.py).
 Needles, questions and answer starts are bench/heldout_prose.py's five test formats (`--needles validation`: stage
 1's three validation formats, another set kept out of training; `--needles sealed`: the six formats of
 bench/sealed_needles.py, used only for final reporting: never look at its failures to shape training); haystacks
@@ -58,6 +61,19 @@ def sample(needles: str, chars: int, seed: int, i: int, topics) -> tuple:
 
 
 @torch.no_grad()
+def value_start(model, tokenizer, text: str, value: str, device) -> float:
+    """The probability of the first token of " value" after `text` that is not a space alone, teacher-forced."""
+    ids = tokenizer(text).input_ids
+    full = tokenizer(f"{text} {value}").input_ids
+    if full[:len(ids)] != ids:
+        raise SystemExit(f"the tokenizer splits the prompt differently once the value follows it ({value!r}); the "
+                         "value-start column needs a prompt whose tokens the value extends.")
+    at = next(i for i in range(len(ids), len(full)) if tokenizer.decode(full[i:i + 1]).strip())
+    logits = model(torch.tensor([full[:at]], device=device)).logits[0, -1]
+    return float(logits.float().softmax(-1)[full[at]])
+
+
+@torch.no_grad()
 def probe(path: str, sizes: list[int], samples: int, seed: int, needles: str, device: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,7 +86,7 @@ def probe(path: str, sizes: list[int], samples: int, seed: int, needles: str, de
     for chars in sizes:
         counts = {"exact": 0, "first char": 0, "tail": 0}
         end_of_text = 0.0
-        per_format = [0] * formats
+        per_format, start_per_format = [0] * formats, [0.0] * formats
         examples = []
         for i in range(samples):
             needle, text = sample(needles, chars, seed, i, topics)
@@ -85,11 +101,14 @@ def probe(path: str, sizes: list[int], samples: int, seed: int, needles: str, de
             for name, hit in score(answer, needle.value).items():
                 counts[name] += hit
             per_format[i % formats] += answer.startswith(needle.value)
+            start_per_format[i % formats] += value_start(model, tokenizer, text, needle.value, device)
             if len(examples) < 2 * formats:
                 examples.append({"format": i % formats, "value": needle.value, "answer": answer})
         cells[str(chars)] = {k: round(100 * v / samples, 1) for k, v in counts.items()} | {
             "exact per format": [round(100 * v / (samples // formats), 1) for v in per_format],
-            "end of text": round(end_of_text / samples, 3), "examples": examples}
+            "end of text": round(end_of_text / samples, 3), "value start": round(sum(start_per_format) / samples, 3),
+            "value start per format": [round(v / (samples // formats), 3) for v in start_per_format],
+            "examples": examples}
         print(f"{path} {chars} chars: {cells[str(chars)]['exact']}% exact", flush=True)
     return cells
 
@@ -123,9 +142,12 @@ def main(argv=None) -> int:
         "bases": dict(zip(names, args.bases)), "needles": args.needles, "sizes": sizes, "samples": args.samples,
         "seed": args.seed, "device": args.device, "environment": environment(), "results": results})
     columns = ["base", "haystack chars", "exact", "first char right", "tail copied after a wrong start",
-               "exact by format " + " / ".join(str(f) for f in range(formats)), "end of text next (mean p)"]
+               "exact by format " + " / ".join(str(f) for f in range(formats)), "end of text next (mean p)",
+               "value start (mean p), by format"]
     rows = [dict(zip(columns, [name, chars, cell["exact"], cell["first char"], cell["tail"],
-                               " / ".join(f"{v:g}" for v in cell["exact per format"]), cell["end of text"]]))
+                               " / ".join(f"{v:g}" for v in cell["exact per format"]), cell["end of text"],
+                               f"{cell['value start']:.2f}: " + " / ".join(
+                                   f"{v:.2f}" for v in cell["value start per format"])]))
             for name, cells in results.items() for chars, cell in cells.items()]
     write_text(stem + ".md", "\n".join([
         f"# Copying unseen needle formats ({args.needles} set), full attention ({args.samples} samples per row, "

@@ -39,6 +39,15 @@ def test_probe_writes_a_row_per_base_and_size_and_refuses_a_prompt_over_the_wind
             with torch.no_grad():
                 direct += float(model(ids).logits[0, -1].softmax(-1)[tokenizer.eos_token_id]) / 5
         assert results[str(chars)]["end of text"] == pytest.approx(direct, abs=2e-3)
+    for i in range(5):  # the value-start column: the value's first non-space token after the answer start and a space
+        needle, text = sample("test", 100, 0, i, reference_topics())
+        ids = tokenizer(text + " " + needle.value, return_tensors="pt").input_ids
+        prompt_tokens = tokenizer(text, return_tensors="pt").input_ids.shape[1]
+        first = prompt_tokens + 1  # the byte tokenizer: one token for the space, then the value's first character
+        assert tokenizer.decode(ids[0, first]) == needle.value[0]
+        with torch.no_grad():
+            expected = float(model(ids[:, :first]).logits[0, -1].softmax(-1)[ids[0, first]])
+        assert results["100"]["value start per format"][i] == pytest.approx(expected, abs=2e-3)
     with pytest.raises(SystemExit, match="over the 512-token window"):
         main(["--bases", base, "--sizes", "600", "--samples", "5", "--out", str(tmp_path / "long")])
     assert not (tmp_path / "long").exists(), "nothing written for a run that was refused"
