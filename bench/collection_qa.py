@@ -23,7 +23,7 @@ Per method: accuracy (the answer starts with the value), recall of the needle (i
 those attended; not measured for concat), context tokens attended, tokens encoded per question (the work that
 grows with the collection), seconds per question. Writes collection_qa_<docs>.json / .md under --out (through
 temporary files; _one and _attention mark `--facts one` and the training-free scorer); `--plot FILES` draws
-result files into collection_qa.png.
+result files into collection_qa.png (`--plot-name` another).
 """
 from __future__ import annotations
 
@@ -177,12 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
+    parser.add_argument("--plot-name", default="collection_qa.png", help="the --plot figure's file name under --out")
     parser.add_argument("--plot", nargs="+", default=None, metavar="JSON",
                         help="run nothing: draw these result files (collection_qa_*.json) into collection_qa.png "
                              "under --out")
     args = parser.parse_args(argv)
     if args.plot:
-        plot(args.plot, os.path.join(args.out, "collection_qa.png"))
+        plot(args.plot, os.path.join(args.out, args.plot_name))
         return
     model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer)
     docs, facts = collection(args.docs, args.doc_tokens, args.seed)
