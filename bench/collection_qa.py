@@ -4,7 +4,8 @@ RAG, and RetroLM over the whole concatenation.
     python bench/collection_qa.py --docs 32 --questions 40 --out bench/results/collection
     python bench/collection_qa.py --docs 32 --scorer attention   # the training-free scorer (store and concat)
 
-The collection is bench/collection_store.py's: essay-shaped documents of the default model's kind, each holding
+The collection is bench/collection_store.py's: essay-shaped documents of the default model's kind (`--text
+reference`: windows of Python's language reference, text held out of the default model's training), each holding
 one fact of the same shape under its own key, so every other document is a distractor. Each question asks for one
 document's value, with RULER's answer start (the default model answers needles after it). `--facts one` keeps only
 the asked document's fact: the others are the same essays with their fact taken out, so a question has one
@@ -41,7 +42,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.collection_store import answer_template, collection, needle_pages, question  # noqa: E402
+from bench.collection_store import TEXTS, answer_template, collection, needle_pages, question  # noqa: E402
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from eval.methods import LLM_EMBEDDER, MethodOptions, best_chunks, join_chunks, make_embedder  # noqa: E402
 from retrolm.collection import search_pages, store_index  # noqa: E402
@@ -133,9 +134,11 @@ def ask_store_one(model, store, doc_id: str, text: str, fact_free: str, fact, of
 
 
 def without_fact(text: str, fact, offset: int) -> str:
-    """`text` with its fact's sentence (at `offset`) and the space that joined it taken out."""
+    """`text` with its fact's sentence (at `offset`) and the space or line break that joined it taken out."""
     end = offset + len(fact.needle)
-    return text[:offset] + text[end + 1:] if text[end:end + 1] == " " else text[:offset].rstrip(" ") + text[end:]
+    if text[end:end + 1] in (" ", "\n"):
+        return text[:offset] + text[end + 1:]
+    return text[:offset].rstrip(" ") + text[end:]
 
 
 def ask_concat(model, context: list[int], fact, new: int) -> dict:
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                              "files of the latter end in _attention")
     parser.add_argument("--facts", default="every", choices=("every", "one"),
                         help="every document holds its own fact (default), or only the asked one does")
+    parser.add_argument("--text", default="essay", choices=TEXTS,
+                        help="documents of essay filler (the default model's kind) or of Python's language "
+                             "reference (held out of its training); result files of the latter end in _reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         plot(args.plot, os.path.join(args.out, args.plot_name))
         return
     model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer)
-    docs, facts = collection(args.docs, args.doc_tokens, args.seed)
+    docs, facts = collection(args.docs, args.doc_tokens, args.seed, args.text)
     asked = random.Random(args.seed + 1).sample(sorted(docs), min(args.questions, len(docs)))
     new = max(len(facts[d][0].value) for d in asked) + 2
     rows: dict[str, list[dict]] = {}
@@ -238,13 +244,15 @@ def main(argv: list[str] | None = None) -> None:
 def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int) -> None:
     summary = [{"method": m, **summarise(r)} for m, r in rows.items()]
     name = (f"collection_qa_{args.docs}" + ("_one" if args.facts == "one" else "")
-            + ("" if args.scorer == "trained" else f"_{args.scorer}"))
+            + ("" if args.scorer == "trained" else f"_{args.scorer}")
+            + ("" if args.text == "essay" else f"_{args.text}"))
     write_json(os.path.join(args.out, f"{name}.json"),
                {"args": vars(args), "setup": setup, "summary": summary, "questions": rows,
                 "environment": environment(), "threads": torch.get_num_threads()})
     table = markdown_table(summary, list(summary[0]))
     write_text(os.path.join(args.out, f"{name}.md"),
-               f"# {questions} questions over {args.docs} documents ({setup['collection_tokens']} tokens), "
+               f"# {questions} questions over {args.docs} documents of {args.text} text "
+               f"({setup['collection_tokens']} tokens), "
                f"{args.model or 'default model'}, {args.scorer} scorer, {args.device}\n\n{table}\n\n"
                f"Setup (once per collection): {setup}. Each question asks for one document's value "
                + ("(only that document holds a fact; the store adds it per question, counted in its time and "

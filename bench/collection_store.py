@@ -38,6 +38,8 @@ from retrolm.filler import ESSAY_SHAPES  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.page_store import PageStore  # noqa: E402
 
+TEXTS = ("essay", "reference")
+
 
 def make_document(rng: random.Random, chars: int, fact: Fact) -> tuple[str, int]:
     """At most `chars` characters of essay filler with `fact`'s needle between two sentences; (text, needle
@@ -54,16 +56,50 @@ def make_document(rng: random.Random, chars: int, fact: Fact) -> tuple[str, int]
     return text, text.index(fact.needle)
 
 
-def collection(count: int, chars: int, seed: int) -> tuple[dict[str, str], dict[str, tuple[Fact, int]]]:
-    """`count` documents (id -> text) and each one's fact and needle offset; every key is distinct."""
+# Python's language reference in ASCII: its few typographic marks, one byte = one token for the default model
+ASCII_MARKS = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...",
+                             "\u2014": "--", "\u2013": "-", "\u00df": "ss", "\u00b0": " degrees"})
+
+
+def reference_text() -> str:
+    """Every topic of Python's language reference (`pydoc_data.topics`, PSF License 2.0, in every CPython; 465K
+    characters), in ASCII: text the default model never trained on (its ASCII topics are only stage 1's recall
+    validation haystacks, its other 49 topics in nothing)."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(body.strip() for _, body in sorted(topics.items())).translate(ASCII_MARKS)
+    return text.encode("ascii", "replace").decode()
+
+
+def reference_document(rng: random.Random, source: str, start: int, chars: int, fact: Fact) -> tuple[str, int]:
+    """At most `chars` characters of `source` from `start` on (wrapping), cut at a line end, with `fact`'s needle
+    as a line of its own at a random line end; (text, needle offset)."""
+    window = (source[start:] + "\n\n" + source)[: chars - len(fact.needle) - 1]
+    window = window[: window.rfind("\n") + 1]
+    ends = [i + 1 for i, c in enumerate(window) if c == "\n"]
+    at = rng.choice([0] + ends[:-1])
+    return window[:at] + fact.needle + "\n" + window[at:], at
+
+
+def collection(count: int, chars: int, seed: int, text: str = "essay"
+               ) -> tuple[dict[str, str], dict[str, tuple[Fact, int]]]:
+    """`count` documents (id -> text) and each one's fact and needle offset; every key is distinct. text: "essay"
+    (the default model's kind of filler) or "reference" (Python's language reference, held out of its training:
+    windows of it spread evenly over the whole, overlapping when `count` x `chars` exceeds its 465K characters)."""
+    if text not in TEXTS:
+        raise SystemExit(f"text must be one of {TEXTS}; got {text!r}")
     rng = random.Random(seed)
     keys = rng.sample([f"{a}-{n}-{m}" for a in ADJECTIVES for n in NOUNS for m in NOUNS if n != m], count)
+    source = reference_text() if text == "reference" else ""
     docs, facts = {}, {}
     for i in range(count):
         fact = Fact(keys[i], str(rng.randint(10 ** 6, 10 ** 7 - 1)),
                     0.0)
         doc_id = f"doc{i:05d}.txt"
-        docs[doc_id], offset = make_document(rng, chars, fact)
+        if text == "essay":
+            docs[doc_id], offset = make_document(rng, chars, fact)
+        else:
+            docs[doc_id], offset = reference_document(rng, source, i * len(source) // count, chars, fact)
         facts[doc_id] = (fact, offset)
     return docs, facts
 
