@@ -14,6 +14,7 @@ source bench/device_env.sh
 for docs in ${DOCS:-64 1000}; do
     limit_name=LIMIT_$docs
     timeout "${!limit_name:-$([ "$docs" = 64 ] && echo 120 || echo 400)}" python3 bench/collection_qa.py \
-        --docs "$docs" --questions "${QUESTIONS:-20}" --facts "${FACTS:-every}" --text "${TEXT:-essay}" --device cuda --out "$OUT" 2>&1 \
+        --docs "$docs" --questions "${QUESTIONS:-20}" --facts "${FACTS:-every}" --text "${TEXT:-essay}" --device cuda \
+        --out "$OUT" 2>&1 \
         | tr '\r' '\n' | grep -vE "doc/s]$|s/doc]$" | tail -8
 done
