@@ -11,7 +11,9 @@
 # DRILL_SHAPES (default all four of train/drills.py; "plain" is the one-shape drills of the first runs) the
 # statement shapes drills take; DRILL_REJOINED (default 0.25) the share of drill answers restating the relation with
 # another joining word; SPLIT_WINDOWS (default 0) the share of pretraining windows holding two documents;
-# STAGE_DRILLS (default 0) the share of stage 1's long documents that are drills
+# PRETRAIN_SEED (default 0) pretraining's seed (initial weights and window order; the corpus stays the same), so
+# that variants can be told from seed noise; STAGE_DRILLS (default 0) the share of stage 1's long documents that are
+# drills
 # (generated in the first call: give it to every call); WORK (default work/drills) the build's directory; SAMPLES
 # (default 20) the samples per cell.
 # The base comes back in $OUT in parts of 15 MB (`cat base.tgz.* > base.tgz`), for a later call on a fresh machine
@@ -29,6 +31,7 @@ build() {
         --split-windows "${SPLIT_WINDOWS:-0}" \
         --stage-drill-fraction "${STAGE_DRILLS:-0}" \
         --pretrain-set "max_steps=${PRETRAIN_STEPS:-3000}" --pretrain-set "compile=${COMPILE:-false}" \
+        --pretrain-set "seed=${PRETRAIN_SEED:-0}" \
         --workers "${WORKERS:-14}" "$@" >> "$WORK/build.log" 2>&1
     local status=$?
     tr '\r' '\n' < "$WORK/build.log" | grep -vE "it/s]$|step/s]$|s/it]$" > "$OUT/build.log"
@@ -54,7 +57,7 @@ base)
     for needles in test validation; do  # bench/copy_probe.py: copying unseen formats at three haystack sizes
         python3 bench/copy_probe.py --bases "$WORK/base" \
             --names "drills ${DRILLS:-0.3} (${DRILL_SHAPES:-four shapes}, rejoined ${DRILL_REJOINED:-0.25}, split\
- ${SPLIT_WINDOWS:-0}), ${PRETRAIN_STEPS:-3000} steps" \
+ ${SPLIT_WINDOWS:-0}), ${PRETRAIN_STEPS:-3000} steps, seed ${PRETRAIN_SEED:-0}" \
             --needles $needles --out "$OUT/gate_probe" > "$OUT/gate_probe_$needles.log" 2>&1
     done
     cat "$OUT"/gate_probe/copy_probe*.md

@@ -5,7 +5,8 @@
 # plain: one statement shape; shapes: all four; rejoined: one shape, half the answers restating the relation with
 # another joining word (0.25 in the others); bare-rejoined: the same with plain and bare statements;
 # rejoined-split: rejoined with half the pretraining windows holding two documents (--split-windows 0.5).
-# DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), compiled.
+# DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), PRETRAIN_SEED (default 0: `PRETRAIN_SEED=1 GATE=0 bash
+# bench/drill_shapes.sh rejoined` is a second seed of that variant), compiled.
 # plain and shapes by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in
 # 560 s on an H200 (one alone takes ~260 s), so give them a call each. GATE=0 skips drill_base.sh's 1x gate. At
 # DEADLINE seconds
