@@ -248,8 +248,9 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     is the text after the retrieved pages, "{question}" standing for the question; None: the question as
     `retrolm generate` asks it after a context, in the tokenizer's chat template when it has one
     (prompt.text_after_context: the template's text before the user's message is left out), else ending in
-    "Answer:" (QUESTION_TEMPLATE). A start of the answer in the words of the question helps a small model (the default model answers RULER's needles after RULER's own
-    "The special magic number for X mentioned in the provided text is"). index: "exact" (exact inner-product
+    "Answer:" (QUESTION_TEMPLATE). A start of the answer in the words of the question helps a small model (the
+    default model answers RULER's needles after RULER's own "The special magic number for X mentioned in the
+    provided text is"). index: "exact" (exact inner-product
     search) or "ivf" (approximate, CPU only: raises for a model on a GPU), `nprobe` lists searched per question
     (default index.DEFAULT_NPROBE; "ivf" only). A store of the training-free scorer is searched exactly with that
     scorer's rule (module docstring, step 2): "ivf" raises for it."""

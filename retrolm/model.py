@@ -127,7 +127,8 @@ class RetroLM(nn.Module):
         self.tokenizer = tokenizer
         self.bookmark_id = add_bookmark_token(tokenizer, config.bookmark_token)
         inv_freq = rope_inv_freq(inner)
-        head_dim = getattr(inner.config, "head_dim", None) or inner.config.hidden_size // inner.config.num_attention_heads
+        shape = inner.config
+        head_dim = getattr(shape, "head_dim", None) or shape.hidden_size // shape.num_attention_heads
         if inv_freq.numel() * 2 != head_dim:
             raise RetroLMError("partial rotary embeddings are unsupported; use a model with full-width RoPE.")
         if config.attention_backend == "triton":

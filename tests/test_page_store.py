@@ -77,7 +77,8 @@ def test_another_model_or_config_is_refused(tmp_path, model):
     with torch.no_grad():
         for parameter in other_weights.base_model.parameters():
             parameter.mul_(1.05)
-    with pytest.raises(RetroLMError, match=r"another model or config: model weights \(base and adapter, as loaded\) differ"):
+    with pytest.raises(RetroLMError,
+                       match=r"another model or config: model weights \(base and adapter, as loaded\) differ"):
         PageStore.open(path, other_weights)
     assert PageStore.open(path, RetroLM.from_pretrained(scorer=scorer, refresh_interval=4)).documents(), \
         "a decode-only knob does not change the pages"
