@@ -21,7 +21,7 @@ def build_prompt_ids(tokenizer, context: str, question: str) -> torch.Tensor:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:
-        ids = tokenizer(message + "\nAnswer:", return_tensors="pt", add_special_tokens=False).input_ids
+        ids = tokenizer(message + PLAIN_ANSWER, return_tensors="pt", add_special_tokens=False).input_ids
     return ids
 
 
