@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                           'else "...Question: {question}\\nAnswer:")')
     ask.add_argument("--max-new-tokens", type=_positive_int, default=64)
     ask.add_argument("--index", default="exact", choices=INDEX_KINDS,
-                     help="page search over the bookmark keys: exact (default), or ivf (approximate, faiss IVF, CPU "
-                          "only; recall against exact: bench/index_recall.py)")
+                     help="page search: exact (default), or ivf (approximate, faiss IVF, CPU only; recall against "
+                          "exact: bench/index_recall.py, and for a store of the training-free scorer, a shortlist "
+                          "ranked by its rule, bench/summary_search.py)")
     ask.add_argument("--nprobe", type=_positive_int, default=None,
                      help=f"with --index ivf: lists searched per question (default {DEFAULT_NPROBE}; more is slower "
                           "and closer to exact)")

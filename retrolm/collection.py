@@ -10,10 +10,11 @@
    products, which is the flattened vectors' inner product the index computes).
    A store built with the training-free scorer (`scorer="attention"`: any model, no retriever trained) keeps no
    bookmark keys but each page's per-layer key summaries (scorer.py). Its pages are ranked by that scorer's own
-   rule (`SummaryIndex`): the question is encoded alone, and in every layer the queries of its last
+   rule (store_search.SummaryIndex): the question is encoded alone, and in every layer the queries of its last
    `scorer_query_tokens` tokens spread one unit of estimated attention per (token, head) over all the store's
-   pages; a page's score is its share summed over the layers. This is no inner product, so that search is exact
-   and reads every summary (no faiss, no "ivf"): its cost grows with pages x layers (bench/collection_qa.py).
+   pages; a page's score is its share summed over the layers. Exact by default, reading every summary per
+   question (its cost grows with pages x layers); `index="ivf"` ranks a shortlist instead, found by summed bound
+   in a faiss IVF index of the summaries (store_search.SummaryIVFIndex; recall: bench/summary_search.py).
 3. The best `sink_pages + local_pages + top_k` pages, each best page bringing its neighbours in its document
    (`neighbor_pages`, `neighbor_direction`) within that budget as within one input, are loaded in the store's
    document order and page order within a document into a fresh paged cache as if they were one input. The
@@ -28,11 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from .errors import RetroLMError
-from .index import check_index_options, make_index
+from .index import check_index_options
 from .pager import page_windows
 from .page_store import PageStore
 from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
-from .scorer import page_scores
+from .store_search import StoreIndex, SummaryIndex, SummaryIVFIndex
 
 QUESTION_TEMPLATE = QUESTION + PLAIN_ANSWER  # the text after the pages without a chat template
 
@@ -44,99 +45,6 @@ class Answer:
     timings: dict  # seconds: index (0 when reused), retrieve, load, generate
 
 
-class StoreIndex:
-    """The bookmark keys of every page of a store in one inner-product index, rows mapped to (document, page).
-
-    blocks: doc id -> its bookmark keys [pages, heads, dim] or [pages, heads * dim], in store order, at least one
-    (`document_rows`). kind: "exact" or "ivf" (index.make_index; nlist and nprobe apply to "ivf", which raises on a
-    GPU). The IVF index is trained on all the keys, added at once."""
-
-    def __init__(self, blocks: dict[str, torch.Tensor], use_gpu: bool | None = None, kind: str = "exact",
-                 nlist: int | None = None, nprobe: int | None = None):
-        check_index_options(kind, nlist, nprobe, use_gpu)
-        self.rows = _rows({doc_id: keys.shape[0] for doc_id, keys in blocks.items()})
-        self.spans = _spans(self.rows)
-        dim = next(iter(blocks.values()))[0].numel()
-        self.kind = kind
-        self.index = make_index(dim, kind, use_gpu=use_gpu, nlist=nlist, nprobe=nprobe)
-        on = self.index.device if self.index.on_gpu else "cpu"  # kept rows stay where they are, read ones move once
-        self.index.add(torch.cat([keys.flatten(1).to(on, torch.float32) for keys in blocks.values()]))
-
-    def block(self, doc_id: str) -> torch.Tensor:
-        """One document's bookmark keys [pages, heads * dim] as indexed."""
-        return self.index.vectors(*self.spans[doc_id])
-
-    def search(self, query: torch.Tensor, k: int, nprobe: int | None = None) -> list[tuple[str, int, float]]:
-        """The k best (document, page, score) for a retriever query [heads, dim], best first. nprobe (the "ivf"
-        kind only; default the index's) lists are searched; an approximate search may find fewer than k pages."""
-        k = min(k, len(self.rows))
-        if nprobe is None:
-            scores, ids = self.index.search(query.flatten()[None], k)
-        else:
-            check_index_options(self.kind, nprobe=nprobe, use_gpu=self.index.on_gpu)
-            scores, ids = self.index.search(query.flatten()[None], k, nprobe=nprobe)
-        return [(*self.rows[i], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
-
-
-class SummaryIndex:
-    """The training-free scorer's page summaries (per layer, centre and radius of each page's RoPE-free keys) of
-    every page of a store, rows mapped to (document, page), searched exactly with that scorer's rule
-    (scorer.page_scores, as within one input; module docstring, step 2)."""
-
-    kind = "exact"
-
-    def __init__(self, rows: list[tuple[str, int]], center: list[torch.Tensor], radius: list[torch.Tensor]):
-        """rows: (document, page) of each summary row, each document's rows together; center, radius: per layer
-        [rows, kv_heads, dim]."""
-        self.rows, self.center, self.radius = rows, center, radius
-        self.spans = _spans(rows)
-
-    @classmethod
-    def from_blocks(cls, blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
-                    device: torch.device) -> "SummaryIndex":
-        """blocks: doc id -> its per-layer (centre, radius) [pages, kv_heads, dim], in store order, at least one
-        (`document_rows`)."""
-        rows = _rows({doc_id: summaries[0][0].shape[0] for doc_id, summaries in blocks.items()})
-        per_doc = list(blocks.values())
-        layers = range(len(per_doc[0]))
-        return cls(rows, [torch.cat([doc[i][0].to(device) for doc in per_doc]) for i in layers],
-                   [torch.cat([doc[i][1].to(device) for doc in per_doc]) for i in layers])
-
-    def block(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One document's per-layer (centre, radius) [pages, kv_heads, dim] as indexed."""
-        start, end = self.spans[doc_id]
-        return [(center[start:end], radius[start:end]) for center, radius in zip(self.center, self.radius)]
-
-    def search(self, queries: list[torch.Tensor], k: int, scaling: float) -> list[tuple[str, int, float]]:
-        """The k best (document, page, score) for per-layer RoPE-free queries [tokens, heads, dim], best first: a
-        page's score is its estimated attention share summed over the layers."""
-        n = len(self.rows)
-        every = torch.ones(1, n, dtype=torch.bool, device=self.center[0].device)
-        total = torch.zeros(n, device=every.device)
-        for layer, rows in enumerate(queries):
-            valid = torch.ones(1, rows.shape[0], dtype=torch.bool, device=every.device)
-            total += page_scores(rows[None].to(every.device), valid, self.center[layer], self.radius[layer],
-                                 ~every, every, scaling)[0]
-        scores, ids = total.topk(min(k, n))
-        return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids.tolist())]
-
-
-def _rows(pages: dict[str, int]) -> list[tuple[str, int]]:
-    """(document, page) of each index row, for documents' page counts in index order."""
-    return [(doc_id, page) for doc_id, count in pages.items() for page in range(count)]
-
-
-def _spans(rows: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
-    """Each document's index rows (start, end): its rows must lie together."""
-    spans: dict[str, tuple[int, int]] = {}
-    for i, (doc_id, _) in enumerate(rows):
-        start, end = spans.get(doc_id, (i, i))
-        if end != i:
-            raise RetroLMError(f"an index holds each document's rows together; {doc_id!r} is split at row {i}.")
-        spans[doc_id] = (start, i + 1)
-    return spans
-
-
 def document_rows(store: PageStore) -> dict:
     """doc id -> what the store's index holds of it (bookmark keys under the trained scorer, else page summaries),
     in store order. A document the last index built for this store holds with the same shard is taken from that
@@ -146,31 +54,29 @@ def document_rows(store: PageStore) -> dict:
     if not len(store):
         raise RetroLMError(f"page store {store.path} holds no documents; add some with `retrolm index build`.")
     read = store.bookmark_keys if store.model.config.scorer == "trained" else store.page_summaries
-    files, last = getattr(store, "_last_index", ({}, None))
-    return {doc_id: last.block(doc_id) if files.get(doc_id) == entry["file"] else read(doc_id)
+    cache = store.index_cache
+    return {doc_id: cache.last.block(doc_id) if cache.last_files.get(doc_id) == entry["file"] else read(doc_id)
             for doc_id, entry in store.documents().items()}
 
 
 def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None):
     """The store's index of `kind` (and nlist, for "ivf"), built on first use and again whenever the store's
     documents change, unchanged documents' rows taken from the last index built (`document_rows`); (index, built
-    now). One index per kind and nlist is kept per store state; nprobe is a search parameter
-    (`StoreIndex.search`), so changing it reuses the trained index. A training-free store's index is a
-    `SummaryIndex` (exact only)."""
+    now). One index per kind and nlist is kept per store state (`store.index_cache`); nprobe is a search parameter,
+    so changing it reuses the trained index. A training-free store's index is a `SummaryIndex` ("exact") or a
+    `SummaryIVFIndex` ("ivf")."""
     check_index_options(kind, nlist, use_gpu=store.model.device.type == "cuda")  # before reading any row
     files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
-    cached = getattr(store, "_indexes", None)
-    if cached is None or cached[0] != files:
-        cached = store._indexes = (files, {})
-    key = (kind, nlist)
-    if key in cached[1]:
-        return cached[1][key], False
+    index = store.index_cache.get(files, (kind, nlist))
+    if index is not None:
+        return index, False
     if store.model.config.scorer == "trained":
         index = StoreIndex(document_rows(store), use_gpu=store.model.device.type == "cuda", kind=kind, nlist=nlist)
+    elif kind == "ivf":
+        index = SummaryIVFIndex(document_rows(store), nlist=nlist)
     else:
         index = SummaryIndex.from_blocks(document_rows(store), store.model.device)
-    cached[1][key] = index
-    store._last_index = (files, index)
+    store.index_cache.put(files, (kind, nlist), index)
     return index, True
 
 
@@ -203,7 +109,10 @@ def search_pages(model, pages_index, question_ids: torch.Tensor, k: int, nprobe:
     first, by the model's scorer (module docstring, step 2)."""
     if model.config.scorer == "trained":
         return pages_index.search(question_query(model, question_ids), k, nprobe=nprobe)
-    return pages_index.search(question_layer_queries(model, question_ids), k, attention_scaling(model))
+    queries = question_layer_queries(model, question_ids)
+    if pages_index.kind == "ivf":
+        return pages_index.search(queries, k, attention_scaling(model), nprobe=nprobe)
+    return pages_index.search(queries, k, attention_scaling(model))
 
 
 def with_neighbors(seeds: list[tuple[str, int, float]], offsets: tuple[int, ...], budget: int,
@@ -250,21 +159,15 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     (prompt.text_after_context: the template's text before the user's message is left out), else ending in
     "Answer:" (QUESTION_TEMPLATE). A start of the answer in the words of the question helps a small model (the
     default model answers RULER's needles after RULER's own "The special magic number for X mentioned in the
-    provided text is"). index: "exact" (exact inner-product
-    search) or "ivf" (approximate, CPU only: raises for a model on a GPU), `nprobe` lists searched per question
-    (default index.DEFAULT_NPROBE; "ivf" only). A store of the training-free scorer is searched exactly with that
-    scorer's rule (module docstring, step 2): "ivf" raises for it."""
+    provided text is"). index: "exact" (exact search) or "ivf" (approximate, CPU only: raises for a model on a
+    GPU), `nprobe` lists searched per question (default index.DEFAULT_NPROBE; "ivf" only). Under the training-free
+    scorer, "ivf" shortlists pages by summed bound and ranks the shortlist by that scorer's rule (module
+    docstring, step 2)."""
     template = text_after_context(model.tokenizer) if template is None else template
     if "{question}" not in template:
         raise RetroLMError(f"the answer template must hold {{question}} where the question goes; got {template!r}.")
     if not question.strip():
         raise RetroLMError("the question is empty; pass the question to answer.")
-    trained = model.config.scorer == "trained"
-    if not trained and (index != "exact" or nprobe is not None):
-        raise RetroLMError(f"index={index!r}{'' if nprobe is None else f', nprobe={nprobe}'}: a store of the "
-                           "training-free scorer is searched exactly by its page summaries (no inner-product index "
-                           "to approximate); leave index='exact' and nprobe unset, or use a model with a trained "
-                           "retriever (retrolm train-retriever).")
     check_index_options(index, nprobe=nprobe, use_gpu=model.device.type == "cuda")
     store = store if isinstance(store, PageStore) else PageStore.open(store, model)
     started = time.perf_counter()

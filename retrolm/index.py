@@ -197,6 +197,15 @@ class IVFInnerProductIndex:
         _check_rows(start, end, len(self))
         return torch.from_numpy(self._cpu.reconstruct_n(start, end - start))
 
+    def take(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` [m] [m, dim] float32 as added, in that order (a shortlist read back for reranking)."""
+        if not ids.numel():
+            return torch.empty(0, self.dim)
+        if not (0 <= int(ids.min()) and int(ids.max()) < len(self)):
+            raise RetroLMError(f"rows {int(ids.min())}..{int(ids.max())} asked of an index holding {len(self)} "
+                               "vectors.")
+        return torch.from_numpy(self._cpu.reconstruct_batch(ids.numpy().astype(np.int64)))
+
     def _train(self, vectors: np.ndarray) -> None:
         n, faiss = vectors.shape[0], self._faiss
         nlist = default_nlist(n) if self._nlist_asked is None else self._nlist_asked

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .checkpoint import fingerprints_match, weights_fingerprint
 from .errors import RetroLMError
 from .files import read_json_object, write_json_atomic, write_safetensors_atomic
+from .store_search import IndexCache
 
 FORMAT_VERSION = 2  # 2: documents padded to whole pages (version 1 dropped a document's last partial page)
 MANIFEST = "manifest.json"
@@ -88,6 +89,7 @@ class PageStore:
 
     def __init__(self, path: str, manifest: dict, model):
         self.path, self.manifest, self.model = path, manifest, model
+        self.index_cache = IndexCache()  # the indexes searched over this store (collection.store_index)
 
     @classmethod
     def open(cls, path: str, model, create: bool = False) -> "PageStore":
@@ -158,7 +160,7 @@ class PageStore:
         with safe_open(self._shard_path(doc_id), framework="pt") as shard:
             if "bookmark_keys" not in shard.keys():
                 raise RetroLMError(f"page store {self.path} was built with the training-free scorer, which keeps no "
-                                   "bookmark keys: search it with page_summaries (collection.SummaryIndex).")
+                                   "bookmark keys: search it with page_summaries (store_search.SummaryIndex).")
             return shard.get_tensor("bookmark_keys")
 
     def page_summaries(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -168,7 +170,7 @@ class PageStore:
         with safe_open(self._shard_path(doc_id), framework="pt") as shard:
             if "center.0" not in shard.keys():
                 raise RetroLMError(f"page store {self.path} was built with the trained scorer, which keeps bookmark "
-                                   "keys, not page summaries: search it with bookmark_keys (collection.StoreIndex).")
+                                   "keys, not page summaries: search it with bookmark_keys (store_search.StoreIndex).")
             return _summaries(shard, layers)
 
     def _entry(self, doc_id: str) -> dict:

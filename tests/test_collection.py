@@ -7,14 +7,15 @@ import torch
 
 from bench.collection_store import collection
 from retrolm.cli import main as cli
-from retrolm.collection import (QUESTION_TEMPLATE, SummaryIndex, attention_scaling, load_retrieved,
-                                question_layer_queries, question_query, store_index, with_neighbors)
+from retrolm.collection import (QUESTION_TEMPLATE, attention_scaling, load_retrieved, question_layer_queries,
+                                question_query, store_index, with_neighbors)
 from retrolm.demo import NOUNS, Fact
 from retrolm.errors import RetroLMError
 from retrolm.filler import ESSAY_SHAPES
 from retrolm.model import RetroLM
 from retrolm.page_store import PageStore
 from retrolm.prompt import build_prompt_ids, text_after_context
+from retrolm.store_search import SummaryIndex, SummaryIVFIndex, flat_summaries, summed_bound_query
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +97,6 @@ def test_a_hub_model_without_a_retriever_answers_from_its_store(tmp_path, tiny_d
     many.add({f"doc{i}": text[i:] + text[:i] for i in range(4)}, progress=False)
     result = model.answer("which?", many, max_new_tokens=4)
     assert len(result.pages) == budget and len({(d, p) for d, p, _ in result.pages}) == budget
-    with pytest.raises(RetroLMError, match="searched exactly by its page summaries"):
-        model.answer("which?", many, index="ivf")
 
 
 @pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
@@ -189,7 +188,8 @@ def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, model):
         model.answer(question, store, nprobe=4)
 
 
-@pytest.mark.parametrize("scorer,kind", [("trained", "exact"), ("trained", "ivf"), ("attention", "exact")])
+@pytest.mark.parametrize("scorer,kind", [("trained", "exact"), ("trained", "ivf"), ("attention", "exact"),
+                                         ("attention", "ivf")])
 def test_an_index_after_store_changes_matches_one_built_afresh(tmp_path, request, monkeypatch, scorer, kind):
     """After documents are added, replaced and deleted, the store's index is rebuilt reading only the documents
     added or replaced (the others' rows come from the last index), and holds and finds exactly what an index built
@@ -219,7 +219,13 @@ def test_an_index_after_store_changes_matches_one_built_afresh(tmp_path, request
         assert updated.search(query, 7, **_all_lists(updated)) == fresh.search(query, 7, **_all_lists(fresh))
     else:
         queries, scaling = question_layer_queries(model, question_ids), attention_scaling(model)
-        assert updated.search(queries, 7, scaling) == fresh.search(queries, 7, scaling)
+        assert updated.search(queries, 7, scaling, **_all_lists(updated)) == \
+            fresh.search(queries, 7, scaling, **_all_lists(fresh))
+
+
+def _assert_same_ranking(found: list[tuple[str, int, float]], expected: list[tuple[str, int, float]]) -> None:
+    assert [(d, p) for d, p, _ in found] == [(d, p) for d, p, _ in expected]
+    assert [s for *_, s in found] == pytest.approx([s for *_, s in expected], rel=1e-5)
 
 
 def _flat(block) -> list[torch.Tensor]:
@@ -296,15 +302,71 @@ def test_answer_refuses_what_it_cannot_do(tmp_path, model):
         store.page_summaries("doc")
 
 
-def test_training_free_store_refuses_an_approximate_index(tmp_path, free_model):
+def test_training_free_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, free_model):
+    """A training-free store's "ivf" index with every list probed and a shortlist of every page ranks as the exact
+    search does, and answers the same; a shorter shortlist holds at most that many pages' rows."""
+    rng = random.Random(4)
     store = PageStore.open(str(tmp_path / "free"), free_model, create=True)
-    store.add({"doc": _essay(random.Random(0), 1000)}, progress=False)
-    for options in ({"index": "ivf"}, {"nprobe": 4}):
-        with pytest.raises(RetroLMError, match="searched exactly by its page summaries"):
-            free_model.answer("Anything?", store, **options)
+    store.add({f"doc{i}": _essay(rng, 2500) for i in range(4)}, progress=False)
+    ivf, _ = store_index(store, "ivf")
+    assert isinstance(ivf, SummaryIVFIndex) and len(ivf.index) == len(ivf.rows) == \
+        sum(entry["pages"] for entry in store.documents().values())
+    ivf.candidates = len(ivf.rows)
+    question = "What is the special magic number for quiet-orchard mentioned in the provided text?"
+    exact = free_model.answer(question, store, max_new_tokens=4)
+    approximate = free_model.answer(question, store, max_new_tokens=4, index="ivf", nprobe=ivf.index.nlist)
+    assert [(d, p) for d, p, _ in approximate.pages] == [(d, p) for d, p, _ in exact.pages]
+    assert [s for *_, s in approximate.pages] == pytest.approx([s for *_, s in exact.pages], rel=1e-4)
+    assert approximate.text == exact.text and approximate.timings["index_s"] == 0, "the ivf index built above"
     with pytest.raises(RetroLMError, match="keeps no bookmark keys"):
-        store.bookmark_keys("doc")
-    assert store.read_pages("doc", [0]).bookmark_keys is None
+        store.bookmark_keys("doc0")
+    assert store.read_pages("doc0", [0]).bookmark_keys is None
+    with pytest.raises(RetroLMError, match="candidates must be an integer >= 1"):
+        SummaryIVFIndex({"doc0": store.page_summaries("doc0")}, nlist=2, candidates=0)
+
+
+@pytest.mark.parametrize("layers,pages,heads,kv_heads,dim,tokens", [
+    (1, 1, 1, 1, 4, 1), (2, 7, 4, 2, 8, 3), (3, 40, 6, 6, 16, 5), (2, 25, 8, 1, 8, 16)])
+def test_summed_bound_is_the_inner_product_of_flattened_summaries(layers, pages, heads, kv_heads, dim, tokens):
+    """The IVF shortlist's criterion: a page's bound q.c + |q|.r summed over every query row (token and head, each
+    against its KV head h // (H / kvh)) and layer, times the scaling, is its flattened summaries' inner product with
+    `summed_bound_query`, on random summaries of many shapes."""
+    gen = torch.Generator().manual_seed(layers * 100 + pages)
+    summaries = [(torch.randn(pages, kv_heads, dim, generator=gen), torch.rand(pages, kv_heads, dim, generator=gen))
+                 for _ in range(layers)]
+    queries = [torch.randn(tokens, heads, dim, generator=gen) for _ in range(layers)]
+    expected = torch.zeros(pages, dtype=torch.float64)
+    for rows, (c, r) in zip(queries, summaries):
+        for token in range(tokens):
+            for head in range(heads):
+                q, g = rows[token, head].double(), head // (heads // kv_heads)
+                expected += c[:, g].double() @ q + r[:, g].double() @ q.abs()
+    found = flat_summaries(summaries) @ summed_bound_query(queries, kv_heads, 0.25)
+    torch.testing.assert_close(found.double(), expected * 0.25, rtol=1e-4, atol=1e-4)
+
+
+def test_ivf_shortlist_is_ranked_by_the_exact_rule_over_its_pages():
+    """SummaryIVFIndex on random summaries: with every list probed, the pages it returns are the exact rule's
+    ranking over the `candidates` pages of largest summed bound (the softmax over them alone); with a shortlist of
+    every page, exactly SummaryIndex's ranking."""
+    gen = torch.Generator().manual_seed(11)
+    layers, pages, heads, kv_heads, dim = 2, 60, 4, 2, 8
+    blocks = {f"doc{d}": [(torch.randn(20, kv_heads, dim, generator=gen), torch.rand(20, kv_heads, dim, generator=gen))
+                          for _ in range(layers)] for d in range(3)}
+    queries = [torch.randn(5, heads, dim, generator=gen) for _ in range(layers)]
+    exact = SummaryIndex.from_blocks(blocks, torch.device("cpu"))
+    every = dict(nprobe=8)
+    ivf = SummaryIVFIndex(blocks, nlist=8, candidates=pages)
+    _assert_same_ranking(ivf.search(queries, 10, 0.3, **every), exact.search(queries, 10, 0.3))
+    ivf.candidates = 12
+    coarse = flat_summaries([(torch.cat([b[i][0] for b in blocks.values()]),
+                              torch.cat([b[i][1] for b in blocks.values()])) for i in range(layers)])
+    shortlist = sorted((coarse @ summed_bound_query(queries, kv_heads, 0.3)).topk(12).indices.tolist())
+    over_shortlist = SummaryIndex([exact.rows[i] for i in shortlist], [c[shortlist] for c in exact.center],
+                                  [r[shortlist] for r in exact.radius])
+    _assert_same_ranking(ivf.search(queries, 5, 0.3, **every), over_shortlist.search(queries, 5, 0.3))
+    for doc_id, block in blocks.items():
+        assert all(torch.equal(a, b) for a, b in zip(_flat(ivf.block(doc_id)), _flat(block)))
 
 
 def _reference_summary_scores(queries, center, radius, scaling):

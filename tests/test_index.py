@@ -141,6 +141,12 @@ def test_vectors_reads_back_the_rows_as_added(kind):
         np.testing.assert_array_equal(index.vectors(start, end).cpu().numpy(), every[start:end])
     with pytest.raises(RetroLMError, match="rows 350..359 asked of an index holding 358"):
         index.vectors(350, 359)
+    if kind == "ivf":  # a shortlist read back by id (store_search.SummaryIVFIndex), in the order asked
+        ids = torch.tensor([357, 0, 300, 299, 42])
+        np.testing.assert_array_equal(index.take(ids).numpy(), every[ids.numpy()])
+        assert index.take(ids[:0]).shape == (0, 12)
+        with pytest.raises(RetroLMError, match="rows 0..358 asked of an index holding 358"):
+            index.take(torch.tensor([0, 358]))
 
 
 def test_bad_ivf_parameters_are_clear_errors():

@@ -1,0 +1,207 @@
+"""The indexes a page store's pages are searched with (collection.py), rows mapped to (document, page), and the
+cache that keeps them per store state.
+
+- `StoreIndex`: the trained scorer's bookmark keys in an inner-product index (index.py: exact, or "ivf").
+- `SummaryIndex`: the training-free scorer's page summaries (per layer, centre and radius of each page's RoPE-free
+  keys), searched exactly with that scorer's rule (scorer.page_scores, as within one input): the question's
+  queries of its last tokens spread one unit of estimated attention per (token, head) over all pages in every
+  layer, and a page's score is its share summed over the layers. It reads every summary per question.
+- `SummaryIVFIndex` (kind "ivf"): the same rule over a shortlist. A page's bound for query q in layer l and KV head h
+  is q.c + |q|.r, linear in [q, |q|]: summed over the question's query rows, layers and heads it is one inner
+  product, of the page's summaries flattened into one vector with the question's summed [q, |q|] per (layer, head).
+  A faiss IVF index over those vectors finds the `candidates` pages of largest summed bound among its `nprobe`
+  lists; the exact rule ranks them (its softmax over the shortlist). The vectors are the summaries, so nothing
+  is held twice. Its recall against `SummaryIndex` is measured by bench/summary_search.py.
+- `IndexCache`: the indexes built for one state of a store (by kind and nlist), and the last index built, whose
+  rows of unchanged documents the next one takes instead of reading them again (collection.document_rows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import RetroLMError
+from .index import IVFInnerProductIndex, check_index_options, make_index
+from .scorer import page_scores
+
+# pages the IVF stage hands to the exact rule per question, by default: at 16K pages, 1,024 of them hold all of the
+# exact search's best 15 for most questions (bench/results/collection/summary_search.md)
+DEFAULT_SUMMARY_CANDIDATES = 1024
+
+
+class StoreIndex:
+    """The bookmark keys of every page of a store in one inner-product index, rows mapped to (document, page).
+
+    blocks: doc id -> its bookmark keys [pages, heads, dim] or [pages, heads * dim], in store order, at least one
+    (collection.document_rows). kind: "exact" or "ivf" (index.make_index; nlist and nprobe apply to "ivf", which
+    raises on a GPU). The IVF index is trained on all the keys, added at once."""
+
+    def __init__(self, blocks: dict[str, torch.Tensor], use_gpu: bool | None = None, kind: str = "exact",
+                 nlist: int | None = None, nprobe: int | None = None):
+        check_index_options(kind, nlist, nprobe, use_gpu)
+        self.rows = rows_of({doc_id: keys.shape[0] for doc_id, keys in blocks.items()})
+        self.spans = spans_of(self.rows)
+        dim = next(iter(blocks.values()))[0].numel()
+        self.kind = kind
+        self.index = make_index(dim, kind, use_gpu=use_gpu, nlist=nlist, nprobe=nprobe)
+        on = self.index.device if self.index.on_gpu else "cpu"  # kept rows stay where they are, read ones move once
+        self.index.add(torch.cat([keys.flatten(1).to(on, torch.float32) for keys in blocks.values()]))
+
+    def block(self, doc_id: str) -> torch.Tensor:
+        """One document's bookmark keys [pages, heads * dim] as indexed."""
+        return self.index.vectors(*self.spans[doc_id])
+
+    def search(self, query: torch.Tensor, k: int, nprobe: int | None = None) -> list[tuple[str, int, float]]:
+        """The k best (document, page, score) for a retriever query [heads, dim], best first. nprobe (the "ivf"
+        kind only; default the index's) lists are searched; an approximate search may find fewer than k pages."""
+        k = min(k, len(self.rows))
+        if nprobe is None:
+            scores, ids = self.index.search(query.flatten()[None], k)
+        else:
+            check_index_options(self.kind, nprobe=nprobe, use_gpu=self.index.on_gpu)
+            scores, ids = self.index.search(query.flatten()[None], k, nprobe=nprobe)
+        return [(*self.rows[i], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+
+class SummaryIndex:
+    """The training-free scorer's page summaries of every page of a store, searched exactly with that scorer's rule
+    (module docstring)."""
+
+    kind = "exact"
+
+    def __init__(self, rows: list[tuple[str, int]], center: list[torch.Tensor], radius: list[torch.Tensor]):
+        """rows: (document, page) of each summary row, each document's rows together; center, radius: per layer
+        [rows, kv_heads, dim]."""
+        self.rows, self.center, self.radius = rows, center, radius
+        self.spans = spans_of(rows)
+
+    @classmethod
+    def from_blocks(cls, blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+                    device: torch.device) -> "SummaryIndex":
+        """blocks: doc id -> its per-layer (centre, radius) [pages, kv_heads, dim], in store order, at least one
+        (collection.document_rows)."""
+        rows = rows_of({doc_id: summaries[0][0].shape[0] for doc_id, summaries in blocks.items()})
+        per_doc = list(blocks.values())
+        layers = range(len(per_doc[0]))
+        return cls(rows, [torch.cat([doc[i][0].to(device) for doc in per_doc]) for i in layers],
+                   [torch.cat([doc[i][1].to(device) for doc in per_doc]) for i in layers])
+
+    def block(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One document's per-layer (centre, radius) [pages, kv_heads, dim] as indexed."""
+        start, end = self.spans[doc_id]
+        return [(center[start:end], radius[start:end]) for center, radius in zip(self.center, self.radius)]
+
+    def search(self, queries: list[torch.Tensor], k: int, scaling: float) -> list[tuple[str, int, float]]:
+        """The k best (document, page, score) for per-layer RoPE-free queries [tokens, heads, dim], best first: a
+        page's score is its estimated attention share summed over the layers."""
+        n = len(self.rows)
+        every = torch.ones(1, n, dtype=torch.bool, device=self.center[0].device)
+        total = torch.zeros(n, device=every.device)
+        for layer, rows in enumerate(queries):
+            valid = torch.ones(1, rows.shape[0], dtype=torch.bool, device=every.device)
+            total += page_scores(rows[None].to(every.device), valid, self.center[layer], self.radius[layer],
+                                 ~every, every, scaling)[0]
+        scores, ids = total.topk(min(k, n))
+        return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids.tolist())]
+
+
+class SummaryIVFIndex:
+    """The training-free scorer's page summaries in a faiss IVF index (CPU only): a shortlist of `candidates` pages
+    by summed bound, ranked by the exact rule (module docstring). nlist, nprobe: as IVFInnerProductIndex's
+    (nprobe >= nlist shortlists by exact summed bound); candidates >= the store's pages ranks every page exactly,
+    as SummaryIndex does."""
+
+    kind = "ivf"
+
+    def __init__(self, blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], nlist: int | None = None,
+                 nprobe: int | None = None, candidates: int = DEFAULT_SUMMARY_CANDIDATES):
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise RetroLMError(f"the summary index's candidates must be an integer >= 1; got {candidates!r}.")
+        self.rows = rows_of({doc_id: summaries[0][0].shape[0] for doc_id, summaries in blocks.items()})
+        self.spans = spans_of(self.rows)
+        first = next(iter(blocks.values()))
+        self.layers, (_, self.kv_heads, self.dim) = len(first), first[0][0].shape
+        self.candidates = candidates
+        self.index = IVFInnerProductIndex(self.layers * self.kv_heads * 2 * self.dim, nlist=nlist, nprobe=nprobe,
+                                          use_gpu=False)
+        self.index.add(torch.cat([flat_summaries(summaries) for summaries in blocks.values()]))
+
+    def block(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One document's per-layer (centre, radius) [pages, kv_heads, dim] as indexed."""
+        return self._unflattened(self.index.vectors(*self.spans[doc_id]))
+
+    def search(self, queries: list[torch.Tensor], k: int, scaling: float,
+               nprobe: int | None = None) -> list[tuple[str, int, float]]:
+        """The k best (document, page, score) among the shortlist for per-layer RoPE-free queries [tokens, heads,
+        dim], best first; nprobe: lists searched (default the index's). Fewer than k when the probed lists hold
+        fewer pages."""
+        shortlist = max(k, min(self.candidates, len(self.rows)))
+        _, ids = self.index.search(summed_bound_query(queries, self.kv_heads, scaling)[None], shortlist,
+                                   nprobe=nprobe)
+        ids = torch.from_numpy(ids[0][ids[0] >= 0]).sort().values  # store order: each document's rows together
+        if not ids.numel():
+            return []
+        summaries = self._unflattened(self.index.take(ids))
+        exact = SummaryIndex([self.rows[i] for i in ids.tolist()], [c for c, _ in summaries],
+                             [r for _, r in summaries])
+        return exact.search(queries, k, scaling)
+
+    def _unflattened(self, vectors: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (centre, radius) [n, kv_heads, dim] of flattened summaries [n, layers * kv_heads * 2 * dim]."""
+        parts = vectors.view(-1, self.layers, self.kv_heads, 2, self.dim)
+        return [(parts[:, layer, :, 0], parts[:, layer, :, 1]) for layer in range(self.layers)]
+
+
+def flat_summaries(summaries: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per-layer (centre, radius) [n, kv_heads, dim] as one float32 vector per page [n, layers * kv_heads * 2 * dim],
+    laid out (layer, kv head, centre or radius, channel)."""
+    return torch.stack([torch.stack([c, r], dim=2) for c, r in summaries], dim=1).flatten(1).float()
+
+
+def summed_bound_query(queries: list[torch.Tensor], kv_heads: int, scaling: float) -> torch.Tensor:
+    """The vector whose inner product with a page's `flat_summaries` row is the page's bound summed over every query
+    row (token and query head, each against its KV head), layer and head, times `scaling`: per (layer, KV head) the
+    rows' summed q beside their summed |q|. queries: per layer [tokens, heads, dim]."""
+    parts = []
+    for rows in queries:
+        grouped = rows.float().reshape(rows.shape[0], kv_heads, -1, rows.shape[-1])  # HF's repeat_kv order
+        parts.append(torch.stack([grouped.sum(dim=(0, 2)), grouped.abs().sum(dim=(0, 2))], dim=1))  # [kvh, 2, D]
+    return torch.stack(parts).flatten().cpu() * scaling
+
+
+@dataclass
+class IndexCache:
+    """A store's indexes: those built for its current documents (`files`: doc id -> shard), by (kind, nlist), and the
+    last index built for any state with the files it was built for (collection.document_rows reads it)."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    built: dict[tuple, object] = field(default_factory=dict)
+    last_files: dict[str, str] = field(default_factory=dict)
+    last: object | None = None
+
+    def get(self, files: dict[str, str], key: tuple):
+        """The index built under `key` for the store state `files`, or None (the other states' indexes dropped)."""
+        if files != self.files:
+            self.files, self.built = files, {}
+        return self.built.get(key)
+
+    def put(self, files: dict[str, str], key: tuple, index) -> None:
+        self.built[key] = index
+        self.last_files, self.last = files, index
+
+
+def rows_of(pages: dict[str, int]) -> list[tuple[str, int]]:
+    """(document, page) of each index row, for documents' page counts in index order."""
+    return [(doc_id, page) for doc_id, count in pages.items() for page in range(count)]
+
+
+def spans_of(rows: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
+    """Each document's index rows (start, end): its rows must lie together."""
+    spans: dict[str, tuple[int, int]] = {}
+    for i, (doc_id, _) in enumerate(rows):
+        start, end = spans.get(doc_id, (i, i))
+        if end != i:
+            raise RetroLMError(f"an index holds each document's rows together; {doc_id!r} is split at row {i}.")
+        spans[doc_id] = (start, i + 1)
+    return spans
