@@ -98,9 +98,10 @@ class ChunkRag:
                 "encoded_tokens": len(context) + len(tail) + new}
 
 
-def ask_store(model, store, doc_id: str, fact, offset: int, new: int) -> dict:
+def ask_store(model, store, doc_id: str, fact, offset: int, new: int, index: str = "exact") -> dict:
     started = time.perf_counter()
-    result = model.answer(question(fact), store, max_new_tokens=new, template=answer_template(fact), do_sample=False)
+    result = model.answer(question(fact), store, max_new_tokens=new, template=answer_template(fact), index=index,
+                          do_sample=False)
     seconds = time.perf_counter() - started
     attended = {(d, p) for d, p, _ in result.pages}
     tail = len(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
@@ -112,21 +113,22 @@ def ask_store(model, store, doc_id: str, fact, offset: int, new: int) -> dict:
 
 
 def needle_rank(model, store, needle: set, fact) -> int:
-    """The rank (1 = best) of the best of the needle's pages among every stored page, by the store's search for the
-    question (answer's first step, before neighbours join): how far a miss was from the page budget."""
+    """The rank (1 = best) of the best of the needle's pages among every stored page, by the store's exact search
+    for the question (answer's first step, before neighbours join): how far a miss was from the page budget."""
     index, _ = store_index(store)
     prompt = torch.tensor(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
     ranked = search_pages(model, index, prompt, len(index.rows))
     return 1 + next(i for i, (doc_id, page, _) in enumerate(ranked) if (doc_id, page) in needle)
 
 
-def ask_store_one(model, store, doc_id: str, text: str, fact_free: str, fact, offset: int, new: int) -> dict:
+def ask_store_one(model, store, doc_id: str, text: str, fact_free: str, fact, offset: int, new: int,
+                  index: str = "exact") -> dict:
     """`--facts one`: the asked document added with its fact (encoded now), asked, then its fact-free version put
     back (that shard is kept, so nothing is encoded again); the add counts in the time and tokens."""
     started = time.perf_counter()
     store.add({doc_id: text}, progress=False)
     added = time.perf_counter() - started
-    row = ask_store(model, store, doc_id, fact, offset, new)
+    row = ask_store(model, store, doc_id, fact, offset, new, index)
     store.add({doc_id: fact_free}, progress=False)
     row["seconds"] += added
     row["encoded_tokens"] += len(ids_of(model, text))
@@ -180,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", default="essay", choices=TEXTS,
                         help="documents of essay filler (the default model's kind) or of Python's language "
                              "reference (held out of its training); result files of the latter end in _reference")
+    parser.add_argument("--index", default="exact", choices=("exact", "ivf"),
+                        help="the store's page search (RetroLM.answer's index; ivf: CPU only); result files of ivf end "
+                             "in _ivf")
+    parser.add_argument("--store", default=None,
+                        help="the store's directory, kept and reused by a later run of the same collection, scorer "
+                             "and --facts (default: a temporary one, removed after)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "collection"))
@@ -214,16 +222,17 @@ def main(argv: list[str] | None = None) -> None:
         return {**fact_free, doc_id: docs[doc_id]} if one else docs
 
     if "store" in args.methods:
-        path = tempfile.mkdtemp(prefix="retrolm-store-")
+        path = args.store or tempfile.mkdtemp(prefix="retrolm-store-")
         try:
             store = PageStore.open(path, model, create=True)
             started = time.perf_counter()
             store.add(fact_free)
             setup["store_build_s"] = round(time.perf_counter() - started, 1)
-            record("store", [ask_store_one(model, store, d, docs[d], fact_free[d], *facts[d], new) if one else
-                             ask_store(model, store, d, *facts[d], new) for d in asked])
+            record("store", [ask_store_one(model, store, d, docs[d], fact_free[d], *facts[d], new, args.index)
+                             if one else ask_store(model, store, d, *facts[d], new, args.index) for d in asked])
         finally:
-            shutil.rmtree(path, ignore_errors=True)
+            if args.store is None:
+                shutil.rmtree(path, ignore_errors=True)
     if "rag" in args.methods:
         rag, results = None, []
         for d in asked:
@@ -245,7 +254,7 @@ def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int
     summary = [{"method": m, **summarise(r)} for m, r in rows.items()]
     name = (f"collection_qa_{args.docs}" + ("_one" if args.facts == "one" else "")
             + ("" if args.scorer == "trained" else f"_{args.scorer}")
-            + ("" if args.text == "essay" else f"_{args.text}"))
+            + ("" if args.text == "essay" else f"_{args.text}") + ("" if args.index == "exact" else "_ivf"))
     write_json(os.path.join(args.out, f"{name}.json"),
                {"args": vars(args), "setup": setup, "summary": summary, "questions": rows,
                 "environment": environment(), "threads": torch.get_num_threads()})
@@ -253,7 +262,8 @@ def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int
     write_text(os.path.join(args.out, f"{name}.md"),
                f"# {questions} questions over {args.docs} documents of {args.text} text "
                f"({setup['collection_tokens']} tokens), "
-               f"{args.model or 'default model'}, {args.scorer} scorer, {args.device}\n\n{table}\n\n"
+               f"{args.model or 'default model'}, {args.scorer} scorer, {args.index} store index, {args.device}\n\n"
+               f"{table}\n\n"
                f"Setup (once per collection): {setup}. Each question asks for one document's value "
                + ("(only that document holds a fact; the store adds it per question, counted in its time and "
                   "tokens)" if args.facts == "one" else "among facts of the same shape in every document")

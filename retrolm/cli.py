@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                           "exact: bench/index_recall.py, and for a store of the training-free scorer, a shortlist "
                           "ranked by its rule, bench/summary_search.py)")
     ask.add_argument("--nprobe", type=_positive_int, default=None,
-                     help=f"with --index ivf: lists searched per question (default {DEFAULT_NPROBE}; more is slower "
-                          "and closer to exact)")
+                     help=f"with --index ivf: lists searched per question (default {DEFAULT_NPROBE}, half the lists "
+                          "for a store of the training-free scorer; more is slower and closer to exact)")
     ask.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ask.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES))
     ask.add_argument("--scorer", default=None, choices=SCORERS, help=SCORER_HELP + " (the store's, as built)")

@@ -160,9 +160,9 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     "Answer:" (QUESTION_TEMPLATE). A start of the answer in the words of the question helps a small model (the
     default model answers RULER's needles after RULER's own "The special magic number for X mentioned in the
     provided text is"). index: "exact" (exact search) or "ivf" (approximate, CPU only: raises for a model on a
-    GPU), `nprobe` lists searched per question (default index.DEFAULT_NPROBE; "ivf" only). Under the training-free
+    GPU), `nprobe` lists searched per question ("ivf" only; default index.DEFAULT_NPROBE). Under the training-free
     scorer, "ivf" shortlists pages by summed bound and ranks the shortlist by that scorer's rule (module
-    docstring, step 2)."""
+    docstring, step 2), and nprobe defaults to half the lists (store_search.DEFAULT_SUMMARY_PROBED_SHARE)."""
     template = text_after_context(model.tokenizer) if template is None else template
     if "{question}" not in template:
         raise RetroLMError(f"the answer template must hold {{question}} where the question goes; got {template!r}.")

@@ -87,10 +87,13 @@ def query_windows(plan, queries: torch.Tensor, window: int, recent: torch.Tensor
 
 
 def page_scores(rows: torch.Tensor, valid: torch.Tensor, center: torch.Tensor, radius: torch.Tensor,
-                always: torch.Tensor, candidates: torch.Tensor, scaling: float) -> torch.Tensor:
+                always: torch.Tensor, candidates: torch.Tensor, scaling: float,
+                log_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Estimated attention share [G, N] each candidate page gets from the query rows [G, W, H, D].
 
-    center, radius: [N, kv_heads, D]; always, candidates: [G, N] masks (`retriever.eligible_pages`).
+    center, radius: [N, kv_heads, D]; always, candidates: [G, N] masks (`retriever.eligible_pages`). log_weight:
+    [N] or None, the log of how many pages each row stands for in the softmax (a sample standing for the pages
+    left out of a shortlist, store_search.SummaryIVFIndex).
     """
     groups, width, heads, dim = rows.shape
     kv_heads, n = center.shape[1], center.shape[0]
@@ -98,7 +101,8 @@ def page_scores(rows: torch.Tensor, valid: torch.Tensor, center: torch.Tensor, r
     q = rows.float().reshape(groups, width, kv_heads, per_kv, dim).permute(2, 0, 1, 3, 4)
     q = q.reshape(kv_heads, groups * width * per_kv, dim)  # [kvh, rows, D]
     bound = q @ center.float().permute(1, 2, 0) + q.abs() @ radius.float().permute(1, 2, 0)  # [kvh, rows, N]
-    bound = (bound * scaling).view(kv_heads, groups, width, per_kv, n)
+    bound = bound * scaling if log_weight is None else bound * scaling + log_weight.float()
+    bound = bound.view(kv_heads, groups, width, per_kv, n)
     reachable = (always | candidates)[None, :, None, None, :]
     share = bound.masked_fill(~reachable, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
     share = share * valid[None, :, :, None, None]

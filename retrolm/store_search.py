@@ -10,13 +10,17 @@ cache that keeps them per store state.
   is q.c + |q|.r, linear in [q, |q|]: summed over the question's query rows, layers and heads it is one inner
   product, of the page's summaries flattened into one vector with the question's summed [q, |q|] per (layer, head).
   A faiss IVF index over those vectors finds the `candidates` pages of largest summed bound among its `nprobe`
-  lists; the exact rule ranks them (its softmax over the shortlist). The vectors are the summaries, so nothing
-  is held twice. Its recall against `SummaryIndex` is measured by bench/summary_search.py.
+  lists, and the exact rule ranks them. In its softmax the pages left out are stood for by a uniform sample of
+  `sample` of them, each weighted by how many it stands for (an unbiased estimate of the full softmax's
+  denominator: a softmax over the shortlist alone overrates the pages of query rows whose attention is spread).
+  The vectors are the summaries, so nothing is held twice. Its recall against `SummaryIndex` is measured by
+  bench/summary_search.py.
 - `IndexCache`: the indexes built for one state of a store (by kind and nlist), and the last index built, whose
   rows of unchanged documents the next one takes instead of reading them again (collection.document_rows).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,9 +29,13 @@ from .errors import RetroLMError
 from .index import IVFInnerProductIndex, check_index_options, make_index
 from .scorer import page_scores
 
-# pages the IVF stage hands to the exact rule per question, by default: at 16K pages, 1,024 of them hold all of the
-# exact search's best 15 for most questions (bench/results/collection/summary_search.md)
+# Defaults of the training-free store's IVF search (bench/results/collection/summary_search.md, 14,880 pages): the
+# share of lists probed, the pages handed to the exact rule, and the pages sampled from the rest to stand for them in
+# its softmax. Summed bound is a coarse criterion, so it needs far more lists probed than bookmark keys do
+# (index.DEFAULT_NPROBE): 16 of 488 lists held 28% of the exact search's pages, half of them 80%.
+DEFAULT_SUMMARY_PROBED_SHARE = 0.5
 DEFAULT_SUMMARY_CANDIDATES = 1024
+DEFAULT_DENOMINATOR_SAMPLE = 1024
 
 
 class StoreIndex:
@@ -95,29 +103,45 @@ class SummaryIndex:
     def search(self, queries: list[torch.Tensor], k: int, scaling: float) -> list[tuple[str, int, float]]:
         """The k best (document, page, score) for per-layer RoPE-free queries [tokens, heads, dim], best first: a
         page's score is its estimated attention share summed over the layers."""
-        n = len(self.rows)
-        every = torch.ones(1, n, dtype=torch.bool, device=self.center[0].device)
-        total = torch.zeros(n, device=every.device)
-        for layer, rows in enumerate(queries):
-            valid = torch.ones(1, rows.shape[0], dtype=torch.bool, device=every.device)
-            total += page_scores(rows[None].to(every.device), valid, self.center[layer], self.radius[layer],
-                                 ~every, every, scaling)[0]
-        scores, ids = total.topk(min(k, n))
+        total = summed_shares(queries, self.center, self.radius, scaling)
+        scores, ids = total.topk(min(k, len(self.rows)))
         return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids.tolist())]
+
+
+def summed_shares(queries: list[torch.Tensor], center: list[torch.Tensor], radius: list[torch.Tensor],
+                  scaling: float, scored: int | None = None, log_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Each page's estimated attention share summed over the layers [scored]: per layer, every query row [tokens,
+    heads, dim] spreads a softmax over all N summarised pages (center, radius [N, kv_heads, dim]). scored: only the
+    first `scored` pages get a score (default all); the others take part in the softmax alone. log_weight [N]: see
+    scorer.page_scores."""
+    n = center[0].shape[0]
+    scored = n if scored is None else scored
+    device = center[0].device
+    candidates = (torch.arange(n, device=device) < scored)[None]
+    total = torch.zeros(n, device=device)
+    for layer, rows in enumerate(queries):
+        valid = torch.ones(1, rows.shape[0], dtype=torch.bool, device=device)
+        total += page_scores(rows[None].to(device), valid, center[layer], radius[layer], ~candidates, candidates,
+                             scaling, log_weight)[0]
+    return total[:scored]
 
 
 class SummaryIVFIndex:
     """The training-free scorer's page summaries in a faiss IVF index (CPU only): a shortlist of `candidates` pages
-    by summed bound, ranked by the exact rule (module docstring). nlist, nprobe: as IVFInnerProductIndex's
-    (nprobe >= nlist shortlists by exact summed bound); candidates >= the store's pages ranks every page exactly,
-    as SummaryIndex does."""
+    by summed bound, ranked by the exact rule with `sample` pages standing for the rest (module docstring). nlist,
+    nprobe: as IVFInnerProductIndex's, but nprobe defaults to DEFAULT_SUMMARY_PROBED_SHARE of the lists (nprobe >=
+    nlist shortlists by exact summed bound); candidates >= the store's pages ranks every page as SummaryIndex does,
+    and so does a sample of every page left out."""
 
     kind = "ivf"
 
     def __init__(self, blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], nlist: int | None = None,
-                 nprobe: int | None = None, candidates: int = DEFAULT_SUMMARY_CANDIDATES):
-        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-            raise RetroLMError(f"the summary index's candidates must be an integer >= 1; got {candidates!r}.")
+                 nprobe: int | None = None, candidates: int = DEFAULT_SUMMARY_CANDIDATES,
+                 sample: int = DEFAULT_DENOMINATOR_SAMPLE):
+        for name, value, least in (("candidates", candidates, 1), ("sample", sample, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise RetroLMError(f"the summary index's {name} must be an integer >= {least}; got {value!r}.")
+        self.sample = sample
         self.rows = rows_of({doc_id: summaries[0][0].shape[0] for doc_id, summaries in blocks.items()})
         self.spans = spans_of(self.rows)
         first = next(iter(blocks.values()))
@@ -126,6 +150,8 @@ class SummaryIVFIndex:
         self.index = IVFInnerProductIndex(self.layers * self.kv_heads * 2 * self.dim, nlist=nlist, nprobe=nprobe,
                                           use_gpu=False)
         self.index.add(torch.cat([flat_summaries(summaries) for summaries in blocks.values()]))
+        if nprobe is None:
+            self.index.nprobe = math.ceil(self.index.nlist * DEFAULT_SUMMARY_PROBED_SHARE)
 
     def block(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One document's per-layer (centre, radius) [pages, kv_heads, dim] as indexed."""
@@ -139,13 +165,22 @@ class SummaryIVFIndex:
         shortlist = max(k, min(self.candidates, len(self.rows)))
         _, ids = self.index.search(summed_bound_query(queries, self.kv_heads, scaling)[None], shortlist,
                                    nprobe=nprobe)
-        ids = torch.from_numpy(ids[0][ids[0] >= 0]).sort().values  # store order: each document's rows together
+        ids = torch.from_numpy(ids[0][ids[0] >= 0])
         if not ids.numel():
             return []
-        summaries = self._unflattened(self.index.take(ids))
-        exact = SummaryIndex([self.rows[i] for i in ids.tolist()], [c for c, _ in summaries],
-                             [r for _, r in summaries])
-        return exact.search(queries, k, scaling)
+        left_out = torch.ones(len(self.rows), dtype=torch.bool)
+        left_out[ids] = False
+        left_out = left_out.nonzero()[:, 0]  # [N - m]
+        generator = torch.Generator().manual_seed(0)  # the same question gets the same pages
+        sample = left_out[torch.randperm(left_out.numel(), generator=generator)[: self.sample]]
+        log_weight = torch.zeros(ids.numel() + sample.numel())
+        if sample.numel():
+            log_weight[ids.numel():] = math.log(left_out.numel() / sample.numel())
+        summaries = self._unflattened(self.index.take(torch.cat([ids, sample])))
+        total = summed_shares(queries, [c for c, _ in summaries], [r for _, r in summaries], scaling,
+                              scored=ids.numel(), log_weight=log_weight)
+        scores, best = total.topk(min(k, ids.numel()))
+        return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids[best].tolist())]
 
     def _unflattened(self, vectors: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (centre, radius) [n, kv_heads, dim] of flattened summaries [n, layers * kv_heads * 2 * dim]."""

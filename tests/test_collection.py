@@ -15,6 +15,7 @@ from retrolm.filler import ESSAY_SHAPES
 from retrolm.model import RetroLM
 from retrolm.page_store import PageStore
 from retrolm.prompt import build_prompt_ids, text_after_context
+from retrolm.scorer import page_scores
 from retrolm.store_search import SummaryIndex, SummaryIVFIndex, flat_summaries, summed_bound_query
 
 
@@ -311,6 +312,7 @@ def test_training_free_ivf_index_probing_every_list_attends_the_exact_pages(tmp_
     ivf, _ = store_index(store, "ivf")
     assert isinstance(ivf, SummaryIVFIndex) and len(ivf.index) == len(ivf.rows) == \
         sum(entry["pages"] for entry in store.documents().values())
+    assert ivf.index.nprobe == -(-ivf.index.nlist // 2), "half the lists by default"
     ivf.candidates = len(ivf.rows)
     question = "What is the special magic number for quiet-orchard mentioned in the provided text?"
     exact = free_model.answer(question, store, max_new_tokens=4)
@@ -358,7 +360,7 @@ def test_ivf_shortlist_is_ranked_by_the_exact_rule_over_its_pages():
     every = dict(nprobe=8)
     ivf = SummaryIVFIndex(blocks, nlist=8, candidates=pages)
     _assert_same_ranking(ivf.search(queries, 10, 0.3, **every), exact.search(queries, 10, 0.3))
-    ivf.candidates = 12
+    ivf.candidates, ivf.sample = 12, 0
     coarse = flat_summaries([(torch.cat([b[i][0] for b in blocks.values()]),
                               torch.cat([b[i][1] for b in blocks.values()])) for i in range(layers)])
     shortlist = sorted((coarse @ summed_bound_query(queries, kv_heads, 0.3)).topk(12).indices.tolist())
@@ -367,6 +369,31 @@ def test_ivf_shortlist_is_ranked_by_the_exact_rule_over_its_pages():
     _assert_same_ranking(ivf.search(queries, 5, 0.3, **every), over_shortlist.search(queries, 5, 0.3))
     for doc_id, block in blocks.items():
         assert all(torch.equal(a, b) for a, b in zip(_flat(ivf.block(doc_id)), _flat(block)))
+    ivf.sample = pages  # every page left out stands for itself: the shortlist's pages get their exact shares
+    in_shortlist = {exact.rows[i] for i in shortlist}
+    _assert_same_ranking(ivf.search(queries, 5, 0.3, **every),
+                         [row for row in exact.search(queries, pages, 0.3) if row[:2] in in_shortlist][:5])
+    ivf.sample = 20  # a sample stands for the 48 left out: the shortlist's shares move towards the exact ones
+    sampled = {(d, p): s for d, p, s in ivf.search(queries, 12, 0.3, **every)}
+    alone = {(d, p): s for d, p, s in over_shortlist.search(queries, 12, 0.3)}
+    full = {(d, p): s for d, p, s in exact.search(queries, pages, 0.3)}
+    error = lambda found: sum(abs(found[row] - full[row]) for row in in_shortlist)  # noqa: E731
+    assert error(sampled) < error(alone)
+
+
+def test_a_page_weight_counts_as_that_many_copies_in_the_softmax():
+    """scorer.page_scores' log_weight: a page of weight w takes the share w copies of it would take together, and
+    leaves the other pages theirs."""
+    gen = torch.Generator().manual_seed(3)
+    center, radius = torch.randn(5, 2, 8, generator=gen), torch.rand(5, 2, 8, generator=gen)
+    rows, valid = torch.randn(1, 3, 4, 8, generator=gen), torch.ones(1, 3, dtype=torch.bool)
+    copies = torch.tensor([1, 3, 1, 2, 1])
+    scored = torch.tensor([[True, False, True, True, False]])
+    weighted = page_scores(rows, valid, center, radius, ~scored, scored, 0.4, copies.float().log())
+    repeated = page_scores(rows, valid, center.repeat_interleave(copies, 0), radius.repeat_interleave(copies, 0),
+                           ~scored.repeat_interleave(copies, 1), scored.repeat_interleave(copies, 1), 0.4)
+    expected = torch.zeros(1, 5).index_add_(1, torch.arange(5).repeat_interleave(copies), repeated)
+    torch.testing.assert_close(weighted, expected)
 
 
 def _reference_summary_scores(queries, center, radius, scaling):

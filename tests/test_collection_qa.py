@@ -1,6 +1,7 @@
 """bench/collection_qa.py: `--facts one` takes each distractor's fact out whole, and a small run writes every
 method's row with the store's per-question document counted in its cost."""
 import json
+import os
 
 import pytest
 
@@ -53,3 +54,17 @@ def test_reference_text_run_names_its_files(tmp_path):
     result = json.loads((tmp_path / "collection_qa_2_one_reference.json").read_text())
     assert result["args"]["text"] == "reference" and len(result["questions"]["store"]) == 1
     assert "documents of reference text" in (tmp_path / "collection_qa_2_one_reference.md").read_text()
+
+
+def test_a_kept_store_is_reused_and_the_ivf_index_names_its_files(tmp_path):
+    """`--store` keeps the store for a later run (its shards reused: nothing encoded again), and `--index ivf` answers
+    through the approximate index of the training-free store, its files ending in _ivf."""
+    run = ["--docs", "3", "--questions", "2", "--doc-tokens", "300", "--facts", "one", "--methods", "store",
+           "--scorer", "attention", "--store", str(tmp_path / "store"), "--out", str(tmp_path)]
+    main(run)
+    shards = sorted(os.listdir(tmp_path / "store" / "pages"))
+    main(run + ["--index", "ivf"])
+    assert sorted(os.listdir(tmp_path / "store" / "pages")) == shards
+    result = json.loads((tmp_path / "collection_qa_3_one_attention_ivf.json").read_text())
+    assert result["args"]["index"] == "ivf" and len(result["questions"]["store"]) == 2
+    assert "ivf store index" in (tmp_path / "collection_qa_3_one_attention_ivf.md").read_text()
