@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.collection_store import TEXTS, answer_template, collection, needle_pages, question  # noqa: E402
-from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from bench.common import write_result_files  # noqa: E402
 from eval.methods import LLM_EMBEDDER, MethodOptions, best_chunks, join_chunks, make_embedder  # noqa: E402
 from retrolm.collection import search_pages, store_index  # noqa: E402
 from retrolm.index import InnerProductIndex  # noqa: E402
@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", default="essay", choices=TEXTS,
                         help="documents of essay filler (the default model's kind) or of Python's language "
                              "reference (held out of its training); result files of the latter end in _reference")
+    parser.add_argument("--neighbor-direction", default=None, choices=("next", "previous", "both"),
+                        help="RetroLMConfig.neighbor_direction for store and concat (default: the model's); result "
+                             "files of another end in _<direction>")
     parser.add_argument("--index", default="exact", choices=("exact", "ivf"),
                         help="the store's page search (RetroLM.answer's index; ivf: CPU only); result files of ivf end "
                              "in _ivf")
@@ -199,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         plot(args.plot, os.path.join(args.out, args.plot_name))
         return
-    model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer)
+    overrides = {} if args.neighbor_direction is None else {"neighbor_direction": args.neighbor_direction}
+    model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer, **overrides)
     docs, facts = collection(args.docs, args.doc_tokens, args.seed, args.text)
     asked = random.Random(args.seed + 1).sample(sorted(docs), min(args.questions, len(docs)))
     new = max(len(facts[d][0].value) for d in asked) + 2
@@ -254,22 +258,18 @@ def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int
     summary = [{"method": m, **summarise(r)} for m, r in rows.items()]
     name = (f"collection_qa_{args.docs}" + ("_one" if args.facts == "one" else "")
             + ("" if args.scorer == "trained" else f"_{args.scorer}")
-            + ("" if args.text == "essay" else f"_{args.text}") + ("" if args.index == "exact" else "_ivf"))
-    write_json(os.path.join(args.out, f"{name}.json"),
-               {"args": vars(args), "setup": setup, "summary": summary, "questions": rows,
-                "environment": environment(), "threads": torch.get_num_threads()})
-    table = markdown_table(summary, list(summary[0]))
-    write_text(os.path.join(args.out, f"{name}.md"),
-               f"# {questions} questions over {args.docs} documents of {args.text} text "
-               f"({setup['collection_tokens']} tokens), "
-               f"{args.model or 'default model'}, {args.scorer} scorer, {args.index} store index, {args.device}\n\n"
-               f"{table}\n\n"
-               f"Setup (once per collection): {setup}. Each question asks for one document's value "
-               + ("(only that document holds a fact; the store adds it per question, counted in its time and "
-                  "tokens)" if args.facts == "one" else "among facts of the same shape in every document")
-               + "; recall: the needle's pages (store) or chunks (rag) are among "
-               "those attended. Encoded tokens: what the model runs per question (the store reuses the pages' KV; "
-               "concat re-encodes the whole collection).\n")
+            + ("" if args.text == "essay" else f"_{args.text}") + ("" if args.index == "exact" else "_ivf")
+            + ("" if args.neighbor_direction is None else f"_{args.neighbor_direction}"))
+    table = write_result_files(
+        args.out, name, {"args": vars(args), "setup": setup, "questions": rows}, summary,
+        f"{questions} questions over {args.docs} documents of {args.text} text ({setup['collection_tokens']} tokens), "
+        f"{args.model or 'default model'}, {args.scorer} scorer, {args.index} store index, neighbour pages "
+        f"{args.neighbor_direction or 'as the model sets them'}, {args.device}",
+        f"Setup (once per collection): {setup}. Each question asks for one document's value "
+        + ("(only that document holds a fact; the store adds it per question, counted in its time and tokens)"
+           if args.facts == "one" else "among facts of the same shape in every document")
+        + "; recall: the needle's pages (store) or chunks (rag) are among those attended. Encoded tokens: what the "
+        "model runs per question (the store reuses the pages' KV; concat re-encodes the whole collection).")
     print(table, flush=True)
 
 

@@ -92,3 +92,13 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_result_files(out: str, name: str, record: dict, summary: list[dict], heading: str, notes: str) -> str:
+    """<name>.json (`record` with `summary`, the environment and torch's thread count added) and <name>.md (`heading`,
+    the summary as a table, `notes`) under `out`, each written whole (write_json); returns the table."""
+    write_json(os.path.join(out, f"{name}.json"), {**record, "summary": summary, "environment": environment(),
+                                                   "threads": torch.get_num_threads()})
+    table = markdown_table(summary, list(summary[0]))
+    write_text(os.path.join(out, f"{name}.md"), f"# {heading}\n\n{table}\n\n{notes}\n")
+    return table

@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 from bench.collection_qa import ids_of, without_fact  # noqa: E402
 from bench.collection_store import TEXTS, answer_template, collection, needle_pages, question  # noqa: E402
-from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from bench.common import write_result_files  # noqa: E402
 from retrolm.collection import attention_scaling, question_layer_queries, store_index  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.page_store import PageStore  # noqa: E402
@@ -137,17 +137,14 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(path, ignore_errors=True)
     summary = summarise(per_question, configs, setup["budget"])
     name = f"summary_search_{args.docs}" + ("" if args.text == "essay" else f"_{args.text}")
-    write_json(os.path.join(args.out, f"{name}.json"),
-               {"args": vars(args), "setup": setup, "summary": summary, "questions": per_question,
-                "environment": environment(), "threads": torch.get_num_threads()})
-    table = markdown_table(summary, list(summary[0]))
-    write_text(os.path.join(args.out, f"{name}.md"),
-               f"# Training-free store search: exact against IVF shortlists, {len(asked)} questions, {args.docs} "
-               f"documents of {args.text} text, the asked one holding its fact ({setup['pages']} pages), "
-               f"{args.model or 'default model'}, CPU ({torch.get_num_threads()} threads)\n\n{table}\n\n"
-               f"Setup: {setup}. recall: the exact search's best {setup['budget']} pages among those found; "
-               "needle_found: a needle page among them (%); median_coarse_needle_rank: the needle page's rank by "
-               "summed bound over every page, the shortlist's criterion.\n")
+    table = write_result_files(
+        args.out, name, {"args": vars(args), "setup": setup, "questions": per_question}, summary,
+        f"Training-free store search: exact against IVF shortlists, {len(asked)} questions, {args.docs} documents of "
+        f"{args.text} text, the asked one holding its fact ({setup['pages']} pages), {args.model or 'default model'}, "
+        f"CPU ({torch.get_num_threads()} threads)",
+        f"Setup: {setup}. recall: the exact search's best {setup['budget']} pages among those found; needle_found: a "
+        "needle page among them (%); median_coarse_needle_rank: the needle page's rank by summed bound over every "
+        "page, the shortlist's criterion.")
     print(table, flush=True)
 
 

@@ -169,17 +169,25 @@ def test_a_model_that_offloads_its_kv_builds_and_answers_the_same_store(tmp_path
     assert answers[0].pages == answers[1].pages
 
 
-def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, model):
+@pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
+def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, request, scorer):
+    """With every list probed (and for a training-free store a shortlist of every page) the "ivf" index attends the
+    exact search's pages with their scores and answers the same; nprobe is a search parameter of the index built."""
+    model = request.getfixturevalue(SCORER_MODELS[scorer])
     rng = random.Random(2)
     store = PageStore.open(str(tmp_path), model, create=True)
     store.add({f"doc{i}": _essay(rng, 2500) for i in range(4)}, progress=False)
     ivf, _ = store_index(store, "ivf")
-    assert ivf.index.kind == "ivf" and len(ivf.index) == len(ivf.rows) and 1 < ivf.index.nlist < len(ivf.rows)
+    assert ivf.index.kind == "ivf" and 1 < ivf.index.nlist < len(ivf.rows)
+    assert len(ivf.index) == len(ivf.rows) == sum(entry["pages"] for entry in store.documents().values())
+    if scorer == "attention":
+        assert isinstance(ivf, SummaryIVFIndex) and ivf.index.nprobe == -(-ivf.index.nlist // 2), "half the lists"
+        ivf.candidates = len(ivf.rows)
     question = "What is the special magic number for quiet-orchard mentioned in the provided text?"
     exact = model.answer(question, store, max_new_tokens=4)
     approximate = model.answer(question, store, max_new_tokens=4, index="ivf", nprobe=ivf.index.nlist)
     assert [(d, p) for d, p, _ in approximate.pages] == [(d, p) for d, p, _ in exact.pages]
-    assert [s for *_, s in approximate.pages] == pytest.approx([s for *_, s in exact.pages], abs=1e-4)
+    assert [s for *_, s in approximate.pages] == pytest.approx([s for *_, s in exact.pages], rel=1e-4, abs=1e-4)
     assert approximate.text == exact.text and approximate.timings["index_s"] == 0, "the ivf index built above"
     again = model.answer(question, store, max_new_tokens=4, index="ivf", nprobe=1)
     assert again.timings["index_s"] == 0 and len(again.pages) <= len(exact.pages), "nprobe reuses the trained index"
@@ -187,6 +195,17 @@ def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, model):
         model.answer(question, store, index="hnsw")
     with pytest.raises(RetroLMError, match="nprobe only apply to the approximate index"):
         model.answer(question, store, nprobe=4)
+
+
+def test_training_free_store_keeps_summaries_not_bookmark_keys(tmp_path, free_model):
+    store = PageStore.open(str(tmp_path / "free"), free_model, create=True)
+    store.add({"doc0": _essay(random.Random(4), 1000)}, progress=False)
+    with pytest.raises(RetroLMError, match="keeps no bookmark keys"):
+        store.bookmark_keys("doc0")
+    assert store.read_pages("doc0", [0]).bookmark_keys is None
+    for bad in ({"candidates": 0}, {"sample": -1}, {"candidates": 2.5}):
+        with pytest.raises(RetroLMError, match="must be an integer >= "):
+            SummaryIVFIndex({"doc0": store.page_summaries("doc0")}, nlist=2, **bad)
 
 
 @pytest.mark.parametrize("scorer,kind", [("trained", "exact"), ("trained", "ivf"), ("attention", "exact"),
@@ -301,30 +320,6 @@ def test_answer_refuses_what_it_cannot_do(tmp_path, model):
         model.answer("  ", store)
     with pytest.raises(RetroLMError, match="trained scorer, which keeps bookmark keys, not page summaries"):
         store.page_summaries("doc")
-
-
-def test_training_free_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, free_model):
-    """A training-free store's "ivf" index with every list probed and a shortlist of every page ranks as the exact
-    search does, and answers the same; a shorter shortlist holds at most that many pages' rows."""
-    rng = random.Random(4)
-    store = PageStore.open(str(tmp_path / "free"), free_model, create=True)
-    store.add({f"doc{i}": _essay(rng, 2500) for i in range(4)}, progress=False)
-    ivf, _ = store_index(store, "ivf")
-    assert isinstance(ivf, SummaryIVFIndex) and len(ivf.index) == len(ivf.rows) == \
-        sum(entry["pages"] for entry in store.documents().values())
-    assert ivf.index.nprobe == -(-ivf.index.nlist // 2), "half the lists by default"
-    ivf.candidates = len(ivf.rows)
-    question = "What is the special magic number for quiet-orchard mentioned in the provided text?"
-    exact = free_model.answer(question, store, max_new_tokens=4)
-    approximate = free_model.answer(question, store, max_new_tokens=4, index="ivf", nprobe=ivf.index.nlist)
-    assert [(d, p) for d, p, _ in approximate.pages] == [(d, p) for d, p, _ in exact.pages]
-    assert [s for *_, s in approximate.pages] == pytest.approx([s for *_, s in exact.pages], rel=1e-4)
-    assert approximate.text == exact.text and approximate.timings["index_s"] == 0, "the ivf index built above"
-    with pytest.raises(RetroLMError, match="keeps no bookmark keys"):
-        store.bookmark_keys("doc0")
-    assert store.read_pages("doc0", [0]).bookmark_keys is None
-    with pytest.raises(RetroLMError, match="candidates must be an integer >= 1"):
-        SummaryIVFIndex({"doc0": store.page_summaries("doc0")}, nlist=2, candidates=0)
 
 
 @pytest.mark.parametrize("layers,pages,heads,kv_heads,dim,tokens", [
