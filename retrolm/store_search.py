@@ -10,8 +10,8 @@ cache that keeps them per store state.
   is q.c + |q|.r, linear in [q, |q|]: summed over the question's query rows, layers and heads it is one inner
   product, of the page's summaries flattened into one vector with the question's summed [q, |q|] per (layer, head).
   A faiss IVF index over those vectors finds the `candidates` pages of largest summed bound among its `nprobe`
-  lists, and the exact rule ranks them. In its softmax the pages left out are stood for by a uniform sample of
-  `sample` of them, each weighted by how many it stands for (an unbiased estimate of the full softmax's
+  lists, and the exact rule ranks them. In its softmax the pages left out are represented by a uniform sample of
+  `sample` of them, each weighted by how many pages it represents (an unbiased estimate of the full softmax's
   denominator: a softmax over the shortlist alone overrates the pages of query rows whose attention is spread).
   The vectors are the summaries, so nothing is held twice. Its recall against `SummaryIndex` is measured by
   bench/summary_search.py.
