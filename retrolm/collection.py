@@ -109,10 +109,7 @@ def search_pages(model, pages_index, question_ids: torch.Tensor, k: int, nprobe:
     first, by the model's scorer (module docstring, step 2)."""
     if model.config.scorer == "trained":
         return pages_index.search(question_query(model, question_ids), k, nprobe=nprobe)
-    queries = question_layer_queries(model, question_ids)
-    if pages_index.kind == "ivf":
-        return pages_index.search(queries, k, attention_scaling(model), nprobe=nprobe)
-    return pages_index.search(queries, k, attention_scaling(model))
+    return pages_index.search(question_layer_queries(model, question_ids), k, attention_scaling(model), nprobe=nprobe)
 
 
 def with_neighbors(seeds: list[tuple[str, int, float]], offsets: tuple[int, ...], budget: int,

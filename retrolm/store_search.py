@@ -100,9 +100,12 @@ class SummaryIndex:
         start, end = self.spans[doc_id]
         return [(center[start:end], radius[start:end]) for center, radius in zip(self.center, self.radius)]
 
-    def search(self, queries: list[torch.Tensor], k: int, scaling: float) -> list[tuple[str, int, float]]:
+    def search(self, queries: list[torch.Tensor], k: int, scaling: float,
+               nprobe: int | None = None) -> list[tuple[str, int, float]]:
         """The k best (document, page, score) for per-layer RoPE-free queries [tokens, heads, dim], best first: a
-        page's score is its estimated attention share summed over the layers."""
+        page's score is its estimated attention share summed over the layers. nprobe: None (exact search probes
+        nothing; given, it raises as for any exact index)."""
+        check_index_options(self.kind, nprobe=nprobe)
         total = summed_shares(queries, self.center, self.radius, scaling)
         scores, ids = total.topk(min(k, len(self.rows)))
         return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids.tolist())]

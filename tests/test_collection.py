@@ -426,6 +426,8 @@ def test_summary_search_ranks_pages_as_the_reference(layers, pages, heads, kv_he
         assert [(d, p) for d, p, _ in found] == [rows[i] for i in order.tolist()]
     assert sum(score for *_, score in SummaryIndex(rows, center, radius).search(queries, pages, scaling)) == \
         pytest.approx(layers * tokens * heads, rel=1e-4), "each (token, head) of each layer spreads one unit"
+    with pytest.raises(RetroLMError, match="nprobe only apply to the approximate index"):
+        SummaryIndex(rows, center, radius).search(queries, 1, scaling, nprobe=2)
 
 
 def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
