@@ -117,7 +117,7 @@ def needle_rank(model, store, needle: set, fact) -> int:
     for the question (answer's first step, before neighbours join): how far a miss was from the page budget."""
     index, _ = store_index(store)
     prompt = torch.tensor(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
-    ranked = search_pages(model, index, prompt, len(index.rows))
+    ranked = search_pages(model, index, prompt, len(index))
     return 1 + next(i for i, (doc_id, page, _) in enumerate(ranked) if (doc_id, page) in needle)
 
 

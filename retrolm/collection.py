@@ -4,7 +4,9 @@
    store and index kind, after a store change from the last index's rows plus those of the documents added or
    replaced (`document_rows`: an add to 1,000 documents reads one document's keys). Exact by default (faiss on the
    CPU, one matrix product on a GPU), or `index="ivf"`, faiss's approximate IVF index on the CPU, `nprobe` lists
-   searched per question (its recall against exact search: bench/index_recall.py).
+   searched per question (its recall against exact search: bench/index_recall.py). After a store change an IVF
+   index is not trained again while its lists fit the store's size: the documents deleted or replaced are taken
+   out of it and those added or replaced put in (store_search.InPlaceUpdates).
 2. The question prompt (as `retrolm generate` writes it after a context) is the query: the retriever's query of
    its last page-sized window scores every page, with the score used within one input (summed per-head inner
    products, which is the flattened vectors' inner product the index computes).
@@ -33,7 +35,7 @@ from .index import check_index_options
 from .pager import page_windows
 from .page_store import PageStore
 from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
-from .store_search import StoreIndex, SummaryIndex, SummaryIVFIndex
+from .store_search import IndexCache, StoreIndex, SummaryIndex, SummaryIVFIndex
 
 QUESTION_TEMPLATE = QUESTION + PLAIN_ANSWER  # the text after the pages without a chat template
 
@@ -45,6 +47,11 @@ class Answer:
     timings: dict  # seconds: index (0 when reused), retrieve, load, generate
 
 
+def _reader(store: PageStore):
+    """What a store index holds of a document, read from the store: bookmark keys, or page summaries."""
+    return store.bookmark_keys if store.model.config.scorer == "trained" else store.page_summaries
+
+
 def document_rows(store: PageStore) -> dict:
     """doc id -> what the store's index holds of it (bookmark keys under the trained scorer, else page summaries),
     in store order. A document the last index built for this store holds with the same shard is taken from that
@@ -53,7 +60,7 @@ def document_rows(store: PageStore) -> dict:
     is kept beside the index."""
     if not len(store):
         raise RetroLMError(f"page store {store.path} holds no documents; add some with `retrolm index build`.")
-    read = store.bookmark_keys if store.model.config.scorer == "trained" else store.page_summaries
+    read = _reader(store)
     cache = store.index_cache
     return {doc_id: cache.last.block(doc_id) if cache.last_files.get(doc_id) == entry["file"] else read(doc_id)
             for doc_id, entry in store.documents().items()}
@@ -63,13 +70,16 @@ def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None)
     """The store's index of `kind` (and nlist, for "ivf"), built on first use and again whenever the store's
     documents change, unchanged documents' rows taken from the last index built (`document_rows`); (index, built
     now). One index per kind and nlist is kept per store state (`store.index_cache`); nprobe is a search parameter,
-    so changing it reuses the trained index. A training-free store's index is a `SummaryIndex` ("exact") or a
-    `SummaryIVFIndex` ("ivf")."""
+    so changing it reuses the trained index. An "ivf" index is updated in place when it can (`updated_in_place`).
+    A training-free store's index is a `SummaryIndex` ("exact") or a `SummaryIVFIndex` ("ivf")."""
     check_index_options(kind, nlist, use_gpu=store.model.device.type == "cuda")  # before reading any row
-    files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
+    documents = store.documents()
+    files = {doc_id: entry["file"] for doc_id, entry in documents.items()}
     index = store.index_cache.get(files, (kind, nlist))
     if index is not None:
         return index, False
+    if kind == "ivf" and updated_in_place(store, documents, (kind, nlist)):
+        return store.index_cache.get(files, (kind, nlist)), True
     if store.model.config.scorer == "trained":
         index = StoreIndex(document_rows(store), use_gpu=store.model.device.type == "cuda", kind=kind, nlist=nlist)
     elif kind == "ivf":
@@ -78,6 +88,30 @@ def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None)
         index = SummaryIndex.from_blocks(document_rows(store), store.model.device)
     store.index_cache.put(files, (kind, nlist), index)
     return index, True
+
+
+def updated_in_place(store: PageStore, documents: dict[str, dict], key: tuple) -> bool:
+    """Bring the last index built under `key` for an earlier state of the store to its documents now, in place
+    (store_search.InPlaceUpdates: the IVF lists kept), if there is one and its lists fit the new size; whether it
+    was. The added documents are read before the index changes, so a failed read leaves it as it was; an update
+    that fails midway empties the store's index cache, so that a half-updated index is never searched."""
+    earlier = store.index_cache.earlier(key)
+    if earlier is None:
+        return False
+    files_then, index = earlier
+    removed = [doc_id for doc_id, file in files_then.items() if documents.get(doc_id, {}).get("file") != file]
+    added = [doc_id for doc_id, entry in documents.items() if files_then.get(doc_id) != entry["file"]]
+    if not index.updatable(removed, sum(documents[doc_id]["pages"] for doc_id in added)):
+        return False
+    read = _reader(store)
+    blocks = {doc_id: read(doc_id) for doc_id in added}
+    try:
+        index.update(removed, blocks)
+    except BaseException:
+        store.index_cache = IndexCache()
+        raise
+    store.index_cache.put({doc_id: entry["file"] for doc_id, entry in documents.items()}, key, index)
+    return True
 
 
 def question_query(model, question_ids: torch.Tensor) -> torch.Tensor:

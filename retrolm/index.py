@@ -32,6 +32,10 @@ DEFAULT_NPROBE = 16  # lists searched per query by the IVF index (bench/index_re
 # own default, 256, makes training 1.56M keys into 4,996 lists several minutes of k-means on a 2-core CPU; 40 (just
 # over faiss's floor of 39 for a stable clustering) takes 53 s there, 64 takes 100 s (measured).
 TRAIN_POINTS_PER_LIST = 40
+# An IVF index's trained lists are kept while it holds between 1/LIST_REUSE_FACTOR and LIST_REUSE_FACTOR times the
+# vectors they were trained on (IVFInnerProductIndex.lists_fit); beyond that the lists are too coarse or too fine
+# for its size (default_nlist grows as sqrt(n)) and the index is trained again.
+LIST_REUSE_FACTOR = 2
 
 
 def import_faiss():
@@ -149,9 +153,11 @@ class IVFInnerProductIndex:
 
     The first `add` trains the lists' centroids on its vectors (at most TRAIN_POINTS_PER_LIST per list, sampled)
     and must hold at least `nlist` of them; later adds reuse those centroids, so vectors unlike the first ones are
-    filed less well (build the index from all vectors at once, as `collection.StoreIndex` does, or `reset` and
-    add everything again). nlist: None picks `default_nlist` of the first add's size. nprobe: lists searched per
-    query (default DEFAULT_NPROBE; at least nlist is exact search), settable at any time or per search.
+    filed less well (`lists_fit` says while the trained lists still suit the index's size; else `reset` and add
+    everything again). Rows are numbered in add order; `remove` takes rows out, and their numbers are not used
+    again (`end`: the number the next added row takes). nlist: None picks `default_nlist` of the first add's
+    size. nprobe: lists searched per query (default DEFAULT_NPROBE; at least nlist is exact search), settable at
+    any time or per search.
     use_gpu: None or False run on the CPU where CUDA is absent; a GPU (True, or None with CUDA) raises
     `RetroLMError`, never a silent CPU index.
     """
@@ -165,6 +171,8 @@ class IVFInnerProductIndex:
         self._nlist_asked, self.nlist = nlist, nlist  # nlist: the trained list count once trained
         self._nprobe = DEFAULT_NPROBE if nprobe is None else nprobe
         self._cpu = None  # the faiss index, made and trained at the first add
+        self.end = 0  # the row number the next added vector takes
+        self.trained_on = 0  # vectors the lists were trained on
 
     @property
     def nprobe(self) -> int:
@@ -183,28 +191,47 @@ class IVFInnerProductIndex:
         return 0 if self._cpu is None else self._cpu.ntotal
 
     def reset(self) -> None:
-        """Remove every vector and the trained centroids: the next add trains again."""
-        self._cpu, self.nlist = None, self._nlist_asked
+        """Remove every vector and the trained centroids: the next add trains again, and rows count from 0."""
+        self._cpu, self.nlist, self.end, self.trained_on = None, self._nlist_asked, 0, 0
+
+    def lists_fit(self, n: int) -> bool:
+        """Whether the trained lists suit an index of `n` vectors (within LIST_REUSE_FACTOR of those they were
+        trained on), so that vectors may be added and removed without training again."""
+        return self.trained and self.trained_on <= n * LIST_REUSE_FACTOR and n <= self.trained_on * LIST_REUSE_FACTOR
 
     def add(self, vectors) -> None:
+        """Add vectors [n, dim] as rows end..end + n (the first add trains the lists on them)."""
         vectors = _as_float32(vectors, self.dim)
         if self._cpu is None:
             self._train(vectors)
-        self._cpu.add(vectors)
+        self._cpu.add_with_ids(vectors, np.arange(self.end, self.end + vectors.shape[0], dtype=np.int64))
+        self.end += vectors.shape[0]
+
+    def remove(self, start: int, end: int) -> None:
+        """Take rows start..end out of the index (each must be in it); the other rows keep their numbers."""
+        _check_rows(start, end, self.end)
+        self.take(torch.arange(start, end))  # raises for a row not in the index, before anything is removed
+        ids = np.arange(start, end, dtype=np.int64)
+        self._cpu.remove_ids(self._faiss.IDSelectorArray(ids.size, self._faiss.swig_ptr(ids)))
 
     def vectors(self, start: int, end: int) -> torch.Tensor:
-        """Rows start..end [end - start, dim] float32 as added (InnerProductIndex.vectors)."""
-        _check_rows(start, end, len(self))
-        return torch.from_numpy(self._cpu.reconstruct_n(start, end - start))
+        """Rows start..end [end - start, dim] float32 as added (InnerProductIndex.vectors); each must be in the
+        index."""
+        _check_rows(start, end, self.end)
+        return self.take(torch.arange(start, end))
 
     def take(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` [m] [m, dim] float32 as added, in that order (a shortlist read back for reranking)."""
         if not ids.numel():
             return torch.empty(0, self.dim)
-        if not (0 <= int(ids.min()) and int(ids.max()) < len(self)):
-            raise RetroLMError(f"rows {int(ids.min())}..{int(ids.max())} asked of an index holding {len(self)} "
-                               "vectors.")
-        return torch.from_numpy(self._cpu.reconstruct_batch(ids.numpy().astype(np.int64)))
+        if not (0 <= int(ids.min()) and int(ids.max()) < self.end):
+            raise RetroLMError(f"rows {int(ids.min())}..{int(ids.max())} asked of an index whose rows are numbered "
+                               f"below {self.end}.")
+        try:
+            return torch.from_numpy(self._cpu.reconstruct_batch(ids.numpy().astype(np.int64)))
+        except RuntimeError as error:  # faiss's direct map: a row removed
+            raise RetroLMError(f"rows {int(ids.min())}..{int(ids.max())} asked of the index include one removed "
+                               "from it.") from error
 
     def _train(self, vectors: np.ndarray) -> None:
         n, faiss = vectors.shape[0], self._faiss
@@ -218,8 +245,10 @@ class IVFInnerProductIndex:
         index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
         index.cp.min_points_per_centroid = 1  # fewer than faiss's 39 per list is the caller's choice, not a warning
         index.train(vectors)
-        index.set_direct_map_type(faiss.DirectMap.Array)  # rows read back by id (`vectors`), kept up by each add
+        # rows read back (`take`) and removed by number; a hash table, since removed numbers leave gaps
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
         self._quantizer, self._cpu, self.nlist = quantizer, index, nlist  # the index uses the quantizer: keep it
+        self.trained_on = n
 
     def search(self, queries, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores [q, k], ids [q, k]) of the k largest inner products among the vectors of the `nprobe` (default

@@ -15,8 +15,11 @@ cache that keeps them per store state.
   denominator: a softmax over the shortlist alone overrates the pages of query rows whose attention is spread).
   The vectors are the summaries, so nothing is held twice. Its recall against `SummaryIndex` is measured by
   bench/summary_search.py.
-- `IndexCache`: the indexes built for one state of a store (by kind and nlist), and the last index built, whose
-  rows of unchanged documents the next one takes instead of reading them again (collection.document_rows).
+- `InPlaceUpdates`: what the two over an IVF index share: after a store change, the documents removed and added
+  are taken out and put in (`update`), and the trained lists kept, while they fit the store's size; so an add to
+  a store of 1,000 documents costs that document's rows, not a training of the lists.
+- `IndexCache`: each kind's index with the store state it was built for, and the last index built, whose rows of
+  unchanged documents the next one takes instead of reading them again (collection.document_rows).
 """
 from __future__ import annotations
 
@@ -38,7 +41,52 @@ DEFAULT_SUMMARY_CANDIDATES = 1024
 DEFAULT_DENOMINATOR_SAMPLE = 1024
 
 
-class StoreIndex:
+class InPlaceUpdates:
+    """Documents added, replaced and deleted in an index in place, the trained lists of an IVF index kept
+    (`updatable`, `update`). `rows` maps row numbers to (document, page), None where a document was taken out;
+    `live` [rows] marks the numbers in use, `spans` each document's (start, end)."""
+
+    rows: list[tuple[str, int] | None]
+    spans: dict[str, tuple[int, int]]
+    live: torch.Tensor
+
+    def __len__(self) -> int:
+        """Pages in the index."""
+        return len(self.index)
+
+    def _number_rows(self, pages: dict[str, int]) -> None:
+        self.rows = rows_of(pages)
+        self.spans = spans_of(self.rows)
+        self.live = torch.ones(len(self.rows), dtype=torch.bool)
+
+    def updatable(self, removed: list[str], added_pages: int) -> bool:
+        """Whether `update` may bring the index to the store with the documents `removed` taken out and
+        `added_pages` pages added: an IVF index whose lists suit its new size (IVFInnerProductIndex.lists_fit), with
+        no more unused row numbers than pages in use after the change (past that, an index built afresh numbers the
+        rows without gaps again)."""
+        if self.index.kind != "ivf":
+            return False
+        pages = len(self) + added_pages - sum(end - start for start, end in (self.spans[d] for d in removed))
+        return self.index.lists_fit(pages) and len(self.rows) + added_pages - pages <= pages
+
+    def update(self, removed: list[str], added: dict) -> None:
+        """Take the documents `removed` out, then add `added` (doc id -> what the store reads of it, as the
+        constructor takes), numbered after every row so far; a replaced document is in both."""
+        for doc_id in removed:
+            start, end = self.spans.pop(doc_id)
+            self.index.remove(start, end)
+            self.rows[start:end] = [None] * (end - start)
+            self.live[start:end] = False
+        if not added:
+            return
+        first, rows = len(self.rows), rows_of({doc_id: self._pages(block) for doc_id, block in added.items()})
+        self.index.add(torch.cat([self._vectors(block) for block in added.values()]))
+        self.spans.update({doc_id: (first + start, first + end) for doc_id, (start, end) in spans_of(rows).items()})
+        self.rows += rows
+        self.live = torch.cat([self.live, torch.ones(len(rows), dtype=torch.bool)])
+
+
+class StoreIndex(InPlaceUpdates):
     """The bookmark keys of every page of a store in one inner-product index, rows mapped to (document, page).
 
     blocks: doc id -> its bookmark keys [pages, heads, dim] or [pages, heads * dim], in store order, at least one
@@ -48,13 +96,20 @@ class StoreIndex:
     def __init__(self, blocks: dict[str, torch.Tensor], use_gpu: bool | None = None, kind: str = "exact",
                  nlist: int | None = None, nprobe: int | None = None):
         check_index_options(kind, nlist, nprobe, use_gpu)
-        self.rows = rows_of({doc_id: keys.shape[0] for doc_id, keys in blocks.items()})
-        self.spans = spans_of(self.rows)
+        self._number_rows({doc_id: self._pages(keys) for doc_id, keys in blocks.items()})
         dim = next(iter(blocks.values()))[0].numel()
         self.kind = kind
         self.index = make_index(dim, kind, use_gpu=use_gpu, nlist=nlist, nprobe=nprobe)
         on = self.index.device if self.index.on_gpu else "cpu"  # kept rows stay where they are, read ones move once
-        self.index.add(torch.cat([keys.flatten(1).to(on, torch.float32) for keys in blocks.values()]))
+        self.index.add(torch.cat([self._vectors(keys).to(on) for keys in blocks.values()]))
+
+    @staticmethod
+    def _pages(keys: torch.Tensor) -> int:
+        return keys.shape[0]
+
+    @staticmethod
+    def _vectors(keys: torch.Tensor) -> torch.Tensor:
+        return keys.flatten(1).float()
 
     def block(self, doc_id: str) -> torch.Tensor:
         """One document's bookmark keys [pages, heads * dim] as indexed."""
@@ -63,7 +118,7 @@ class StoreIndex:
     def search(self, query: torch.Tensor, k: int, nprobe: int | None = None) -> list[tuple[str, int, float]]:
         """The k best (document, page, score) for a retriever query [heads, dim], best first. nprobe (the "ivf"
         kind only; default the index's) lists are searched; an approximate search may find fewer than k pages."""
-        k = min(k, len(self.rows))
+        k = min(k, len(self))
         if nprobe is None:
             scores, ids = self.index.search(query.flatten()[None], k)
         else:
@@ -83,6 +138,10 @@ class SummaryIndex:
         [rows, kv_heads, dim]."""
         self.rows, self.center, self.radius = rows, center, radius
         self.spans = spans_of(rows)
+
+    def __len__(self) -> int:
+        """Pages in the index."""
+        return len(self.rows)
 
     @classmethod
     def from_blocks(cls, blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
@@ -129,7 +188,7 @@ def summed_shares(queries: list[torch.Tensor], center: list[torch.Tensor], radiu
     return total[:scored]
 
 
-class SummaryIVFIndex:
+class SummaryIVFIndex(InPlaceUpdates):
     """The training-free scorer's page summaries in a faiss IVF index (CPU only): a shortlist of `candidates` pages
     by summed bound, ranked by the exact rule with `sample` pages standing for the rest (module docstring). nlist,
     nprobe: as IVFInnerProductIndex's, but nprobe defaults to DEFAULT_SUMMARY_PROBED_SHARE of the lists (nprobe >=
@@ -145,16 +204,23 @@ class SummaryIVFIndex:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise RetroLMError(f"the summary index's {name} must be an integer >= {least}; got {value!r}.")
         self.sample = sample
-        self.rows = rows_of({doc_id: summaries[0][0].shape[0] for doc_id, summaries in blocks.items()})
-        self.spans = spans_of(self.rows)
+        self._number_rows({doc_id: self._pages(summaries) for doc_id, summaries in blocks.items()})
         first = next(iter(blocks.values()))
         self.layers, (_, self.kv_heads, self.dim) = len(first), first[0][0].shape
         self.candidates = candidates
         self.index = IVFInnerProductIndex(self.layers * self.kv_heads * 2 * self.dim, nlist=nlist, nprobe=nprobe,
                                           use_gpu=False)
-        self.index.add(torch.cat([flat_summaries(summaries) for summaries in blocks.values()]))
+        self.index.add(torch.cat([self._vectors(summaries) for summaries in blocks.values()]))
         if nprobe is None:
             self.index.nprobe = math.ceil(self.index.nlist * DEFAULT_SUMMARY_PROBED_SHARE)
+
+    @staticmethod
+    def _pages(summaries: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        return summaries[0][0].shape[0]
+
+    @staticmethod
+    def _vectors(summaries: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        return flat_summaries(summaries)
 
     def block(self, doc_id: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One document's per-layer (centre, radius) [pages, kv_heads, dim] as indexed."""
@@ -165,13 +231,13 @@ class SummaryIVFIndex:
         """The k best (document, page, score) among the shortlist for per-layer RoPE-free queries [tokens, heads,
         dim], best first; nprobe: lists searched (default the index's). Fewer than k when the probed lists hold
         fewer pages."""
-        shortlist = max(k, min(self.candidates, len(self.rows)))
+        shortlist = max(k, min(self.candidates, len(self)))
         _, ids = self.index.search(summed_bound_query(queries, self.kv_heads, scaling)[None], shortlist,
                                    nprobe=nprobe)
         ids = torch.from_numpy(ids[0][ids[0] >= 0])
         if not ids.numel():
             return []
-        left_out = torch.ones(len(self.rows), dtype=torch.bool)
+        left_out = self.live.clone()
         left_out[ids] = False
         left_out = left_out.nonzero()[:, 0]  # [N - m]
         generator = torch.Generator().manual_seed(0)  # the same question gets the same pages
@@ -210,22 +276,26 @@ def summed_bound_query(queries: list[torch.Tensor], kv_heads: int, scaling: floa
 
 @dataclass
 class IndexCache:
-    """A store's indexes: those built for its current documents (`files`: doc id -> shard), by (kind, nlist), and the
-    last index built for any state with the files it was built for (collection.document_rows reads it)."""
+    """A store's indexes: the last one built under each key (kind, nlist) with the store state it was built for
+    (`files`: doc id -> shard), which serves that state and is updated in place for the next one when it can
+    (collection.store_index); and the last index built under any key, with its files (collection.document_rows
+    reads unchanged documents' rows from it)."""
 
-    files: dict[str, str] = field(default_factory=dict)
-    built: dict[tuple, object] = field(default_factory=dict)
+    built: dict[tuple, tuple[dict[str, str], object]] = field(default_factory=dict)
     last_files: dict[str, str] = field(default_factory=dict)
     last: object | None = None
 
     def get(self, files: dict[str, str], key: tuple):
-        """The index built under `key` for the store state `files`, or None (the other states' indexes dropped)."""
-        if files != self.files:
-            self.files, self.built = files, {}
+        """The index built under `key` for the store state `files`, or None."""
+        files_built, index = self.built.get(key, (None, None))
+        return index if files_built == files else None
+
+    def earlier(self, key: tuple) -> tuple[dict[str, str], object] | None:
+        """(files, index) of the last index built under `key`, for whichever state, or None."""
         return self.built.get(key)
 
     def put(self, files: dict[str, str], key: tuple, index) -> None:
-        self.built[key] = index
+        self.built[key] = files, index
         self.last_files, self.last = files, index
 
 

@@ -211,14 +211,15 @@ def test_training_free_store_keeps_summaries_not_bookmark_keys(tmp_path, free_mo
 @pytest.mark.parametrize("scorer,kind", [("trained", "exact"), ("trained", "ivf"), ("attention", "exact"),
                                          ("attention", "ivf")])
 def test_an_index_after_store_changes_matches_one_built_afresh(tmp_path, request, monkeypatch, scorer, kind):
-    """After documents are added, replaced and deleted, the store's index is rebuilt reading only the documents
-    added or replaced (the others' rows come from the last index), and holds and finds exactly what an index built
-    from a freshly opened store does."""
+    """After documents are added, replaced and deleted, the store's index is brought up to date reading only the
+    documents added or replaced (an exact index is built again, the others' rows taken from the last index; an IVF
+    index is updated in place, its lists kept), and holds and finds exactly what an index built from a freshly
+    opened store does."""
     model = request.getfixturevalue(SCORER_MODELS[scorer])
     rng = random.Random(5)
     store = PageStore.open(str(tmp_path), model, create=True)
     store.add({f"doc{i}": _essay(rng, 1500 + 300 * i) for i in range(5)}, progress=False)
-    store_index(store, kind)
+    first, _ = store_index(store, kind)
     store.add({"doc1": _essay(rng, 1700), "doc9": _essay(rng, 900)}, progress=False)
     store.delete(["doc3"])
     read = []
@@ -227,8 +228,10 @@ def test_an_index_after_store_changes_matches_one_built_afresh(tmp_path, request
     monkeypatch.setattr(store, name, lambda doc_id: read.append(doc_id) or reader(doc_id))
     updated, built = store_index(store, kind)
     assert built and sorted(read) == ["doc1", "doc9"], "only the changed documents are read again"
+    assert (updated is first) == (kind == "ivf")
     fresh, _ = store_index(PageStore.open(str(tmp_path), model), kind)
-    assert updated.rows == fresh.rows
+    assert len(updated) == len(fresh) == len(fresh.rows)
+    assert sorted(row for row in updated.rows if row) == sorted(fresh.rows)
     for doc_id in store.documents():
         for kept, new in zip(_flat(updated.block(doc_id)), _flat(fresh.block(doc_id))):
             assert torch.equal(kept, new), doc_id
@@ -241,6 +244,28 @@ def test_an_index_after_store_changes_matches_one_built_afresh(tmp_path, request
         queries, scaling = question_layer_queries(model, question_ids), attention_scaling(model)
         assert updated.search(queries, 7, scaling, **_all_lists(updated)) == \
             fresh.search(queries, 7, scaling, **_all_lists(fresh))
+
+
+@pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
+def test_an_ivf_index_is_trained_again_when_the_store_outgrows_its_lists(tmp_path, request, scorer):
+    """An IVF index is updated in place while the store's pages stay within LIST_REUSE_FACTOR of those its lists
+    were trained on, and while its unused row numbers are fewer than its pages; past either it is built afresh."""
+    model = request.getfixturevalue(SCORER_MODELS[scorer])
+    rng = random.Random(7)
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({f"doc{i}": _essay(rng, 1500) for i in range(4)}, progress=False)
+    first, _ = store_index(store, "ivf")
+    trained_on = first.index.trained_on
+    store.add({"doc4": _essay(rng, 1500)}, progress=False)
+    assert store_index(store, "ivf") == (first, True) and first.index.trained_on == trained_on
+    store.add({f"doc{i}": _essay(rng, 1500) for i in range(5, 9)}, progress=False)  # past twice the trained pages
+    rebuilt, built = store_index(store, "ivf")
+    assert built and rebuilt is not first and rebuilt.index.trained_on == len(rebuilt) > 2 * trained_on
+    for replaced in range(2):  # each replace leaves the old rows unused, until they outnumber the pages
+        store.add({f"doc{i}": _essay(rng, 1500) for i in range(5)}, progress=False)
+        updated, _ = store_index(store, "ivf")
+        assert (updated is rebuilt) == (replaced == 0), replaced
+    assert len(updated.rows) == len(updated) == sum(entry["pages"] for entry in store.documents().values())
 
 
 def _assert_same_ranking(found: list[tuple[str, int, float]], expected: list[tuple[str, int, float]]) -> None:

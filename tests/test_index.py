@@ -145,8 +145,37 @@ def test_vectors_reads_back_the_rows_as_added(kind):
         ids = torch.tensor([357, 0, 300, 299, 42])
         np.testing.assert_array_equal(index.take(ids).numpy(), every[ids.numpy()])
         assert index.take(ids[:0]).shape == (0, 12)
-        with pytest.raises(RetroLMError, match="rows 0..358 asked of an index holding 358"):
+        with pytest.raises(RetroLMError, match="rows 0..358 asked of an index whose rows are numbered below 358"):
             index.take(torch.tensor([0, 358]))
+
+
+def test_ivf_rows_taken_out_leave_the_others_numbers_and_lists():
+    """What an in-place store update does (store_search.InPlaceUpdates): rows removed are never found or read back
+    again, later rows take new numbers, and the trained lists are kept while they fit the index's size."""
+    rng = np.random.default_rng(4)
+    first, later = rng.standard_normal((300, 12)), rng.standard_normal((20, 12))
+    index = IVFInnerProductIndex(12, nlist=8, use_gpu=False)
+    index.add(first)
+    centroids = index._quantizer.reconstruct_n(0, 8)
+    index.remove(100, 150)
+    index.add(later)
+    assert len(index) == 270 and index.end == 320 and index.trained_on == 300
+    np.testing.assert_array_equal(index._quantizer.reconstruct_n(0, 8), centroids)
+    numbers = np.r_[0:100, 150:320]
+    kept = np.vstack([first, later])[numbers]
+    queries = rng.standard_normal((6, 12))
+    _, ids = index.search(queries, 5, nprobe=8)
+    np.testing.assert_array_equal(ids, numbers[exact_top_k(kept, queries, 5)])
+    np.testing.assert_array_equal(index.vectors(300, 320).numpy(), later.astype(np.float32))
+    np.testing.assert_array_equal(index.vectors(90, 100).numpy(), first[90:100].astype(np.float32))
+    with pytest.raises(RetroLMError, match="rows 120..129 asked of the index include one removed"):
+        index.vectors(120, 130)
+    with pytest.raises(RetroLMError, match="include one removed"):
+        index.remove(140, 160)  # partly removed already: nothing is taken out
+    assert len(index) == 270
+    assert [index.lists_fit(n) for n in (149, 150, 600, 601)] == [False, True, True, False]
+    index.reset()
+    assert not index.lists_fit(300) and index.end == 0
 
 
 def test_bad_ivf_parameters_are_clear_errors():
