@@ -268,6 +268,25 @@ def test_an_ivf_index_is_trained_again_when_the_store_outgrows_its_lists(tmp_pat
     assert len(updated.rows) == len(updated) == sum(entry["pages"] for entry in store.documents().values())
 
 
+def test_an_update_that_fails_midway_leaves_no_half_updated_index(tmp_path, model, monkeypatch):
+    rng = random.Random(8)
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({f"doc{i}": _essay(rng, 1500) for i in range(4)}, progress=False)
+    first, _ = store_index(store, "ivf")
+    store.add({"doc1": _essay(rng, 1600)}, progress=False)
+
+    def fail_after_removing(removed, added):
+        first.index.remove(*first.spans[removed[0]])
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(first, "update", fail_after_removing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        store_index(store, "ivf")
+    assert store.index_cache.last is None and not store.index_cache.built
+    rebuilt, built = store_index(store, "ivf")
+    assert built and rebuilt is not first and len(rebuilt) == sum(e["pages"] for e in store.documents().values())
+
+
 def _assert_same_ranking(found: list[tuple[str, int, float]], expected: list[tuple[str, int, float]]) -> None:
     assert [(d, p) for d, p, _ in found] == [(d, p) for d, p, _ in expected]
     assert [s for *_, s in found] == pytest.approx([s for *_, s in expected], rel=1e-5)
