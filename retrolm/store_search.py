@@ -15,9 +15,9 @@ cache that keeps them per store state.
   denominator: a softmax over the shortlist alone overrates the pages of query rows whose attention is spread).
   The vectors are the summaries, so nothing is held twice. Its recall against `SummaryIndex` is measured by
   bench/summary_search.py.
-- `InPlaceUpdates`: what the two over an IVF index share: after a store change, the documents removed and added
-  are taken out and put in (`update`), and the trained lists kept, while they fit the store's size; so an add to
-  a store of 1,000 documents costs that document's rows, not a training of the lists.
+- `InPlaceUpdates` (a base of `StoreIndex` and `SummaryIVFIndex`): after a store change, an IVF index takes the
+  documents removed out and puts those added in (`update`), its trained lists kept while they fit the store's
+  size; so an add to a store of 1,000 documents costs that document's rows, not a training of the lists.
 - `IndexCache`: each kind's index with the store state it was built for, and the last index built, whose rows of
   unchanged documents the next one takes instead of reading them again (collection.document_rows).
 """
@@ -49,6 +49,7 @@ class InPlaceUpdates:
     rows: list[tuple[str, int] | None]
     spans: dict[str, tuple[int, int]]
     live: torch.Tensor
+    index: object  # index.py's InnerProductIndex or IVFInnerProductIndex
 
     def __len__(self) -> int:
         """Pages in the index."""
