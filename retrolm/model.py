@@ -326,8 +326,10 @@ class RetroLM(nn.Module):
         """Encode `input_ids` [1, T] page-wise into `cache`, `prefill_chunk_pages` pages per LLM forward.
 
         Returns (cache, logits [1, kept, vocab]) where kept = T if logits_to_keep == 0 else the last
-        `logits_to_keep` positions. progress: show a bar (default: when there are over 8 chunks).
+        `logits_to_keep` positions. progress: show a bar (default: when there are over 8 chunks). Ids on another
+        device (a tokenizer's CPU tensor) are moved to the model's.
         """
+        input_ids = input_ids.to(self.device)
         cache = self.new_cache(input_ids.shape[1]) if cache is None else cache
         chunk = self.config.prefill_chunk_pages * self.config.page_size
         total = input_ids.shape[1]

@@ -197,6 +197,27 @@ def test_ivf_index_probing_every_list_attends_the_exact_pages(tmp_path, request,
         model.answer(question, store, nprobe=4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; run on the GPU host")
+@pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
+def test_a_model_on_a_gpu_answers_from_its_store_as_on_the_cpu(tmp_path, request, scorer):
+    """The question's ids come from the tokenizer on the CPU; the model and its store's index are on the GPU."""
+    rng = random.Random(9)
+    docs = {f"doc{i}": _essay(rng, 2500) for i in range(4)}
+    fact = Fact("amber-harbor", "4821907", 0.5)
+    sentences = docs["doc2"].split(". ")
+    docs["doc2"] = ". ".join(sentences[:5] + [fact.needle[:-1]] + sentences[5:])
+    question = f"What is the special magic number for {fact.key} mentioned in the provided text?"
+    results = []
+    for model in (request.getfixturevalue(SCORER_MODELS[scorer]), RetroLM.from_pretrained(scorer=scorer,
+                                                                                          device="cuda")):
+        store = PageStore.open(str(tmp_path / model.device.type), model, create=True)
+        store.add(docs, progress=False)
+        results.append(model.answer(question, store, max_new_tokens=10, template=_ruler_template(fact.key)))
+    on_cpu, on_gpu = results
+    assert [page[:2] for page in on_gpu.pages] == [page[:2] for page in on_cpu.pages]
+    assert on_gpu.text.startswith(fact.value) and on_cpu.text.startswith(fact.value), (on_cpu.text, on_gpu.text)
+
+
 def test_training_free_store_keeps_summaries_not_bookmark_keys(tmp_path, free_model):
     store = PageStore.open(str(tmp_path / "free"), free_model, create=True)
     store.add({"doc0": _essay(random.Random(4), 1000)}, progress=False)
