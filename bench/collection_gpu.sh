@@ -8,6 +8,7 @@
 #   FACTS=one DOCS=1000 QUESTIONS=50 LIMIT_1000=530 bash bench/collection_gpu.sh  # one size, more questions
 #   TEXT=reference ...  # documents of Python's language reference, held out of the default model's training
 #   SCORER=attention ...  # the training-free scorer for store and concat (collection_qa.py --scorer)
+#   METHODS="store concat" ...  # a subset of store, rag and concat (default all three)
 # $OUT gets collection_qa_64.{json,md} and collection_qa_1000.{json,md} (_one with FACTS=one). Needs no faiss: on a
 # GPU both indexes are exact search in torch (retrolm/index.py).
 set -uo pipefail
@@ -16,7 +17,7 @@ for docs in ${DOCS:-64 1000}; do
     limit_name=LIMIT_$docs
     timeout "${!limit_name:-$([ "$docs" = 64 ] && echo 120 || echo 400)}" python3 bench/collection_qa.py \
         --docs "$docs" --questions "${QUESTIONS:-20}" --facts "${FACTS:-every}" --text "${TEXT:-essay}" \
-        --scorer "${SCORER:-trained}" --device cuda \
+        --scorer "${SCORER:-trained}" --methods ${METHODS:-store rag concat} --device cuda \
         --out "$OUT" 2>&1 \
         | tr '\r' '\n' | grep -vE "doc/s]$|s/doc]$" | tail -8
 done
