@@ -10,14 +10,15 @@
 # shipped recipe's) the pretraining length (~13 steps/s on an H200); COMPILE=true compiles pretraining's forward;
 # DRILL_SHAPES (default all four of train/drills.py; "plain" is the one-shape drills of the first runs) the
 # statement shapes drills take; DRILL_REJOINED (default 0.25) the share of drill answers restating the relation with
-# another joining word; SPLIT_WINDOWS (default 0) the share of pretraining windows holding two documents;
+# another joining word; DRILL_PARTIAL (default 0) the share of those keeping only the relation's last words;
+# SPLIT_WINDOWS (default 0) the share of pretraining windows holding two documents;
 # PRETRAIN_SEED (default 0) pretraining's seed (initial weights and window order; the corpus stays the same), so
 # that variants can be told from seed noise; STAGE_DRILLS (default 0) the share of stage 1's long documents that are
 # drills
 # (generated in the first call: give it to every call); BASE_LAYERS (default: the shipped config's 8) the base's
 # depth, every other size of configs/default_model/pretrain.json kept (12 layers: 18.9M parameters against 12.7M,
-# ~38 MB in bf16, still inside the 50 MB asset budget with the retriever); WORK (default work/drills) the build's directory; SAMPLES
-# (default 20) the samples per cell.
+# ~38 MB in bf16, still inside the 50 MB asset budget with the retriever); WORK (default work/drills) the build's
+# directory; SAMPLES (default 20) the samples per cell.
 # The base comes back in $OUT in parts of 15 MB (`cat base.tgz.* > base.tgz`), for a later call on a fresh machine
 # (carry it to $WORK/base).
 # Needs deepspeed, datasets, wonderwords and their missing dependencies as wheels in .whl/ (carry: [".whl"]).
@@ -35,7 +36,7 @@ model["num_hidden_layers"] = int(sys.argv[1])
 print(json.dumps(model))' "$BASE_LAYERS")")
     python3 train/build_default_model.py --work "$WORK" --out "$WORK/model" --drill-fraction "${DRILLS:-0.3}" \
         --drill-shapes "${DRILL_SHAPES:-plain,trailing,attribute,bare}" --drill-rejoined "${DRILL_REJOINED:-0.25}" \
-        --split-windows "${SPLIT_WINDOWS:-0}" \
+        --drill-partial "${DRILL_PARTIAL:-0}" --split-windows "${SPLIT_WINDOWS:-0}" \
         --stage-drill-fraction "${STAGE_DRILLS:-0}" \
         --pretrain-set "max_steps=${PRETRAIN_STEPS:-3000}" --pretrain-set "compile=${COMPILE:-false}" \
         --pretrain-set "seed=${PRETRAIN_SEED:-0}" \
@@ -63,8 +64,9 @@ base)
     [ "${GATE:-1}" = 1 ] && gate drills "$WORK/base"  # GATE=0: the copy probes alone (quicker)
     for needles in test validation; do  # bench/copy_probe.py: copying unseen formats at three haystack sizes
         python3 bench/copy_probe.py --bases "$WORK/base" \
-            --names "drills ${DRILLS:-0.3} (${DRILL_SHAPES:-four shapes}, rejoined ${DRILL_REJOINED:-0.25}, split\
- ${SPLIT_WINDOWS:-0}), ${BASE_LAYERS:-8} layers, ${PRETRAIN_STEPS:-3000} steps, seed ${PRETRAIN_SEED:-0}" \
+            --names "drills ${DRILLS:-0.3} (${DRILL_SHAPES:-four shapes}, rejoined ${DRILL_REJOINED:-0.25}, partial\
+ ${DRILL_PARTIAL:-0}, split ${SPLIT_WINDOWS:-0}), ${BASE_LAYERS:-8} layers, ${PRETRAIN_STEPS:-3000} steps, seed\
+ ${PRETRAIN_SEED:-0}" \
             --needles $needles --out "$OUT/gate_probe" > "$OUT/gate_probe_$needles.log" 2>&1
     done
     cat "$OUT"/gate_probe/copy_probe*.md

@@ -2,11 +2,13 @@
 # Issue 14: drill styles (train/drills.py) against each other, side by side on one GPU, each through
 # `bench/drill_base.sh base` (pretraining, the 1x gate, bench/copy_probe.py on the test and validation formats).
 #   bash bench/drill_shapes.sh [plain] [shapes] [rejoined] [bare-rejoined] [rejoined-split] [rejoined-deep]
+#                              [partial]
 # plain: one statement shape; shapes: all four; rejoined: one shape, half the answers restating the relation with
 # another joining word (0.25 in the others); bare-rejoined: the same with plain and bare statements;
 # rejoined-split: rejoined with half the pretraining windows holding two documents (--split-windows 0.5);
 # rejoined-deep: rejoined on a base of 12 layers instead of 8 (BASE_LAYERS in drill_base.sh; ~1.5x the
-# pretraining time).
+# pretraining time); partial: rejoined with half the rejoined answers keeping only the relation's last words
+# (DRILL_PARTIAL 0.5: "Its lantern is" for "pebble lantern under a").
 # DRILLS (default 0.5), PRETRAIN_STEPS (default 6000), PRETRAIN_SEED (default 0: `PRETRAIN_SEED=1 GATE=0 bash
 # bench/drill_shapes.sh rejoined` is a second seed of that variant), compiled.
 # plain and shapes by default, sharing the GPU: two runs of 6,000 steps together did not finish pretraining in
@@ -21,15 +23,17 @@
 set -uo pipefail
 source bench/device_env.sh  # installs the carried wheels once, before the two runs would race to
 DEADLINE=${DEADLINE:-560}
-run() {  # run NAME SHAPES REJOINED SPLIT LAYERS
+run() {  # run NAME SHAPES REJOINED SPLIT LAYERS PARTIAL
     mkdir -p "$OUT/$1"
     OUT="$OUT/$1" WORK="work/$1" DRILLS=${DRILLS:-0.5} PRETRAIN_STEPS=${PRETRAIN_STEPS:-6000} COMPILE=true \
-        DRILL_SHAPES=$2 DRILL_REJOINED=$3 SPLIT_WINDOWS=$4 BASE_LAYERS=$5 WORKERS=$((14 / ${#RUNS[@]})) \
+        DRILL_SHAPES=$2 DRILL_REJOINED=$3 SPLIT_WINDOWS=$4 BASE_LAYERS=$5 DRILL_PARTIAL=$6 \
+        WORKERS=$((14 / ${#RUNS[@]})) \
         bash bench/drill_base.sh base > "$OUT/$1/run.log" 2>&1
 }
-declare -A STYLES=([plain]="plain 0.25 0 8" [shapes]="plain,trailing,attribute,bare 0.25 0 8"
-                   [rejoined]="plain 0.5 0 8" [bare-rejoined]="plain,bare 0.5 0 8" [rejoined-split]="plain 0.5 0.5 8"
-                   [rejoined-deep]="plain 0.5 0 12")
+declare -A STYLES=([plain]="plain 0.25 0 8 0" [shapes]="plain,trailing,attribute,bare 0.25 0 8 0"
+                   [rejoined]="plain 0.5 0 8 0" [bare-rejoined]="plain,bare 0.5 0 8 0"
+                   [rejoined-split]="plain 0.5 0.5 8 0" [rejoined-deep]="plain 0.5 0 12 0"
+                   [partial]="plain 0.5 0 8 0.5")
 RUNS=("${@:-plain shapes}")
 RUNS=(${RUNS[*]})
 for name in "${RUNS[@]}"; do

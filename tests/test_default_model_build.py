@@ -211,6 +211,7 @@ def test_pretraining_resume_state_of_another_config_is_refused(tmp_path, monkeyp
     (["--stage1", "/nonexistent/stage1"], "is not a RetroLM checkpoint"),
     (["--drill-shapes", "plain,sideways"], "drill shapes must be some of plain, trailing, attribute, bare"),
     (["--drill-rejoined", "1.2"], "a share must be a number in [0, 1]; got '1.2'"),
+    (["--drill-partial", "-1"], "a share must be a number in [0, 1]; got '-1'"),
     (["--drill-fraction", "half"], "a share must be a number in [0, 1]; got 'half'"),
 ])
 def test_build_refuses_bad_options_in_one_line_before_any_work(tmp_path, options, message):
@@ -228,7 +229,7 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
              str(tmp_path / "work"), "--out", str(out), "--workers", "2", "--pretrain-set", "max_steps=12",
              "--post-train", "--stage2-replay", "0", "--stage2-set", "max_steps=3", "--drill-fraction", "0.3",
              "--stage-drill-fraction", "0.5", "--drill-shapes", "plain,bare", "--drill-rejoined", "0.5",
-             "--split-windows", "0.5"]
+             "--drill-partial", "0.5", "--split-windows", "0.5"]
     stopped = subprocess.run(build + ["--stop-after", "pretrain"], capture_output=True, text=True, cwd=ROOT)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     results = json.load(open(tmp_path / "work" / "build_results.json"))
@@ -245,7 +246,7 @@ def test_build_pipeline_end_to_end_at_toy_size(tmp_path):
     assert results["stage1"]["steps"] == 4, "stage 1 keeps the smoke size"
     assert results["corpus"]["drill_fraction"] == 0.3 and results["corpus"]["stage_drill_fraction"] == 0.5
     assert results["corpus"]["drill_shapes"] == ["plain", "bare"] and results["corpus"]["drill_rejoined"] == 0.5
-    assert results["corpus"]["split_windows"] == 0.5
+    assert results["corpus"]["split_windows"] == 0.5 and results["corpus"]["drill_partial"] == 0.5
     model = RetroLM.from_pretrained(str(out))
     assert model.config.neighbor_pages == 1, "the exported model keeps the shipped inference settings"
     assert os.path.isdir(out / "adapter") and os.path.isdir(out / "base")

@@ -156,6 +156,32 @@ def test_drill_style_sets_the_share_of_rejoined_answers():
         drills.DrillStyle(rejoined=1.5)
 
 
+def test_partial_rejoined_answers_keep_only_the_relations_last_words():
+    """`DrillStyle.partial`: that share of rejoined answers names the fact by the relation's last words alone ("Its
+    lantern is" for "pebble lantern under a"), never by other words; at 0 every rejoined answer restates the
+    relation's words whole."""
+    def kept_words(partial: float) -> list[int]:
+        """Per rejoined answer of a relation of 2+ words, how many of its words it starts with dropped (0: all kept)."""
+        dropped = []
+        for seed in range(150):
+            drill = drills.make_drill(random.Random(seed), 1022, corpus.varied_filler,
+                                      drills.DrillStyle(("plain",), rejoined=1.0, partial=partial))
+            words = drill.phrasing.words.split()
+            if len(words) < 2:
+                continue
+            for line in drill.text.split("\n"):
+                if line.startswith("Answer: Its "):
+                    named = line[len("Answer: Its "):]
+                    dropped.append(next(i for i in range(len(words)) if named.startswith(" ".join(words[i:]) + " ")))
+        return dropped
+
+    whole, half = kept_words(0.0), kept_words(0.5)
+    assert whole and set(whole) == {0}
+    assert 0.35 < sum(d > 0 for d in half) / len(half) < 0.65
+    with pytest.raises(ValueError, match="partial answers must be in"):
+        drills.DrillStyle(partial=-0.1)
+
+
 @pytest.mark.parametrize("shapes", [("plain",), drills.SHAPES])
 def test_drills_end_in_filler_never_inside_a_fact_or_a_recall(shapes):
     """A drill is cut to its document's length; a statement or a recall running past that end would be cut, and a

@@ -35,7 +35,7 @@ from retrolm.training.config import load_train_config  # noqa: E402
 from retrolm.training.data import prepare_packed_data  # noqa: E402
 from retrolm.training.pretrain import load_pretrain_config, pretrain  # noqa: E402
 from train.corpus import write_documents  # noqa: E402
-from train.drills import REJOINED, SHAPES, DrillStyle  # noqa: E402
+from train.drills import PARTIAL, REJOINED, SHAPES, DrillStyle  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs", "default_model")
 # phases --stop-after can end a build at ("documents" is both document phases, before their packing)
@@ -140,6 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--drill-rejoined", type=_share, default=REJOINED, metavar="F",
                         help=f"share of drill answers that restate the relation with another joining word "
                              f"(default {REJOINED}, the first drill runs' mix)")
+    parser.add_argument("--drill-partial", type=_share, default=PARTIAL, metavar="F",
+                        help="share of those rejoined answers that keep only the relation's last words (\"Its lantern "
+                             "is\" for \"pebble lantern under a\"; default 0, the runs before 2026-12-05)")
     parser.add_argument("--split-windows", type=_share, default=0.0, metavar="F",
                         help="share of pretraining windows holding two documents instead of one, so a document's "
                              "end is not always at the window's end (train/corpus.py window_lengths)")
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
                          "cut_dense_end": args.cut_dense_end, "drill_fraction": args.drill_fraction,
                          "stage_drill_fraction": args.stage_drill_fraction,
                          "drill_shapes": list(args.drill_shapes), "drill_rejoined": args.drill_rejoined,
-                         "split_windows": args.split_windows}
+                         "drill_partial": args.drill_partial, "split_windows": args.split_windows}
     results["overrides"] = {"pretrain": args.pretrain_set, "stage1": args.stage1_set, "stage2": args.stage2_set}
     results["post_train"] = args.post_train
     results["stage2_replay"] = args.stage2_replay if args.post_train else None
@@ -218,7 +221,7 @@ def main(argv=None) -> int:
         page = RetroLMConfig.load(paths["stage1"]).page_size  # also fails early when it is no RetroLM checkpoint
     window = pretrain_config.model["max_position_embeddings"]
     tokenizer = byte_tokenizer()
-    drill_style = DrillStyle(args.drill_shapes, args.drill_rejoined)
+    drill_style = DrillStyle(args.drill_shapes, args.drill_rejoined, args.drill_partial)
 
     os.makedirs(work, exist_ok=True)  # after every check: a refused build leaves nothing behind
 

@@ -19,9 +19,10 @@ Layouts of a recall (the value ends each answer; a restatement ends as the state
 - the statement again, after another lead (copy after an exact match of "key relation");
 - a question naming the key (half the time the relation's words too: "What is the pebble lantern of Ada Brandt?"),
   then an answer that restates the relation after nothing, "It" or the key, or its words with another joining word
-  ("Its pebble lantern is"): the key must be found in the question, as in "Question: ... of the amber orchard?
-  Answer: It closed the year at", the match may be loose, and the nearest match of the answer's words may be the
-  question's, which no value follows;
+  ("Its pebble lantern is"; with `DrillStyle.partial`, at times only its last words: "Its lantern is", as "Its
+  tracking label is" answers "carries the tracking label X"): the key must be found in the question, as in
+  "Question: ... of the amber orchard? Answer: It closed the year at", the match may be loose, and the nearest
+  match of the answer's words may be the question's, which no value follows;
 - the prompt `retrolm generate` builds ("Answer the question using the text above."), same question and answer.
 Words come from facts.py's word list, which leaves out every held-out phrase (tests/test_facts.py checks drills).
 """
@@ -71,22 +72,28 @@ SHAPES = ("plain", "trailing", "attribute", "bare")
 # share of recall answers that restate the relation with another joining word (`Phrasing.rejoined`); 0.25 is the
 # mix of the first drill runs (a bare statement's "It <words>" answer is rejoined too, so its share is higher)
 REJOINED = 0.25
+# share of rejoined answers that keep only the relation's last words (`DrillStyle.partial`); 0, the runs before
+# 2026-12-05, draws nothing more from the generator, so their corpora stay byte for byte
+PARTIAL = 0.0
 
 
 @dataclass(frozen=True)
 class DrillStyle:
-    """What a drill may look like: its statement `shapes` and the share of answers that are `rejoined`."""
+    """What a drill may look like: its statement `shapes`, the share of answers that are `rejoined`, and the share
+    of those that keep only the relation's last words (`partial`; relations of two or three words)."""
 
     shapes: tuple[str, ...] = SHAPES
     rejoined: float = REJOINED
+    partial: float = PARTIAL
 
     def __post_init__(self):
         unknown = sorted(set(self.shapes) - set(SHAPES))
         if not self.shapes or unknown:
             raise ValueError(f"drill shapes must be some of {', '.join(SHAPES)}; "
                              f"got {', '.join(self.shapes) or 'none'}")
-        if not 0.0 <= self.rejoined <= 1.0:
-            raise ValueError(f"the share of rejoined answers must be in [0, 1]; got {self.rejoined}")
+        for name in ("rejoined", "partial"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"the share of {name} answers must be in [0, 1]; got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -110,23 +117,28 @@ class Phrasing:
         tail = f" {self.trail}" if self.trail else ""
         return f"{lead}{key if lead else _capitalised(key)} {self.relation} {value}{tail}."
 
-    def answer_start(self, rng: random.Random, key: str, rejoined: float = REJOINED) -> str:
+    def answer_start(self, rng: random.Random, key: str, rejoined: float = REJOINED, partial: float = PARTIAL) -> str:
         """The start of an answer about `key`, which the value completes: with probability `rejoined` the relation
-        restated with another joining word, else the statement's own words."""
+        restated with another joining word (`partial` of those with its last words only), else the statement's own
+        words."""
         if rng.random() < rejoined:
-            return self.rejoined(rng)
+            return self.rejoined(rng, partial)
         if self.shape == "attribute":
             return rng.choice((f"It {self.join}", f"The {self.words} {self.join}",
                                f"The {self.words} of {key} {self.join}"))
         form = rng.randrange(3)
         if form == 1 and not self.join:  # "It pebble lantern" says nothing: name the words
-            return self.rejoined(rng)
+            return self.rejoined(rng, partial)
         return (_capitalised(self.relation), f"It {self.relation}", f"{_capitalised(key)} {self.relation}")[form]
 
-    def rejoined(self, rng: random.Random) -> str:
+    def rejoined(self, rng: random.Random, partial: float = PARTIAL) -> str:
         """"Its <words> <another joining word>": the answer names the fact in other words, as a question's answer
-        often does ("carries the label X" ... "Its label is"), so matching must be loose."""
-        return f"Its {self.words} {rng.choice([j for j in JOINS if j != self.join])}"
+        often does ("carries the label X" ... "Its label is"), so matching must be loose. With probability
+        `partial` (and two or more words) only the relation's last words are kept."""
+        words = self.words.split()
+        if partial and len(words) > 1 and rng.random() < partial:
+            words = words[rng.randint(1, len(words) - 1):]
+        return f"Its {' '.join(words)} {rng.choice([j for j in JOINS if j != self.join])}"
 
 
 def invented_phrasing(rng: random.Random, shapes: tuple[str, ...] = SHAPES) -> Phrasing:
@@ -138,14 +150,16 @@ def invented_phrasing(rng: random.Random, shapes: tuple[str, ...] = SHAPES) -> P
     return Phrasing(shape, words, join, trail)
 
 
-def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str, rejoined: float = REJOINED) -> str:
+def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str, rejoined: float = REJOINED,
+           partial: float = PARTIAL) -> str:
     """A later line asking for `key`'s value, in one of the layouts of the module docstring (`rejoined`: the share
-    of answers restating the relation with another joining word)."""
+    of answers restating the relation with another joining word; `partial`: of those, the share keeping only its
+    last words)."""
     layout = rng.randrange(3)
     if layout == 0:
         return phrasing.statement(rng.choice(LEADS), key, value)
     question = rng.choice(rng.choice((ASKS, NAMING_ASKS))).format(k=key, K=_capitalised(key), w=phrasing.words)
-    answer = f"{phrasing.answer_start(rng, key, rejoined)} {value}."
+    answer = f"{phrasing.answer_start(rng, key, rejoined, partial)} {value}."
     if layout == 1:
         return f"\nQuestion: {question}\nAnswer: {answer}\n"
     return f"\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer: {answer}\n"
@@ -170,7 +184,7 @@ def make_drill(rng: random.Random, length: int, filler, style: DrillStyle = Dril
         ready = [p for p in pending if p[0] <= size]
         if ready and (rng.random() < 0.35 or size > length * 0.8):
             fact = rng.choice(ready)
-            piece = recall(rng, *fact[1:], style.rejoined)
+            piece = recall(rng, *fact[1:], style.rejoined, style.partial)
             if size + len(piece) > length:
                 break
             pending.remove(fact)
