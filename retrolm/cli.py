@@ -11,7 +11,7 @@ import torch
 
 from .errors import RetroLMError, exit_code
 from .files import read_text
-from .index import DEFAULT_NPROBE, INDEX_KINDS
+from .index import DEFAULT_NPROBE, INDEX_KINDS, check_index_options
 from .inputs import DTYPE_NAMES
 
 
@@ -99,6 +99,11 @@ def _index(args) -> int:
     if args.action == "build":
         from .model import RetroLM
 
+        from .collection import save_store_index
+        from .saved_index import saved_index_path
+
+        if args.index == "ivf":  # before any document is encoded
+            check_index_options("ivf", use_gpu=torch.device(args.device).type == "cuda")
         documents = collect_documents(args.docs)  # every file read before the model loads: a bad one fails first
         model = RetroLM.from_pretrained(args.model, device=args.device, dtype=args.dtype, **_scorer(args))
         store = PageStore.open(args.out, model, create=True)
@@ -108,6 +113,15 @@ def _index(args) -> int:
         tokens = sum(stored[d]["tokens"] for d in documents)
         print(f"stored {len(documents)} documents ({tokens} tokens) in {time.perf_counter() - start:.1f} s; "
               f"{args.out} holds {len(stored)} documents, {sum(e['tokens'] for e in stored.values())} tokens")
+        saved = os.path.isfile(saved_index_path(store, ("ivf", None)))
+        if saved and model.device.type == "cuda" and args.index is None:
+            print("the store's saved ivf index was left as it was (IVF runs on the CPU): build again on the CPU to "
+                  "update it; until then `retrolm ask --index ivf` updates it in memory for each question")
+        elif args.index == "ivf" or saved:
+            start = time.perf_counter()
+            path = save_store_index(store, "ivf")
+            print(f"saved the ivf index of {sum(e['pages'] for e in stored.values())} pages to {path} in "
+                  f"{time.perf_counter() - start:.1f} s (`retrolm ask --index ivf` reads it)")
         return 0
     store = PageStore.open(args.store, None)
     if args.action == "delete":
@@ -195,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     build.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES))
     build.add_argument("--scorer", default=None, choices=SCORERS, help=SCORER_HELP)
+    build.add_argument("--index", default=None, choices=("ivf",),
+                       help="also build the approximate (IVF) page index and save it in the store, so that each "
+                            "`retrolm ask --index ivf` reads it instead of training it (CPU only); a later build into "
+                            "a store holding one brings it up to date")
     listing = actions.add_parser("list", help="the documents of a store")
     listing.add_argument("--store", required=True)
     delete = actions.add_parser("delete", help="remove documents from a store")

@@ -6,7 +6,9 @@
    CPU, one matrix product on a GPU), or `index="ivf"`, faiss's approximate IVF index on the CPU, `nprobe` lists
    searched per question (its recall against exact search: bench/index_recall.py). After a store change an IVF
    index is not trained again while its lists fit the store's size: the documents deleted or replaced are taken
-   out of it and those added or replaced put in (store_search.InPlaceUpdates).
+   out of it and those added or replaced put in (store_search.InPlaceUpdates). An IVF index saved in the store
+   (`save_store_index`, `retrolm index build --index ivf`; saved_index.py) is read instead of trained in a new
+   process.
 2. The question prompt (as `retrolm generate` writes it after a context) is the query: the retriever's query of
    its last page-sized window scores every page, with the score used within one input (summed per-head inner
    products, which is the flattened vectors' inner product the index computes).
@@ -35,6 +37,7 @@ from .index import check_index_options
 from .pager import page_windows
 from .page_store import PageStore
 from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
+from .saved_index import check_saved_kind, load_index, save_index
 from .store_search import IndexCache, StoreIndex, SummaryIndex, SummaryIVFIndex
 
 QUESTION_TEMPLATE = QUESTION + PLAIN_ANSWER  # the text after the pages without a chat template
@@ -70,14 +73,22 @@ def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None)
     """The store's index of `kind` (and nlist, for "ivf"), built on first use and again whenever the store's
     documents change, unchanged documents' rows taken from the last index built (`document_rows`); (index, built
     now). One index per kind and nlist is kept per store state (`store.index_cache`); nprobe is a search parameter,
-    so changing it reuses the trained index. An "ivf" index is updated in place when it can (`updated_in_place`).
-    A training-free store's index is a `SummaryIndex` ("exact") or a `SummaryIVFIndex` ("ivf")."""
+    so changing it reuses the trained index. An "ivf" index is read from the store when one was saved there
+    (saved_index.py) and updated in place when it can (`updated_in_place`). A training-free store's index is a
+    `SummaryIndex` ("exact") or a `SummaryIVFIndex` ("ivf")."""
     check_index_options(kind, nlist, use_gpu=store.model.device.type == "cuda")  # before reading any row
     documents = store.documents()
     files = {doc_id: entry["file"] for doc_id, entry in documents.items()}
     index = store.index_cache.get(files, (kind, nlist))
     if index is not None:
         return index, False
+    if kind == "ivf" and store.index_cache.earlier((kind, nlist)) is None:
+        saved = load_index(store, (kind, nlist))
+        if saved is not None:
+            files_saved, index = saved
+            store.index_cache.put(files_saved, (kind, nlist), index)
+            if files_saved == files:
+                return index, True
     if kind == "ivf" and updated_in_place(store, documents, (kind, nlist)):
         return store.index_cache.get(files, (kind, nlist)), True
     if store.model.config.scorer == "trained":
@@ -88,6 +99,15 @@ def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None)
         index = SummaryIndex.from_blocks(document_rows(store), store.model.device)
     store.index_cache.put(files, (kind, nlist), index)
     return index, True
+
+
+def save_store_index(store: PageStore, kind: str = "ivf", nlist: int | None = None) -> str:
+    """Bring the store's index of `kind` (only "ivf" is saved) up to date and write it into the store
+    (saved_index.py), so that a new process reads it instead of training it; its path."""
+    check_saved_kind(kind)  # before any index is built
+    index, _ = store_index(store, kind, nlist)
+    files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
+    return save_index(store, (kind, nlist), files, index)
 
 
 def updated_in_place(store: PageStore, documents: dict[str, dict], key: tuple) -> bool:

@@ -78,10 +78,12 @@ def read_safetensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:
                            "truncated: save it again.") from error
 
 
-def write_safetensors_atomic(path: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Save `tensors` (moved to CPU, made contiguous) to `path` through a temporary sibling."""
+def write_safetensors_atomic(path: str, tensors: dict[str, torch.Tensor],
+                             metadata: dict[str, str] | None = None) -> None:
+    """Save `tensors` (moved to CPU, made contiguous), and string `metadata`, to `path` through a temporary
+    sibling."""
     state = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    _write_atomic(path, lambda tmp: save_file(state, tmp))
+    _write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def _dump_json(path: str, value: dict) -> None:

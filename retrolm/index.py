@@ -233,6 +233,23 @@ class IVFInnerProductIndex:
             raise RetroLMError(f"rows {int(ids.min())}..{int(ids.max())} asked of the index include one removed "
                                "from it.") from error
 
+    def state(self) -> tuple[np.ndarray, dict]:
+        """(the faiss index's bytes [n] uint8, the settings beside them): what `restored` builds the index from."""
+        if self._cpu is None:
+            raise RetroLMError("an IVF index holds nothing before its first add; there is nothing to save.")
+        return self._faiss.serialize_index(self._cpu), {"dim": self.dim, "nlist": self._nlist_asked,
+                                                        "nprobe": self._nprobe, "end": self.end,
+                                                        "trained_on": self.trained_on}
+
+    @classmethod
+    def restored(cls, data: np.ndarray, settings: dict) -> "IVFInnerProductIndex":
+        """The index `state` returned (`data`, `settings`), trained lists and rows as they were."""
+        index = cls(settings["dim"], nlist=settings["nlist"], nprobe=settings["nprobe"], use_gpu=False)
+        index._cpu = index._faiss.deserialize_index(data)  # owns its quantizer
+        index._quantizer, index.nlist = index._cpu.quantizer, index._cpu.nlist
+        index.end, index.trained_on = settings["end"], settings["trained_on"]
+        return index
+
     def _train(self, vectors: np.ndarray) -> None:
         n, faiss = vectors.shape[0], self._faiss
         nlist = default_nlist(n) if self._nlist_asked is None else self._nlist_asked

@@ -50,6 +50,7 @@ class InPlaceUpdates:
     spans: dict[str, tuple[int, int]]
     live: torch.Tensor
     index: object  # index.py's InnerProductIndex or IVFInnerProductIndex
+    SAVED: tuple[str, ...] = ()  # the attributes a subclass saves beside its IVF index (`saved`)
 
     def __len__(self) -> int:
         """Pages in the index."""
@@ -86,6 +87,32 @@ class InPlaceUpdates:
         self.rows += rows
         self.live = torch.cat([self.live, torch.ones(len(rows), dtype=torch.bool)])
 
+    def saved(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """An IVF index as saved_index.py writes it: tensors (the faiss index's bytes, each row's document number
+        and page, -1 where unused) and JSON settings (the documents' names, the IVF index's and the subclass's
+        `SAVED` settings); `restored` builds it back."""
+        data, index_settings = self.index.state()
+        docs = sorted(self.spans)
+        number = {doc_id: i for i, doc_id in enumerate(docs)}
+        row_doc = torch.tensor([number[row[0]] if row else -1 for row in self.rows], dtype=torch.int32)
+        row_page = torch.tensor([row[1] if row else -1 for row in self.rows], dtype=torch.int32)
+        return ({"faiss": torch.from_numpy(data), "row_doc": row_doc, "row_page": row_page},
+                {"docs": docs, "index": index_settings, **{name: getattr(self, name) for name in self.SAVED}})
+
+    @classmethod
+    def restored(cls, tensors: dict[str, torch.Tensor], settings: dict):
+        """The index `saved` returned, as it was (trained lists, row numbers and gaps)."""
+        self = cls.__new__(cls)
+        for name in cls.SAVED:
+            setattr(self, name, settings[name])
+        self.index = IVFInnerProductIndex.restored(tensors["faiss"].numpy(), settings["index"])
+        docs = settings["docs"]
+        self.rows = [(docs[d], p) if d >= 0 else None
+                     for d, p in zip(tensors["row_doc"].tolist(), tensors["row_page"].tolist())]
+        self.spans = spans_of(self.rows)
+        self.live = tensors["row_doc"] >= 0
+        return self
+
 
 class StoreIndex(InPlaceUpdates):
     """The bookmark keys of every page of a store in one inner-product index, rows mapped to (document, page).
@@ -93,6 +120,8 @@ class StoreIndex(InPlaceUpdates):
     blocks: doc id -> its bookmark keys [pages, heads, dim] or [pages, heads * dim], in store order, at least one
     (collection.document_rows). kind: "exact" or "ivf" (index.make_index; nlist and nprobe apply to "ivf", which
     raises on a GPU). The IVF index is trained on all the keys, added at once."""
+
+    SAVED = ("kind",)
 
     def __init__(self, blocks: dict[str, torch.Tensor], use_gpu: bool | None = None, kind: str = "exact",
                  nlist: int | None = None, nprobe: int | None = None):
@@ -197,6 +226,7 @@ class SummaryIVFIndex(InPlaceUpdates):
     and so does a sample of every page left out."""
 
     kind = "ivf"
+    SAVED = ("sample", "candidates", "layers", "kv_heads", "dim")
 
     def __init__(self, blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], nlist: int | None = None,
                  nprobe: int | None = None, candidates: int = DEFAULT_SUMMARY_CANDIDATES,
@@ -305,10 +335,13 @@ def rows_of(pages: dict[str, int]) -> list[tuple[str, int]]:
     return [(doc_id, page) for doc_id, count in pages.items() for page in range(count)]
 
 
-def spans_of(rows: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
-    """Each document's index rows (start, end): its rows must lie together."""
+def spans_of(rows: list[tuple[str, int] | None]) -> dict[str, tuple[int, int]]:
+    """Each document's index rows (start, end): its rows must lie together; unused rows (None) are skipped."""
     spans: dict[str, tuple[int, int]] = {}
-    for i, (doc_id, _) in enumerate(rows):
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        doc_id = row[0]
         start, end = spans.get(doc_id, (i, i))
         if end != i:
             raise RetroLMError(f"an index holds each document's rows together; {doc_id!r} is split at row {i}.")

@@ -8,7 +8,8 @@ import torch
 from bench.collection_store import collection
 from retrolm.cli import main as cli
 from retrolm.collection import (QUESTION_TEMPLATE, attention_scaling, load_retrieved, question_layer_queries,
-                                question_query, store_index, with_neighbors)
+                                question_query, save_store_index, store_index, with_neighbors)
+from retrolm.index import IVFInnerProductIndex
 from retrolm.demo import NOUNS, Fact
 from retrolm.errors import RetroLMError
 from retrolm.filler import ESSAY_SHAPES
@@ -289,6 +290,61 @@ def test_an_ivf_index_is_trained_again_when_the_store_outgrows_its_lists(tmp_pat
     assert len(updated.rows) == len(updated) == sum(entry["pages"] for entry in store.documents().values())
 
 
+@pytest.mark.parametrize("scorer", sorted(SCORER_MODELS))
+def test_a_saved_ivf_index_is_read_in_a_new_process_not_trained(tmp_path, request, monkeypatch, scorer):
+    """`save_store_index` writes the IVF index into the store; a store opened again (as by a new `retrolm ask`)
+    reads it, trained lists, row numbers and gaps as they were, and finds the same pages; after a store change it
+    is updated in place from there, still without training, and finds what an index built afresh does."""
+    model = request.getfixturevalue(SCORER_MODELS[scorer])
+    rng = random.Random(10)
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({f"doc{i}": _essay(rng, 1500 + 200 * i) for i in range(5)}, progress=False)
+    store_index(store, "ivf")
+    store.add({"doc2": _essay(rng, 1400)}, progress=False)  # a replace: the saved index has a gap of unused rows
+    path = save_store_index(store, "ivf")
+    original, _ = store_index(store, "ivf")
+    assert None in original.rows and path.endswith("indexes/ivf-auto.safetensors")
+
+    def no_training(*_):
+        raise AssertionError("a saved index is read, not trained again")
+
+    monkeypatch.setattr(IVFInnerProductIndex, "_train", no_training)
+    reopened = PageStore.open(str(tmp_path), model)
+    loaded, built = store_index(reopened, "ivf")
+    assert built and loaded is not original and loaded.rows == original.rows
+    assert torch.equal(loaded.live, original.live) and loaded.index.nprobe == original.index.nprobe
+    question_ids = model.tokenizer("What is the special magic number for quiet-orchard?", return_tensors="pt",
+                                   add_special_tokens=False).input_ids[0]
+    if scorer == "trained":
+        search = lambda index, **kw: index.search(question_query(model, question_ids), 7, **kw)  # noqa: E731
+    else:
+        queries, scaling = question_layer_queries(model, question_ids), attention_scaling(model)
+        search = lambda index, **kw: index.search(queries, 7, scaling, **kw)  # noqa: E731
+    assert search(loaded) == search(original)
+    reopened.add({"doc7": _essay(rng, 1100)}, progress=False)
+    updated, _ = store_index(reopened, "ivf")
+    assert updated is loaded
+    monkeypatch.undo()
+    fresh, _ = store_index(PageStore.open(str(tmp_path), model), "exact" if scorer == "trained" else "ivf")
+    if scorer == "trained":
+        assert search(updated, **_all_lists(updated)) == search(fresh)
+    else:
+        assert search(updated, **_all_lists(updated)) == search(fresh, **_all_lists(fresh))
+
+
+def test_a_damaged_saved_index_is_a_clear_error(tmp_path, model):
+    rng = random.Random(11)
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({f"doc{i}": _essay(rng, 1500) for i in range(3)}, progress=False)
+    path = save_store_index(store, "ivf")
+    with open(path, "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(RetroLMError, match=r"is unreadable \(.*\); delete .*ivf-auto\.safetensors"):
+        store_index(PageStore.open(str(tmp_path), model), "ivf")
+    with pytest.raises(RetroLMError, match="only IVF indexes are saved"):
+        save_store_index(store, "exact")
+
+
 def test_an_update_that_fails_midway_leaves_no_half_updated_index(tmp_path, model, monkeypatch):
     rng = random.Random(8)
     store = PageStore.open(str(tmp_path), model, create=True)
@@ -513,6 +569,12 @@ def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
                 "--nprobe", "1000", "--template", _ruler_template(fact.key)]) == 0
     ivf_out = capsys.readouterr().out
     assert "index (ivf, nprobe 1000)" in ivf_out and ivf_out.split("timings:")[0] == out.split("timings:")[0]
+    assert cli(["index", "build", "b.txt", "--out", "store", "--device", "cpu", "--index", "ivf"]) == 0
+    assert "saved the ivf index of" in capsys.readouterr().out and (tmp_path / "store" / "indexes").is_dir()
+    monkeypatch.setattr(IVFInnerProductIndex, "_train", lambda *_: pytest.fail("ask reads the saved index"))
+    assert cli(["ask", question, "--store", "store", "--device", "cpu", "--max-new-tokens", "9", "--index", "ivf",
+                "--nprobe", "1000", "--template", _ruler_template(fact.key)]) == 0
+    assert capsys.readouterr().out.split("timings:")[0] == out.split("timings:")[0]
     assert cli(["ask", question, "--store", "missing", "--device", "cpu"]) == 2
     assert "not a page store" in capsys.readouterr().err
     assert QUESTION_TEMPLATE.count("{question}") == 1

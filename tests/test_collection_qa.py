@@ -7,6 +7,7 @@ import pytest
 
 from bench.collection_qa import main, without_fact
 from bench.collection_store import TEXTS, collection, reference_text
+from bench.saved_index import main as saved_index_main
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -68,3 +69,9 @@ def test_a_kept_store_is_reused_and_the_ivf_index_names_its_files(tmp_path):
     result = json.loads((tmp_path / "collection_qa_3_one_attention_ivf.json").read_text())
     assert result["args"]["index"] == "ivf" and len(result["questions"]["store"]) == 2
     assert "ivf store index" in (tmp_path / "collection_qa_3_one_attention_ivf.md").read_text()
+    saved_index_main(["--store", str(tmp_path / "store"), "--scorer", "attention", "--out", str(tmp_path),
+                      "--name", "saved"])
+    saved = json.loads((tmp_path / "saved.json").read_text())
+    assert saved["same_pages"] == [True] * 3 and saved["file_mb"] > 0
+    assert [row["index"] for row in saved["summary"]] == ["trained from the shards", "read from the saved file"]
+    assert not os.path.exists(tmp_path / "store" / "indexes" / "ivf-auto.safetensors"), "removed unless --keep"
