@@ -321,7 +321,7 @@ def test_a_saved_ivf_index_is_read_in_a_new_process_not_trained(tmp_path, reques
         queries, scaling = question_layer_queries(model, question_ids), attention_scaling(model)
         search = lambda index, **kw: index.search(queries, 7, scaling, **kw)  # noqa: E731
     assert search(loaded) == search(original)
-    reopened.add({"doc7": _essay(rng, 1100)}, progress=False)
+    reopened.add({"doc3": _essay(rng, 1300), "doc7": _essay(rng, 1100)}, progress=False)  # a replace and an add
     updated, _ = store_index(reopened, "ivf")
     assert updated is loaded
     monkeypatch.undo()
