@@ -97,9 +97,8 @@ def _index(args) -> int:
     from .page_store import PageStore
 
     if args.action == "build":
-        from .model import RetroLM
-
         from .collection import save_store_index
+        from .model import RetroLM
         from .saved_index import saved_index_path
 
         if args.index == "ivf":  # before any document is encoded
