@@ -95,11 +95,11 @@ def collect_documents(paths: list[str]) -> dict[str, str]:
 
 def _index(args) -> int:
     from .page_store import PageStore
+    from .saved_index import saved_index_path
 
     if args.action == "build":
         from .collection import save_store_index
         from .model import RetroLM
-        from .saved_index import saved_index_path
 
         if args.index == "ivf":  # before any document is encoded
             check_index_options("ivf", use_gpu=torch.device(args.device).type == "cuda")
@@ -126,6 +126,9 @@ def _index(args) -> int:
     if args.action == "delete":
         store.delete(args.ids)
         print(f"deleted {len(args.ids)} documents; {len(store)} left")
+        if os.path.isfile(saved_index_path(store, ("ivf", None))):  # rewriting it needs the model: not here
+            print("the store's saved ivf index still holds them: `retrolm ask --index ivf` leaves them out for each "
+                  "question, and the next `retrolm index build --index ivf` into the store rewrites it")
         return 0
     for doc_id, entry in sorted(store.documents().items()):
         print(f"{entry['tokens']:>10} tokens {entry['pages']:>7} pages  {doc_id}")

@@ -571,7 +571,16 @@ def test_ask_command_answers_and_cites_pages(tmp_path, capsys, monkeypatch):
     assert "index (ivf, nprobe 1000)" in ivf_out and ivf_out.split("timings:")[0] == out.split("timings:")[0]
     assert cli(["index", "build", "b.txt", "--out", "store", "--device", "cpu", "--index", "ivf"]) == 0
     assert "saved the ivf index of" in capsys.readouterr().out and (tmp_path / "store" / "indexes").is_dir()
-    monkeypatch.setattr(IVFInnerProductIndex, "_train", lambda *_: pytest.fail("ask reads the saved index"))
+    with monkeypatch.context() as patched:
+        patched.setattr(IVFInnerProductIndex, "_train", lambda *_: pytest.fail("ask reads the saved index"))
+        assert cli(["ask", question, "--store", "store", "--device", "cpu", "--max-new-tokens", "9", "--index",
+                    "ivf", "--nprobe", "1000", "--template", _ruler_template(fact.key)]) == 0
+    assert capsys.readouterr().out.split("timings:")[0] == out.split("timings:")[0]
+    (tmp_path / "c.txt").write_text(_essay(rng, 1800))
+    assert cli(["index", "build", "c.txt", "--out", "store", "--device", "cpu"]) == 0  # keeps the saved index current
+    assert "saved the ivf index of" in capsys.readouterr().out
+    assert cli(["index", "delete", "--store", "store", "c.txt"]) == 0
+    assert "saved ivf index still holds them" in capsys.readouterr().out
     assert cli(["ask", question, "--store", "store", "--device", "cpu", "--max-new-tokens", "9", "--index", "ivf",
                 "--nprobe", "1000", "--template", _ruler_template(fact.key)]) == 0
     assert capsys.readouterr().out.split("timings:")[0] == out.split("timings:")[0]
