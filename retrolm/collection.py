@@ -89,8 +89,9 @@ def store_index(store: PageStore, kind: str = "exact", nlist: int | None = None)
             store.index_cache.put(files_saved, (kind, nlist), index)
             if files_saved == files:
                 return index, True
-    if kind == "ivf" and updated_in_place(store, documents, (kind, nlist)):
-        return store.index_cache.get(files, (kind, nlist)), True
+    index = updated_in_place(store, documents, (kind, nlist)) if kind == "ivf" else None
+    if index is not None:
+        return index, True
     if store.model.config.scorer == "trained":
         index = StoreIndex(document_rows(store), use_gpu=store.model.device.type == "cuda", kind=kind, nlist=nlist)
     elif kind == "ivf":
@@ -110,19 +111,19 @@ def save_store_index(store: PageStore, kind: str = "ivf", nlist: int | None = No
     return save_index(store, (kind, nlist), files, index)
 
 
-def updated_in_place(store: PageStore, documents: dict[str, dict], key: tuple) -> bool:
+def updated_in_place(store: PageStore, documents: dict[str, dict], key: tuple):
     """Bring the last index built under `key` for an earlier state of the store to its documents now, in place
-    (store_search.InPlaceUpdates: the IVF lists kept), if there is one and its lists fit the new size; whether it
-    was. The added documents are read before the index changes, so a failed read leaves it as it was; an update
+    (store_search.InPlaceUpdates: the IVF lists kept), if there is one and its lists fit the new size; that index,
+    or None when it could not be. The added documents are read before the index changes, so a failed read leaves it as it was; an update
     that fails midway empties the store's index cache, so that a half-updated index is never searched."""
     earlier = store.index_cache.earlier(key)
     if earlier is None:
-        return False
+        return None
     files_then, index = earlier
     removed = [doc_id for doc_id, file in files_then.items() if documents.get(doc_id, {}).get("file") != file]
     added = [doc_id for doc_id, entry in documents.items() if files_then.get(doc_id) != entry["file"]]
     if not index.updatable(removed, sum(documents[doc_id]["pages"] for doc_id in added)):
-        return False
+        return None
     read = _reader(store)
     blocks = {doc_id: read(doc_id) for doc_id in added}
     try:
@@ -131,7 +132,7 @@ def updated_in_place(store: PageStore, documents: dict[str, dict], key: tuple) -
         store.index_cache = IndexCache()
         raise
     store.index_cache.put({doc_id: entry["file"] for doc_id, entry in documents.items()}, key, index)
-    return True
+    return index
 
 
 def question_query(model, question_ids: torch.Tensor) -> torch.Tensor:
