@@ -101,8 +101,8 @@ def save_into(directory: str, write_entries) -> None:
     directory, which are then moved in, `retrolm_config.json` last.
 
     Other files in `directory` are never touched. Entries of an earlier checkpoint that this one lacks
-    (`adapter/`, `base/`, retriever weights) are removed, since they would be loaded with it. A same-named directory RetroLM did
-    not write is refused before anything changes.
+    (`adapter/`, `base/`, retriever weights) are removed, since they would be loaded with it. A same-named directory
+    RetroLM did not write is refused before anything changes.
     """
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):

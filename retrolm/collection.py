@@ -114,8 +114,9 @@ def save_store_index(store: PageStore, kind: str = "ivf", nlist: int | None = No
 def updated_in_place(store: PageStore, documents: dict[str, dict], key: tuple):
     """Bring the last index built under `key` for an earlier state of the store to its documents now, in place
     (store_search.InPlaceUpdates: the IVF lists kept), if there is one and its lists fit the new size; that index,
-    or None when it could not be. The added documents are read before the index changes, so a failed read leaves it as it was; an update
-    that fails midway empties the store's index cache, so that a half-updated index is never searched."""
+    or None when it could not be. The added documents are read before the index changes, so a failed read leaves it
+    as it was; an update that fails midway empties the store's index cache, so that a half-updated index is never
+    searched."""
     earlier = store.index_cache.earlier(key)
     if earlier is None:
         return None

@@ -107,8 +107,9 @@ def _measure(kind: str, model_path: str | None, ids: torch.Tensor, max_new_token
         for start in range(0, ids.shape[1] - 1, chunk):  # chunked prefill: no T x T score matrix at once
             model.base_model(input_ids=ids[:, start:min(start + chunk, ids.shape[1] - 1)], use_cache=True,
                              logits_to_keep=1, **pass_cache)
-        out = model.base_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                        do_sample=False, pad_token_id=model.tokenizer.pad_token_id, **pass_cache)
+        out = model.base_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                        max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=model.tokenizer.pad_token_id, **pass_cache)
         kv_bytes = sum(2 * layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
     queue.put({"seconds": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib(),
                "rss_over_loaded_mib": _peak_rss_mib() - loaded_rss, "kv_mib": kv_bytes / 2 ** 20,

@@ -34,7 +34,8 @@ def compiled_function(function):
     """`function` compiled by inductor, once per process."""
     if function not in _COMPILED:
         # bf16/fp16: round where eager rounds (each op's output), so fused kernels stay as close to eager as they can
-        options = {"emulate_precision_casts": True} if hasattr(torch._inductor.config, "emulate_precision_casts") else {}
+        precise = hasattr(torch._inductor.config, "emulate_precision_casts")
+        options = {"emulate_precision_casts": True} if precise else {}
         _COMPILED[function] = torch.compile(function, options=options)
     return _COMPILED[function]
 

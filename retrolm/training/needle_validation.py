@@ -72,7 +72,8 @@ class NeedleValidation:
         if self.keep and better:
             self.best = {"step": step, "needle_recall": recall}
             if rank == 0:
-                state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.retriever.state_dict().items()}
+                state = {name: tensor.detach().cpu().contiguous()
+                         for name, tensor in model.retriever.state_dict().items()}
                 save_file(state, self.weights_path + ".tmp")
                 os.replace(self.weights_path + ".tmp", self.weights_path)
         if rank == 0:

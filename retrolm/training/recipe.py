@@ -35,8 +35,8 @@ def load_recipe(preset: str) -> tuple[dict, str]:
     recipe = read_json_object(path, "recipe")
     unknown = sorted(set(recipe) - RECIPE_KEYS) + sorted(set(recipe.get("prepare", {})) - PREPARE_KEYS)
     if unknown or not isinstance(recipe.get("train"), dict):
-        raise RetroLMError(f"recipe {path}: unknown keys {unknown} or no 'train' section; valid: {sorted(RECIPE_KEYS)}, "
-                           f"prepare: {sorted(PREPARE_KEYS)}.")
+        raise RetroLMError(f"recipe {path}: unknown keys {unknown} or no 'train' section; "
+                           f"valid: {sorted(RECIPE_KEYS)}, prepare: {sorted(PREPARE_KEYS)}.")
     return recipe, path
 
 
