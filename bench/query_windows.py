@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from bench.heldout_prose import NEEDLE_KINDS, NEEDLE_SETS  # noqa: E402
 from retrolm.model import RetroLM, default_model_path  # noqa: E402
-from retrolm.pager import page_windows  # noqa: E402
+from retrolm.pager import window_bookmarks  # noqa: E402
 from retrolm.retriever import eligible_pages, score_pages, select_pages  # noqa: E402
 from retrolm.training.needle_recall import answer_pages, build_sample, reference_topics, value_pages  # noqa: E402
 
@@ -47,10 +47,8 @@ COMBINED = {"max(last, previous)": ("max", "last", "previous"), "sum(last, previ
 def bookmarks(model: RetroLM, ids: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The retriever's (query, key) [W, heads, dim] of the windows of up to `page_size` tokens ending before
     `ends` [W] in `ids` [T]."""
-    P = model.config.page_size
-    windows, lengths = page_windows(ids, (ends - P).clamp(min=0), ends, P)
-    embeds = model.base_model.get_input_embeddings()(windows.to(model.device))
-    return model.retriever(embeds, lengths.to(model.device))
+    return window_bookmarks(ids, model.retriever, model.base_model.get_input_embeddings(), ends,
+                            model.config.page_size)
 
 
 def question_end(model: RetroLM, text: str, question: str) -> int:

@@ -34,7 +34,7 @@ import torch
 
 from .errors import RetroLMError
 from .index import check_index_options
-from .pager import page_windows
+from .pager import window_bookmarks
 from .page_store import PageStore
 from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
 from .saved_index import check_saved_kind, load_index, save_index
@@ -138,12 +138,9 @@ def updated_in_place(store: PageStore, documents: dict[str, dict], key: tuple):
 
 def question_query(model, question_ids: torch.Tensor) -> torch.Tensor:
     """The retriever's query [heads, dim] of the last page-sized window of `question_ids` [T]."""
-    P, total = model.config.page_size, question_ids.shape[0]
-    ends = torch.tensor([total])
-    ids, lengths = page_windows(question_ids.cpu(), (ends - P).clamp(min=0), ends, P)
-    embed = model.base_model.get_input_embeddings()
     with torch.no_grad():
-        queries, _ = model.retriever(embed(ids.to(model.device)), lengths.to(model.device))
+        queries, _ = window_bookmarks(question_ids.cpu(), model.retriever, model.base_model.get_input_embeddings(),
+                                      torch.tensor([question_ids.shape[0]]), model.config.page_size)
     return queries[0]
 
 

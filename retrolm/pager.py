@@ -22,6 +22,15 @@ def page_windows(token_ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tens
     return windows, valid.sum(dim=1)
 
 
+def window_bookmarks(token_ids: torch.Tensor, retriever, embed, ends: torch.Tensor, page_size: int):
+    """The retriever's (query, key) [W, heads, dim] of the windows of up to `page_size` tokens of `token_ids` [T]
+    ending before `ends` [W], read through the LLM's input embeddings `embed` (frozen: no gradient reaches them)."""
+    ids, lengths = page_windows(token_ids, (ends - page_size).clamp(min=0), ends, page_size)
+    with torch.no_grad():
+        token_embeds = embed(ids.to(embed.weight.device))
+    return retriever(token_embeds.to(next(retriever.parameters()).device), lengths.to(token_embeds.device))
+
+
 def add_bookmark_token(tokenizer, bookmark_token: str) -> int:
     """Register the bookmark as a special token (idempotent); returns its id."""
     if bookmark_token not in tokenizer.get_vocab():

@@ -22,7 +22,7 @@ import torch
 from .cache import PagedKVCache
 from .config import RetroLMConfig
 from .errors import RetroLMError
-from .pager import page_windows
+from .pager import window_bookmarks
 from .retriever import PageRetriever, eligible_pages, packed_key_shift, score_pages, select_pages
 from .scorer import fresh_decode_selection
 
@@ -72,11 +72,7 @@ class AttentionPlan:
 
 def _window_bookmarks(cache, retriever, embed, ends, page_size):
     """Retriever (query, key) of the windows of up to `page_size` recorded tokens ending before `ends` [W]."""
-    starts = (ends - page_size).clamp(min=0)
-    ids, lengths = page_windows(cache.token_ids[: cache.num_tokens], starts, ends, page_size)
-    with torch.no_grad():
-        token_embeds = embed(ids.to(embed.weight.device))
-    return retriever(token_embeds.to(next(retriever.parameters()).device), lengths.to(token_embeds.device))
+    return window_bookmarks(cache.token_ids[: cache.num_tokens], retriever, embed, ends, page_size)
 
 
 def refresh_trigger_table(tokenizer, characters: str, vocab_size: int, device=None) -> torch.Tensor | None:

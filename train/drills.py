@@ -117,18 +117,18 @@ class Phrasing:
         tail = f" {self.trail}" if self.trail else ""
         return f"{lead}{key if lead else _capitalised(key)} {self.relation} {value}{tail}."
 
-    def answer_start(self, rng: random.Random, key: str, rejoined: float = REJOINED, partial: float = PARTIAL) -> str:
-        """The start of an answer about `key`, which the value completes: with probability `rejoined` the relation
-        restated with another joining word (`partial` of those with its last words only), else the statement's own
-        words."""
-        if rng.random() < rejoined:
-            return self.rejoined(rng, partial)
+    def answer_start(self, rng: random.Random, key: str, style: DrillStyle = DrillStyle()) -> str:
+        """The start of an answer about `key`, which the value completes: with probability `style.rejoined` the
+        relation restated with another joining word (`style.partial` of those with its last words only), else the
+        statement's own words."""
+        if rng.random() < style.rejoined:
+            return self.rejoined(rng, style.partial)
         if self.shape == "attribute":
             return rng.choice((f"It {self.join}", f"The {self.words} {self.join}",
                                f"The {self.words} of {key} {self.join}"))
         form = rng.randrange(3)
         if form == 1 and not self.join:  # "It pebble lantern" says nothing: name the words
-            return self.rejoined(rng, partial)
+            return self.rejoined(rng, style.partial)
         return (_capitalised(self.relation), f"It {self.relation}", f"{_capitalised(key)} {self.relation}")[form]
 
     def rejoined(self, rng: random.Random, partial: float = PARTIAL) -> str:
@@ -150,16 +150,14 @@ def invented_phrasing(rng: random.Random, shapes: tuple[str, ...] = SHAPES) -> P
     return Phrasing(shape, words, join, trail)
 
 
-def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str, rejoined: float = REJOINED,
-           partial: float = PARTIAL) -> str:
-    """A later line asking for `key`'s value, in one of the layouts of the module docstring (`rejoined`: the share
-    of answers restating the relation with another joining word; `partial`: of those, the share keeping only its
-    last words)."""
+def recall(rng: random.Random, key: str, phrasing: Phrasing, value: str, style: DrillStyle = DrillStyle()) -> str:
+    """A later line asking for `key`'s value, in one of the layouts of the module docstring (`style`: the shares
+    of rejoined and partial answers)."""
     layout = rng.randrange(3)
     if layout == 0:
         return phrasing.statement(rng.choice(LEADS), key, value)
     question = rng.choice(rng.choice((ASKS, NAMING_ASKS))).format(k=key, K=_capitalised(key), w=phrasing.words)
-    answer = f"{phrasing.answer_start(rng, key, rejoined, partial)} {value}."
+    answer = f"{phrasing.answer_start(rng, key, style)} {value}."
     if layout == 1:
         return f"\nQuestion: {question}\nAnswer: {answer}\n"
     return f"\n\nAnswer the question using the text above.\nQuestion: {question}\nAnswer: {answer}\n"
@@ -184,7 +182,7 @@ def make_drill(rng: random.Random, length: int, filler, style: DrillStyle = Dril
         ready = [p for p in pending if p[0] <= size]
         if ready and (rng.random() < 0.35 or size > length * 0.8):
             fact = rng.choice(ready)
-            piece = recall(rng, *fact[1:], style.rejoined, style.partial)
+            piece = recall(rng, *fact[1:], style)
             if size + len(piece) > length:
                 break
             pending.remove(fact)
