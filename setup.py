@@ -27,7 +27,7 @@ setup(
     # end as pip resolves it today (README, "Tested versions"). Raise an upper bound only with a green run.
     install_requires=[
         "torch>=2.13,<2.15",  # 2.13.0 is the floor CI tests (its CPU wheel)
-        "transformers>=5.17,<5.25",  # 5.24 renamed past_key_values -> cache; retrolm/compat.py handles both
+        "transformers>=5.17,<5.26",  # 5.24 renamed past_key_values -> cache; retrolm/compat.py handles both
         "peft>=0.18,<0.22",  # 0.17 cannot import with transformers 5
         "safetensors>=0.8,<1",
         "tokenizers>=0.23.1,<0.24",
