@@ -11,7 +11,8 @@ Methods (one `python -m eval.ruler` run per method and task, `--jobs` at a time)
   (train/build_default_model.py --post-train), the ablation of post-training for a model shipped without it;
 - full: the base LLM with full attention over its window (longer prompts cut in the middle, RULER's way);
 - rag: the base LLM reading the chunks a faiss index ranks highest (offline LLM-embedding embedder);
-- streaming: the shipped LLM with a sink page and the most recent pages (RetroLM with top_k=0).
+- streaming: the shipped LLM with a sink page and the most recent pages (RetroLM with top_k=0);
+- retrolm_lexical: the model measured, its page scores plus lexical ones at --lexical-weight (retrolm/lexical.py).
 Writes <assets>/quality.json, quality.md and quality.png (score vs context length, one panel per task).
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from retrolm.retriever import PageRetriever  # noqa: E402
 from train.corpus import byte_count  # noqa: E402
 
 METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "retrolm_post_trained", "full",
-           "rag", "streaming")
+           "rag", "streaming", "retrolm_lexical")
 DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
 
 
@@ -48,8 +49,8 @@ def default_methods(model: str, post_trained: str | None) -> list[str]:
             and (m != "retrolm_post_trained" or post_trained)]
 
 
-def variant_models(model: str, stage1_retriever: str, work: str,
-                   post_trained: str | None = None) -> dict[str, tuple[str, str, list[str]]]:
+def variant_models(model: str, stage1_retriever: str, work: str, post_trained: str | None = None,
+                   lexical: tuple[float, int] = (10.0, 2)) -> dict[str, tuple[str, str, list[str]]]:
     """{method name: (model directory, eval method, extra eval options)}, building the two ablation checkpoints."""
     untrained, no_post = os.path.join(work, "untrained_retriever"), os.path.join(work, "no_post_training")
     if not os.path.isdir(untrained):
@@ -67,6 +68,8 @@ def variant_models(model: str, stage1_retriever: str, work: str,
         "full": (base, "full", []),
         "rag": (base, "rag", ["--rag-embedder", "llm-input-embeddings", "--rag-chunk-tokens", "128"]),
         "streaming": (model, "streaming", []),
+        "retrolm_lexical": (model, "retrolm", ["--lexical-weight", str(lexical[0]),
+                                               "--lexical-query-pages", str(lexical[1])]),
     }
 
 
@@ -148,6 +151,9 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help=f"comma-separated, of {', '.join(METHODS)} (default: "
                                                         "every one that measures something distinct)")
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
+    parser.add_argument("--lexical-weight", type=float, default=10.0, help="lexical_weight of retrolm_lexical "
+                        "(10: the smallest weight with the best validation-needle recall, bench/results/lexical/)")
+    parser.add_argument("--lexical-query-pages", type=int, default=2, help="lexical_query_pages of retrolm_lexical")
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "quality"))
     parser.add_argument("--assets", default=os.path.join(ROOT, "assets"))
     grid_arguments(parser)
@@ -161,7 +167,8 @@ def main() -> None:
     if unknown or ("retrolm_post_trained" in methods and not args.post_trained and not args.collect_only):
         raise RetroLMError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})" if unknown else
                            "retrolm_post_trained needs --post-trained MODEL (a build with --post-train)")
-    variants = (variant_models(args.model, args.stage1_retriever, args.work, args.post_trained)
+    variants = (variant_models(args.model, args.stage1_retriever, args.work, args.post_trained,
+                               (args.lexical_weight, args.lexical_query_pages))
                 if not args.collect_only else {name: (None, None, None) for name in METHODS})
     tasks = [t for t in args.tasks.split(",") if t]
     record = run_grid(variants, methods, tasks, lengths, args)

@@ -117,10 +117,24 @@ def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, 
             "accuracy": 100 * sum(r["correct"] for r in rows) / samples, "rows": rows}
 
 
+def scorer_knobs(name: str, lexical_weight: float, lexical_query_pages: int = 2) -> dict:
+    """from_pretrained knobs of a --scorers entry."""
+    if name == "trained+lexical":
+        return {"scorer": "trained", "lexical_weight": lexical_weight, "lexical_query_pages": lexical_query_pages}
+    if name in ("trained", "attention"):
+        return {"scorer": name, "lexical_weight": 0.0}
+    raise SystemExit(f"unknown scorer {name!r}: use trained, trained+lexical or attention")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
-    parser.add_argument("--scorers", default="trained,attention", help="page scorers to compare")
+    parser.add_argument("--scorers", default="trained,attention",
+                        help="page scorers to compare: trained (the retriever alone), trained+lexical (plus lexical "
+                             "page scores at --lexical-weight, retrolm/lexical.py), attention (training-free)")
+    parser.add_argument("--lexical-weight", type=float, default=10.0, help="lexical_weight of trained+lexical "
+                        "(10: chosen on the validation needles, bench/results/lexical/)")
+    parser.add_argument("--lexical-query-pages", type=int, default=2, help="lexical_query_pages of trained+lexical")
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
     parser.add_argument("--samples", type=int, default=40, help="samples per cell (formats take turns)")
     parser.add_argument("--seed", type=int, default=7)
@@ -135,7 +149,8 @@ def main() -> None:
     factors = [int(x) for x in args.factors.split(",")]
     scores, details, seconds, window = {}, {}, {}, None
     for scorer in args.scorers.split(","):
-        model = RetroLM.from_pretrained(args.model, device=args.device, scorer=scorer)
+        model = RetroLM.from_pretrained(args.model, device=args.device,
+                                        **scorer_knobs(scorer, args.lexical_weight, args.lexical_query_pages))
         window = model.base_model.config.max_position_embeddings
         started = time.perf_counter()
         scores[scorer] = {"needle-page recall": {}, "accuracy": {}}
@@ -153,6 +168,8 @@ def main() -> None:
               "samples": args.samples, "seed": args.seed, "device": args.device, "environment": environment(),
               "haystack": "pydoc_data.topics (Python language reference), held out of training",
               "needles": args.needles, "needle_formats": NEEDLE_SETS[args.needles][1], "scores": scores,
+              "lexical": {"weight": args.lexical_weight, "query_pages": args.lexical_query_pages}
+              if "trained+lexical" in scores else None,
               "seconds": seconds, "samples_detail": details}
     prefix = os.path.join(args.out, "heldout_prose" + ("" if args.needles == "test" else f"_{args.needles}"))
     write_json(prefix + ".json", record)

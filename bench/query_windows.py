@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
 from bench.heldout_prose import NEEDLE_KINDS, NEEDLE_SETS  # noqa: E402
+from retrolm.lexical import LexicalIndex  # noqa: E402
 from retrolm.model import RetroLM, default_model_path  # noqa: E402
 from retrolm.pager import window_bookmarks  # noqa: E402
 from retrolm.retriever import eligible_pages, score_pages, select_pages  # noqa: E402
@@ -76,8 +77,10 @@ def candidate_rank(model: RetroLM, scores: torch.Tensor, query_page: int, page: 
     return int((scores[candidates[0]] > scores[page]).sum()) + 1
 
 
-def sample_scores(model: RetroLM, ids: torch.Tensor, text: str, question: str) -> tuple[dict, int]:
-    """Per query variant, the scores [N] of every full page before the answer's query page; and that page."""
+def sample_scores(model: RetroLM, ids: torch.Tensor, text: str, question: str,
+                  lexical_weights: tuple[float, ...] = ()) -> tuple[dict, int]:
+    """Per query variant, the scores [N] of every full page before the answer's query page; and that page.
+    lexical_weights: also the lexical scores alone and added to `last` at each weight (retrolm/lexical.py)."""
     P = model.config.page_size
     last = ids.shape[0] - 1  # the position of the decode step that yields the answer's first token
     query_page = last // P
@@ -89,14 +92,27 @@ def sample_scores(model: RetroLM, ids: torch.Tensor, text: str, question: str) -
     scores = dict(single)
     for name, (how, a, b) in COMBINED.items():
         scores[name] = torch.maximum(single[a], single[b]) if how == "max" else single[a] + single[b]
+    if lexical_weights:
+        c = model.config
+        index = LexicalIndex(c.lexical_ngram, c.lexical_max_pages, P, c.lexical_query_pages * P)
+        index.update(ids, query_page)
+        lexical = index.scores(ids, torch.tensor([last]), torch.tensor([query_page]), query_page)[0]
+        scores["lexical"] = lexical
+        for weight in lexical_weights:
+            scores[lexical_name(weight)] = single["last"] + weight * lexical
     return scores, query_page
+
+
+def lexical_name(weight: float) -> str:
+    return f"last + {weight:g} lexical"
 
 
 @torch.no_grad()
 def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, topics: list[str],
-             needles: str, check: int = 0) -> dict:
+             needles: str, check: int = 0, lexical_weights: tuple[float, ...] = ()) -> dict:
     """Recall and needle ranks of every query variant over `samples` haystacks of `factor` windows; with `check`,
-    the first `check` samples also run `generate` and the model's own pages must equal the offline `last`."""
+    the first `check` samples also run `generate` and the model's own pages must equal the offline `last` (and,
+    with the model's lexical_weight set to each of `lexical_weights`, the offline `last + w lexical`)."""
     make, formats = NEEDLE_SETS[needles]
     P = model.config.page_size
     rows, mismatches = [], 0
@@ -106,15 +122,19 @@ def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, 
         sample = build_sample(model.tokenizer, rng, factor * window, topics, needle)
         ids = sample.ids[0]
         text = model.tokenizer.decode(ids, skip_special_tokens=True)
-        scores, query_page = sample_scores(model, ids, text, needle.question)
+        scores, query_page = sample_scores(model, ids, text, needle.question, lexical_weights)
         needle_pages = value_pages(sample, P)
         row = {"format": i % formats, "needle_pages": sorted(needle_pages), "recalled": {}, "rank": {}}
         for name, s in scores.items():
             row["recalled"][name] = needle_pages <= choose(model, s, query_page)
             row["rank"][name] = candidate_rank(model, s, query_page, min(needle_pages))
         if i < check:
-            model.generate(input_ids=sample.ids.to(model.device), max_new_tokens=1, do_sample=False, progress=False)
-            mismatches += answer_pages(model, ids.shape[0]) != choose(model, scores["last"], query_page)
+            for weight, name in [(0.0, "last")] + [(w, lexical_name(w)) for w in lexical_weights]:
+                model.config.lexical_weight = weight
+                model.generate(input_ids=sample.ids.to(model.device), max_new_tokens=1, do_sample=False,
+                               progress=False)
+                mismatches += answer_pages(model, ids.shape[0]) != choose(model, scores[name], query_page)
+            model.config.lexical_weight = 0.0
         rows.append(row)
     names = list(rows[0]["recalled"])
     recall = {n: 100 * sum(r["recalled"][n] for r in rows) / samples for n in names}
@@ -135,24 +155,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="needle formats (bench/heldout_prose.py); choose variants on validation")
     parser.add_argument("--check", type=int, default=2, help="samples per cell also run through generate, whose "
                                                              "retrieved pages must equal the offline 'last' ones")
+    parser.add_argument("--lexical-weights", default="", help="comma-separated weights: also score pages by the "
+                                                           "lexical scores alone and added to 'last' at each weight")
+    parser.add_argument("--lexical-query-pages", type=int, default=2,
+                        help="lexical_query_pages: pages of tokens before the query that lexical scores read")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "query_windows"))
     args = parser.parse_args(argv)
-    model = RetroLM.from_pretrained(args.model, device=args.device, scorer="trained")
+    model = RetroLM.from_pretrained(args.model, device=args.device, scorer="trained", lexical_weight=0.0,
+                                    lexical_query_pages=args.lexical_query_pages, decode_mode="eager")
+    lexical_weights = tuple(float(w) for w in args.lexical_weights.split(",") if w)
     window = model.base_model.config.max_position_embeddings
     topics = reference_topics()
     cells = {}
     for factor in (int(x) for x in args.factors.split(",")):
-        cell = run_cell(model, factor, window, args.samples, args.seed, topics, args.needles, args.check)
+        cell = run_cell(model, factor, window, args.samples, args.seed, topics, args.needles, args.check,
+                        lexical_weights)
         if cell["mismatches"]:
-            raise SystemExit(f"{factor}x: the offline 'last' selection differs from generate's in "
+            raise SystemExit(f"{factor}x: an offline selection differs from generate's in "
                              f"{cell['mismatches']} of {cell['checked']} samples; the comparison would be unfair")
         cells[f"{factor}x"] = cell
         print(f"{factor}x: " + ", ".join(f"{n} {r:.0f}" for n, r in cell["recall"].items()), flush=True)
     os.makedirs(args.out, exist_ok=True)
-    prefix = os.path.join(args.out, f"query_windows_{args.needles}")
+    lexical = f"_lexical_q{args.lexical_query_pages}" if lexical_weights else ""
+    prefix = os.path.join(args.out, f"query_windows_{args.needles}{lexical}")
     record = {"model": args.model or default_model_path(), "window": window, "samples": args.samples,
-              "seed": args.seed, "needles": args.needles, "device": args.device, "environment": environment(),
+              "seed": args.seed, "needles": args.needles, "device": args.device, "lexical": {
+                  "weights": lexical_weights, "ngram": model.config.lexical_ngram,
+                  "max_pages": model.config.lexical_max_pages, "query_pages": model.config.lexical_query_pages},
+              "environment": environment(),
               "cells": cells}
     write_json(prefix + ".json", record)
     table = [{"query": name, **{f"{f} recall": f"{c['recall'][name]:.0f}" for f, c in cells.items()},
@@ -162,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# Decode query windows ({args.samples} samples per cell, {NEEDLE_KINDS[args.needles]}, "
             f"{args.device})\n\nNeedle-page recall (every value page among sink + local + top-k with neighbours) "
             "and the needle page's median rank among the top-k candidates, per query the pages are scored with. "
-            f"The offline 'last' selection matched generate's on {sum(c['checked'] for c in cells.values())} "
-            "checked samples.\n\n" + markdown_table(table, columns))
+            f"The offline 'last' selection{' and each last + w lexical one' if lexical_weights else ''} matched "
+            f"generate's on {sum(c['checked'] for c in cells.values())} checked samples.\n\n"
+            + markdown_table(table, columns))
     write_text(prefix + ".md", text)
     print(text)
     return 0

@@ -11,8 +11,10 @@ from .methods import LLM_EMBEDDER, METHODS, MethodOptions, build_method
 
 RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mode", "max_context_tokens",
                  "attention_backend", "refresh_interval", "prefill_chunk_pages", "neighbor_pages", "neighbor_direction",
-                 "refresh_on")
+                 "refresh_on", "lexical_weight", "lexical_ngram", "lexical_max_pages",
+                 "lexical_query_pages")
 STRING_KNOBS = ("position_mode", "attention_backend", "neighbor_direction")
+FLOAT_KNOBS = ("lexical_weight",)
 
 
 def _escaped(text: str) -> str:
@@ -48,7 +50,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:0, cpu")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     for knob in RETROLM_KNOBS:
-        kind = str if knob in STRING_KNOBS else _escaped if knob == "refresh_on" else int
+        kind = (str if knob in STRING_KNOBS else _escaped if knob == "refresh_on" else float if knob in FLOAT_KNOBS
+                else int)
         p.add_argument("--" + knob.replace("_", "-"), type=kind, default=None, help=f"RetroLMConfig.{knob}")
     return p
 

@@ -179,6 +179,7 @@ class PagedKVCache(Cache):
         # list of each layer's [A] (attention scorer); kept on the device, read with `retrievals()`
         self.selection_log: list[tuple[int, torch.Tensor | list[torch.Tensor]]] = []
         self.plan = None  # AttentionPlan of the forward in flight
+        self.lexical = None  # lexical.LexicalIndex of the complete pages, made by the planner when lexical_weight > 0
 
     def retrievals(self) -> list[tuple[int, list[int]]]:
         """(position, pages) of each decode-time retrieval, pages in ascending order. Under the attention scorer

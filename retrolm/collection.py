@@ -35,7 +35,7 @@ import torch
 from .errors import RetroLMError
 from .index import check_index_options
 from .pager import window_bookmarks
-from .page_store import PageStore
+from .page_store import PageStore, refuse_lexical_scores
 from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
 from .saved_index import check_saved_kind, load_index, save_index
 from .store_search import IndexCache, StoreIndex, SummaryIndex, SummaryIVFIndex
@@ -219,6 +219,7 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     if not question.strip():
         raise RetroLMError("the question is empty; pass the question to answer.")
     check_index_options(index, nprobe=nprobe, use_gpu=model.device.type == "cuda")
+    refuse_lexical_scores(model)  # also for a store opened with another model object
     store = store if isinstance(store, PageStore) else PageStore.open(store, model)
     started = time.perf_counter()
     pages_index, built = store_index(store, index)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -72,6 +73,14 @@ class RetroLMConfig:
     # pages are taken. 0: plain top-k. neighbor_direction: "next" (successors), "previous" or "both".
     neighbor_pages: int = 0
     neighbor_direction: str = "next"
+    # Trained scorer: a page's score also adds lexical_weight x its lexical score (lexical.py: the idf of the distinct
+    # token n-grams of `lexical_ngram` tokens that the page repeats from the `lexical_query_pages` x page_size tokens
+    # before the query, ignoring n-grams held by more than `lexical_max_pages` earlier pages). Finds facts in text
+    # unlike the retriever's training text. 0: off.
+    lexical_weight: float = 0.0
+    lexical_ngram: int = 4
+    lexical_max_pages: int = 64
+    lexical_query_pages: int = 2
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
     position_mode: str = "contiguous"  # "contiguous": attended pages re-packed at positions 0..; "original"
@@ -110,10 +119,18 @@ class RetroLMConfig:
     def validate(self) -> None:
         """Raise `RetroLMError` naming the fix for any out-of-range knob."""
         for name in ("page_size", "prefill_chunk_pages", "refresh_interval", "max_context_tokens",
-                     "scorer_query_tokens", "offload_device_pages"):
+                     "scorer_query_tokens", "offload_device_pages", "lexical_ngram", "lexical_max_pages",
+                     "lexical_query_pages"):
             _check_int("", name, getattr(self, name), 1)
         for name in ("top_k", "sink_pages", "local_pages", "neighbor_pages"):
             _check_int("", name, getattr(self, name), 0)
+        weight = self.lexical_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise RetroLMError(f"lexical_weight must be a number >= 0 (0 turns lexical page scores off), got "
+                               f"{weight!r}.")
+        if weight and self.lexical_ngram > self.page_size:
+            raise RetroLMError(f"lexical_ngram ({self.lexical_ngram}) must fit in a page (page_size {self.page_size}); "
+                               "lower it (4 is the default).")
         if self.position_mode not in POSITION_MODES:
             raise RetroLMError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}.")
         if self.attention_backend not in ATTENTION_BACKENDS:

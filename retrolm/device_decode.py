@@ -55,6 +55,9 @@ def device_decode_blocker(config, device: torch.device, prompt_tokens: int, mode
     elif prompt_tokens - 1 < config.page_size:
         return (f"the prompt ({prompt_tokens} tokens) is shorter than page_size + 1 ({config.page_size + 1}): the "
                 "retriever's decode window would be short")
+    if config.lexical_weight:
+        return ("lexical page scores (lexical_weight > 0) are computed by the host-planned decode only; set "
+                "lexical_weight=0 for a device-side decode")
     if mode == "graph" and device.type != "cuda":
         return f"CUDA graphs need a CUDA device, the model is on {device.type}"
     return None

@@ -141,6 +141,10 @@ class RetroLM(nn.Module):
             raise RetroLMError("offload_kv=True needs the trained scorer (pages chosen before the forward, so only "
                                "they are copied in); the training-free scorer chooses per layer. Use scorer='trained' "
                                "with a trained retriever, or keep the KV resident (offload_kv=False).")
+        if config.scorer == "attention" and config.lexical_weight:
+            raise RetroLMError(f"lexical_weight={config.lexical_weight} adds lexical scores to the trained scorer's; "
+                               "the training-free scorer chooses per layer and has none. Set lexical_weight=0, or "
+                               "use scorer='trained' with a trained retriever.")
         self.retriever = retriever.to(inner.device) if config.scorer == "trained" else None
         if not config.base_model_fingerprint:  # identity of the base weights as loaded, saved with checkpoints
             config.base_model_fingerprint = weights_fingerprint(_weights_without_lora(inner)) or ""

@@ -42,6 +42,14 @@ ENCODING_KNOBS = ("page_size", "scorer", "scorer_query_tokens", "top_k", "neighb
                   "sink_pages", "local_pages", "position_mode", "bookmark_token", "retriever")
 
 
+def refuse_lexical_scores(model) -> None:
+    """Stores rank pages by bookmark key or page summary alone: a model set to add lexical scores is refused."""
+    if model.config.lexical_weight:
+        raise RetroLMError(f"lexical_weight={model.config.lexical_weight} adds lexical page scores within one input; "
+                           "a page store's search ranks by bookmark key or page summary alone. Load the model with "
+                           "lexical_weight=0 to build or query a store.")
+
+
 def model_identity(model) -> dict:
     """What a store records of the model that encoded it, and checks when it is opened again."""
     config = model.config.to_dict()
@@ -94,6 +102,8 @@ class PageStore:
     @classmethod
     def open(cls, path: str, model, create: bool = False) -> "PageStore":
         manifest_path = os.path.join(path, MANIFEST)
+        if model is not None:
+            refuse_lexical_scores(model)  # before anything is written
         if not os.path.exists(manifest_path):
             if model is None:
                 raise RetroLMError(f"{path} is not a page store (no {MANIFEST}).")

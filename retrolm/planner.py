@@ -22,6 +22,7 @@ import torch
 from .cache import PagedKVCache
 from .config import RetroLMConfig
 from .errors import RetroLMError
+from .lexical import LexicalIndex
 from .pager import window_bookmarks
 from .retriever import PageRetriever, eligible_pages, packed_key_shift, score_pages, select_pages
 from .scorer import fresh_decode_selection
@@ -205,6 +206,15 @@ def _to_slots(plan: AttentionPlan, cache: PagedKVCache) -> AttentionPlan:
     return plan
 
 
+def _lexical_index(cache: PagedKVCache, config: RetroLMConfig) -> LexicalIndex:
+    """The cache's lexical index (made at first use), brought up to the cache's complete pages."""
+    if cache.lexical is None:
+        cache.lexical = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, config.page_size,
+                                     config.lexical_query_pages * config.page_size, cache.token_ids.device)
+    cache.lexical.update(cache.token_ids, cache.num_complete_pages)
+    return cache.lexical
+
+
 def _would_reuse(plan: AttentionPlan) -> bool:
     """Training-free scorer: whether this decode step's layers hold a fresh selection (the first layer's state
     tells for all: every layer refreshes at the same steps)."""
@@ -234,6 +244,9 @@ def _select(cache, retriever, embed, config, query_pages, group_starts, t0, trig
             mid_queries, _ = _window_bookmarks(cache, retriever, embed, group_starts[mid], P)
             queries[mid] = mid_queries.to(queries.device)
         scores = score_pages(queries, cache.bookmark_keys[:n])
+        if config.lexical_weight:
+            scores = scores + config.lexical_weight * _lexical_index(cache, config).scores(
+                cache.token_ids, group_starts, query_pages, n).to(scores.device)
     attended = select_pages(scores, query_pages, config.top_k, config.sink_pages, config.local_pages,
                             neighbors=config.neighbor_offsets)
 

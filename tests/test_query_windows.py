@@ -19,10 +19,11 @@ def model():
 
 def test_the_offline_last_query_chooses_the_pages_generate_retrieves(model):
     cell = run_cell(model, factor=3, window=1024, samples=3, seed=1, topics=reference_topics(),
-                    needles="test", check=3)
-    assert cell["checked"] == 3 and cell["mismatches"] == 0
+                    needles="test", check=3, lexical_weights=(2.0,))
+    assert cell["checked"] == 3 and cell["mismatches"] == 0  # 'last' and 'last + 2 lexical', each against generate
     assert set(cell["recall"]) == {"last", "previous", "question", "max(last, previous)", "sum(last, previous)",
-                                   "max(last, question)", "sum(last, question)"}
+                                   "max(last, question)", "sum(last, question)", "lexical", "last + 2 lexical"}
+    assert model.config.lexical_weight == 0.0  # the check leaves the model as it found it
 
 
 def test_scores_ranks_and_combinations_follow_their_definitions(model):

@@ -1,0 +1,166 @@
+"""Lexical page scores (retrolm/lexical.py): the fixed-shape index against plain Python sets; the knob end to end."""
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from retrolm import RetroLM, RetroLMConfig
+from retrolm.errors import RetroLMError
+from retrolm.lexical import LexicalIndex, reference_scores
+from retrolm.page_store import PageStore
+
+
+def _random_case(seed: int):
+    rng = random.Random(seed)
+    page_size = rng.choice([4, 5, 8, 16])
+    ngram = rng.randint(1, min(page_size, 5))
+    vocab = rng.choice([3, 7, 60, 150_000])  # few symbols: many shared n-grams; a large vocabulary: hashing
+    tokens = rng.randint(page_size, 24 * page_size)
+    ids = [rng.randrange(vocab) for _ in range(tokens)]
+    pages = tokens // page_size
+    starts = [rng.randint(0, tokens) for _ in range(rng.randint(1, 6))]
+    query_pages = [min(s // page_size, pages) if rng.random() < 0.7 else rng.randint(0, pages) for s in starts]
+    query_tokens = rng.choice([page_size, 2 * page_size, 3 * page_size + 1])
+    return ids, page_size, ngram, rng.choice([1, 2, 5, 1000]), starts, query_pages, pages, query_tokens
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_scores_equal_the_set_reference_on_random_sequences(seed):
+    ids, P, ngram, max_pages, starts, query_pages, n, query_tokens = _random_case(seed)
+    index = LexicalIndex(ngram, max_pages, P, query_tokens)
+    index.update(torch.tensor(ids), n)
+    got = index.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n)
+    expected = reference_scores(ids, starts, query_pages, n, P, ngram, max_pages, query_tokens)
+    expected = torch.tensor(expected).reshape(len(starts), n)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_pages_indexed_in_steps_score_as_indexed_at_once(seed):
+    ids, P, ngram, max_pages, starts, query_pages, n, query_tokens = _random_case(seed)
+    whole, steps = LexicalIndex(ngram, max_pages, P, query_tokens), LexicalIndex(ngram, max_pages, P, query_tokens)
+    whole.update(torch.tensor(ids), n)
+    for done in sorted(random.Random(seed).sample(range(n + 1), k=min(3, n + 1))) + [n]:
+        steps.update(torch.tensor(ids), done)
+    assert torch.equal(whole.keys, steps.keys) and steps.pages == n
+    args = (torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n)
+    assert torch.equal(whole.scores(*args), steps.scores(*args))
+
+
+def test_a_pages_score_ignores_the_text_after_its_query_page():
+    """Only pages before the query page count, df included: appending text changes no earlier score, so how a
+    prefill is chunked cannot change a selection."""
+    rng = random.Random(5)
+    P, ngram = 8, 3
+    ids = [rng.randrange(5) for _ in range(20 * P)]
+    short, long = LexicalIndex(ngram, 4, P), LexicalIndex(ngram, 4, P)
+    short.update(torch.tensor(ids[:10 * P]), 10)
+    long.update(torch.tensor(ids), 20)
+    starts, query_pages = torch.tensor([40, 77, 80]), torch.tensor([5, 9, 10])
+    a = short.scores(torch.tensor(ids[:10 * P]), starts, query_pages, 10)
+    b = long.scores(torch.tensor(ids), starts, query_pages, 20)
+    assert torch.equal(a, b[:, :10]) and not b[:, 10:].any()
+
+
+def test_the_page_repeating_the_querys_rare_text_scores_highest():
+    P = 16
+    filler = [1, 2, 3, 4] * 4  # the same text on every page: its n-grams are in all of them
+    fact = [1, 2, 3, 4, 90, 91, 92, 93, 94, 95, 1, 2, 3, 4, 1, 2]
+    ids = filler * 3 + fact + filler * 4 + [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 92, 93, 94, 95, 1, 2]
+    index = LexicalIndex(4, 2, P)
+    index.update(torch.tensor(ids), len(ids) // P)
+    scores = index.scores(torch.tensor(ids), torch.tensor([len(ids)]), torch.tensor([len(ids) // P]), len(ids) // P)
+    # page 8 is the query window itself (the local page, attended anyway); among the others the fact's page wins
+    assert int(scores[0, :8].argmax()) == 3 and scores[0, 3] > 0
+    assert not scores[0, :3].any()  # the filler's n-grams are held by more pages than max_pages
+
+
+def _model(tiny_dirs, **knobs):
+    return RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, init_retriever=True, decode_mode="eager",
+                                   attention_backend="reference", **knobs)
+
+
+def test_with_every_page_selected_lexical_scores_keep_the_plain_model(tiny_dirs):
+    base = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]).eval()
+    model = _model(tiny_dirs, top_k=64, lexical_weight=5.0, lexical_ngram=2, refresh_interval=3)
+    ids = torch.randint(0, 256, (1, 45))
+    expected = base.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(model.generate(input_ids=ids, max_new_tokens=20, do_sample=False, eos_token_id=None), expected)
+
+
+def _retrieved(model, ids: torch.Tensor) -> tuple[int, list[int]]:
+    """(position, pages) of the first decode step's retrieval for the prompt ids [T]."""
+    model.generate(input_ids=ids[None], max_new_tokens=1, do_sample=False, eos_token_id=None)
+    return model.last_cache.retrievals()[0]
+
+
+def test_a_large_lexical_weight_retrieves_the_page_the_question_repeats(tiny_dirs):
+    """The random retriever alone picks another page; a dominant lexical weight picks the page holding the query
+    window's rare n-grams."""
+    gen = torch.Generator().manual_seed(3)
+    P = 8
+    ids = torch.randint(0, 40, (24 * P,), generator=gen)
+    fact = torch.arange(200, 208)
+    ids[9 * P:10 * P] = fact  # page 9 holds the fact
+    ids[-P - 1:-1] = fact.roll(2)  # the first decode step's window (before the last token) repeats its n-grams
+    position, pages = _retrieved(_model(tiny_dirs, top_k=1, lexical_weight=0.0), ids)
+    assert position == ids.shape[0] - 1 and 9 not in pages
+    position, pages = _retrieved(_model(tiny_dirs, top_k=1, lexical_weight=1000.0, lexical_ngram=3), ids)
+    assert position == ids.shape[0] - 1 and 9 in pages
+
+
+def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs):
+    ids = torch.randint(0, 30, (1, 19 * 8 + 3))
+    logits = []
+    for chunk in (1, 4, 64):
+        model = _model(tiny_dirs, top_k=2, lexical_weight=2.0, lexical_ngram=2, prefill_chunk_pages=chunk)
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    assert (logits[0] - logits[1]).abs().max() <= 1e-4 and (logits[0] - logits[2]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("knobs, words", [
+    ({"lexical_weight": -1.0}, "lexical_weight must be a number >= 0"),
+    ({"lexical_weight": True}, "lexical_weight must be a number >= 0"),
+    ({"lexical_weight": float("nan")}, "lexical_weight must be a number >= 0"),
+    ({"lexical_weight": 1.0, "lexical_ngram": 9, "page_size": 8}, "lexical_ngram (9) must fit in a page"),
+    ({"lexical_ngram": 0}, "lexical_ngram must be an integer >= 1"),
+    ({"lexical_max_pages": 0}, "lexical_max_pages must be an integer >= 1"),
+])
+def test_bad_lexical_knobs_are_refused(knobs, words):
+    with pytest.raises(RetroLMError) as error:
+        RetroLMConfig(**knobs)
+    assert words in str(error.value)
+
+
+def test_the_paths_without_lexical_scores_refuse_a_lexical_weight(tiny_dirs, tmp_path):
+    with pytest.raises(RetroLMError, match="the training-free scorer chooses per layer"):
+        RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, scorer="attention", lexical_weight=1.0)
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, init_retriever=True, lexical_weight=1.0,
+                                    decode_mode="static")
+    with pytest.raises(RetroLMError, match="computed by the host-planned decode only"):
+        model.generate(input_ids=torch.randint(0, 256, (1, 40)), max_new_tokens=2)
+    for store_use in (lambda: model.answer("What is it?", str(tmp_path / "store")),
+                      lambda: PageStore.open(str(tmp_path / "store"), model, create=True)):
+        with pytest.raises(RetroLMError, match="a page store's search ranks by bookmark key or page summary alone"):
+            store_use()
+    assert not (tmp_path / "store").exists()  # refused before anything is written
+
+
+def test_the_benchmark_scripts_take_the_lexical_knobs():
+    from eval.cli import method_options, parser
+
+    args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-weight", "2.5",
+                                      "--lexical-query-pages", "3", "--lexical-ngram", "5"])
+    assert method_options(args).retrolm == {"lexical_weight": 2.5, "lexical_query_pages": 3, "lexical_ngram": 5}
+
+
+def test_heldout_prose_names_its_scorers():
+    from bench.heldout_prose import scorer_knobs
+
+    assert scorer_knobs("trained+lexical", 10.0, 2) == {"scorer": "trained", "lexical_weight": 10.0,
+                                                        "lexical_query_pages": 2}
+    assert scorer_knobs("trained", 10.0) == {"scorer": "trained", "lexical_weight": 0.0}
+    with pytest.raises(SystemExit, match="unknown scorer"):
+        scorer_knobs("lexical", 10.0)
