@@ -34,7 +34,8 @@ def _generate(args) -> int:
     if not context.strip():
         raise RetroLMError(f"input file {args.input!r} is empty; pass a file with the text to read.")
     knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k),
-                               ("offload_device_pages", args.offload_device_pages)) if v is not None}
+                               ("offload_device_pages", args.offload_device_pages),
+                               ("lexical_weight", args.lexical_weight)) if v is not None}
     if args.offload_kv:
         knobs["offload_kv"] = True
     # dtype None: the checkpoint's (float32 for the embedded default model on the CPU)
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
     gen.add_argument("--page-size", type=_positive_int)
     gen.add_argument("--top-k", type=int)
+    gen.add_argument("--lexical-weight", type=float, default=None,
+                     help="add lexical page scores at this weight (trained scorer; 10 finds facts in text unlike the "
+                          "retriever's training text, docs/decisions.md; 0: off, the default)")
     gen.add_argument("--offload-kv", action="store_true",
                      help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
                           "fit the GPU, e.g. 1M tokens; needs a trained retriever)")
