@@ -129,12 +129,14 @@ def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, 
             row["recalled"][name] = needle_pages <= choose(model, s, query_page)
             row["rank"][name] = candidate_rank(model, s, query_page, min(needle_pages))
         if i < check:
-            for weight, name in [(0.0, "last")] + [(w, lexical_name(w)) for w in lexical_weights]:
-                model.config.lexical_weight = weight
-                model.generate(input_ids=sample.ids.to(model.device), max_new_tokens=1, do_sample=False,
-                               progress=False)
-                mismatches += answer_pages(model, ids.shape[0]) != choose(model, scores[name], query_page)
-            model.config.lexical_weight = 0.0
+            try:
+                for weight, name in [(0.0, "last")] + [(w, lexical_name(w)) for w in lexical_weights]:
+                    model.config.lexical_weight = weight
+                    model.generate(input_ids=sample.ids.to(model.device), max_new_tokens=1, do_sample=False,
+                                   progress=False)
+                    mismatches += answer_pages(model, ids.shape[0]) != choose(model, scores[name], query_page)
+            finally:
+                model.config.lexical_weight = 0.0
         rows.append(row)
     names = list(rows[0]["recalled"])
     recall = {n: 100 * sum(r["recalled"][n] for r in rows) / samples for n in names}

@@ -219,7 +219,8 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     if not question.strip():
         raise RetroLMError("the question is empty; pass the question to answer.")
     check_index_options(index, nprobe=nprobe, use_gpu=model.device.type == "cuda")
-    refuse_lexical_scores(model)  # also for a store opened with another model object
+    if isinstance(store, PageStore):  # opened elsewhere, perhaps with another model object; open() checks its own
+        refuse_lexical_scores(model)
     store = store if isinstance(store, PageStore) else PageStore.open(store, model)
     started = time.perf_counter()
     pages_index, built = store_index(store, index)

@@ -50,6 +50,18 @@ def _first_occurrences(hashes: torch.Tensor, valid: torch.Tensor) -> tuple[torch
     return hashes, (hashes >= 0) & ~repeat
 
 
+def _merged(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Two sorted key tensors merged into one, in linear work: a long prefill adds a chunk's keys to the index many
+    times, and sorting everything again each time would grow with the square of the input."""
+    slots = torch.searchsorted(old, new) + torch.arange(new.numel(), device=new.device)
+    out = torch.empty(old.numel() + new.numel(), dtype=old.dtype, device=old.device)
+    taken = torch.zeros(out.numel(), dtype=torch.bool, device=old.device)
+    taken[slots] = True
+    out[slots] = new
+    out[~taken] = old
+    return out
+
+
 class LexicalIndex:
     """The n-grams of every complete page of one sequence, for `scores` (see the module docstring)."""
 
@@ -72,8 +84,8 @@ class LexicalIndex:
                                           torch.ones(ids.shape[0], P - self.ngram + 1, dtype=torch.bool,
                                                      device=ids.device))
         page = torch.arange(first, complete_pages, device=ids.device)[:, None].expand_as(hashes)
-        new = ((hashes << PAGE_BITS) | page)[keep]
-        self.keys = torch.cat([self.keys, new]).sort().values
+        new = ((hashes << PAGE_BITS) | page)[keep].sort().values
+        self.keys = _merged(self.keys, new)
         self.pages = complete_pages
 
     def scores(self, token_ids: torch.Tensor, starts: torch.Tensor, query_pages: torch.Tensor, n: int) -> torch.Tensor:

@@ -164,3 +164,13 @@ def test_heldout_prose_names_its_scorers():
     assert scorer_knobs("trained", 10.0) == {"scorer": "trained", "lexical_weight": 0.0}
     with pytest.raises(SystemExit, match="unknown scorer"):
         scorer_knobs("lexical", 10.0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merging_sorted_keys_equals_sorting_them(seed):
+    from retrolm.lexical import _merged
+
+    gen = torch.Generator().manual_seed(seed)
+    old = torch.randint(0, 50, (int(torch.randint(0, 30, (1,), generator=gen)),), generator=gen).sort().values
+    new = torch.randint(0, 50, (int(torch.randint(0, 30, (1,), generator=gen)),), generator=gen).sort().values
+    assert torch.equal(_merged(old, new), torch.cat([old, new]).sort().values)
