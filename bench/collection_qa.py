@@ -45,7 +45,7 @@ sys.path.insert(0, ROOT)
 from bench.collection_store import TEXTS, answer_template, collection, needle_pages, question  # noqa: E402
 from bench.common import write_result_files  # noqa: E402
 from eval.methods import LLM_EMBEDDER, MethodOptions, best_chunks, join_chunks, make_embedder  # noqa: E402
-from retrolm.collection import search_pages, store_index  # noqa: E402
+from retrolm.collection import search_pages, store_index, store_lexical_index  # noqa: E402
 from retrolm.index import InnerProductIndex  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 from retrolm.page_store import PageStore  # noqa: E402
@@ -114,10 +114,12 @@ def ask_store(model, store, doc_id: str, fact, offset: int, new: int, index: str
 
 def needle_rank(model, store, needle: set, fact) -> int:
     """The rank (1 = best) of the best of the needle's pages among every stored page, by the store's exact search
-    for the question (answer's first step, before neighbours join): how far a miss was from the page budget."""
+    for the question (answer's first step, before neighbours join, lexical scores added when the model has them): how
+    far a miss was from the page budget."""
     index, _ = store_index(store)
+    lexical = store_lexical_index(store, model.config)[0] if model.config.lexical_weight else None
     prompt = torch.tensor(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
-    ranked = search_pages(model, index, prompt, len(index))
+    ranked = search_pages(model, index, prompt, len(index), lexical=lexical)
     return 1 + next(i for i, (doc_id, page, _) in enumerate(ranked) if (doc_id, page) in needle)
 
 
@@ -188,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", default="exact", choices=("exact", "ivf"),
                         help="the store's page search (RetroLM.answer's index; ivf: CPU only); result files of ivf end "
                              "in _ivf")
+    parser.add_argument("--lexical-weight", type=float, default=None,
+                        help="RetroLMConfig.lexical_weight for store and concat (default: the model's; the default "
+                             "model's is 10, its trained scorer only); result files of a weight > 0 end in "
+                             "_lexical<weight>")
     parser.add_argument("--store", default=None,
                         help="the store's directory, kept and reused by a later run of the same collection, scorer "
                              "and --facts (default: a temporary one, removed after)")
@@ -202,8 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         plot(args.plot, os.path.join(args.out, args.plot_name))
         return
-    overrides = {} if args.neighbor_direction is None else {"neighbor_direction": args.neighbor_direction}
+    overrides = {knob: value for knob, value in (("neighbor_direction", args.neighbor_direction),
+                                                 ("lexical_weight", args.lexical_weight)) if value is not None}
     model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer, **overrides)
+    args.lexical_weight = model.config.lexical_weight  # as run (the model's own unless given), for the file name
     docs, facts = collection(args.docs, args.doc_tokens, args.seed, args.text)
     asked = random.Random(args.seed + 1).sample(sorted(docs), min(args.questions, len(docs)))
     new = max(len(facts[d][0].value) for d in asked) + 2
@@ -259,12 +267,13 @@ def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int
     name = (f"collection_qa_{args.docs}" + ("_one" if args.facts == "one" else "")
             + ("" if args.scorer == "trained" else f"_{args.scorer}")
             + ("" if args.text == "essay" else f"_{args.text}") + ("" if args.index == "exact" else "_ivf")
-            + ("" if args.neighbor_direction is None else f"_{args.neighbor_direction}"))
+            + ("" if args.neighbor_direction is None else f"_{args.neighbor_direction}")
+            + (f"_lexical{args.lexical_weight:g}" if args.lexical_weight else ""))
     table = write_result_files(
         args.out, name, {"args": vars(args), "setup": setup, "questions": rows}, summary,
         f"{questions} questions over {args.docs} documents of {args.text} text ({setup['collection_tokens']} tokens), "
         f"{args.model or 'default model'}, {args.scorer} scorer, {args.index} store index, neighbour pages "
-        f"{args.neighbor_direction or 'as the model sets them'}, {args.device}",
+        f"{args.neighbor_direction or 'as the model sets them'}, lexical_weight {args.lexical_weight:g}, {args.device}",
         f"Setup (once per collection): {setup}. Each question asks for one document's value "
         + ("(only that document holds a fact; the store adds it per question, counted in its time and tokens)"
            if args.facts == "one" else "among facts of the same shape in every document")

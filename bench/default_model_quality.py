@@ -12,7 +12,8 @@ Methods (one `python -m eval.ruler` run per method and task, `--jobs` at a time)
 - full: the base LLM with full attention over its window (longer prompts cut in the middle, RULER's way);
 - rag: the base LLM reading the chunks a faiss index ranks highest (offline LLM-embedding embedder);
 - streaming: the shipped LLM with a sink page and the most recent pages (RetroLM with top_k=0);
-- retrolm_lexical: the model measured, its page scores plus lexical ones at --lexical-weight (retrolm/lexical.py).
+- retrolm_lexical: the model measured, its page scores plus lexical ones at --lexical-weight (retrolm/lexical.py);
+- retrolm_no_lexical: the model measured with lexical page scores off (the shipped model has them on).
 Writes <assets>/quality.json, quality.md and quality.png (score vs context length, one panel per task).
 """
 from __future__ import annotations
@@ -32,21 +33,25 @@ from bench.common import environment, markdown_table, write_json, write_text  # 
 from bench.stage1_model import stage1_model  # noqa: E402
 from eval.ruler_tasks import Generator  # noqa: E402
 from retrolm.errors import RetroLMError, exit_code  # noqa: E402
+from retrolm.config import RetroLMConfig  # noqa: E402
 from retrolm.model import BASE_DIR, RetroLM  # noqa: E402
 from retrolm.retriever import PageRetriever  # noqa: E402
 from train.corpus import byte_count  # noqa: E402
 
 METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "retrolm_post_trained", "full",
-           "rag", "streaming", "retrolm_lexical")
+           "rag", "streaming", "retrolm_lexical", "retrolm_no_lexical")
 DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
 
 
 def default_methods(model: str, post_trained: str | None) -> list[str]:
     """Every method that measures something distinct: no_post_training only for a post-trained model,
-    post_trained only when its model is given."""
+    post_trained only when its model is given, retrolm_lexical for a model without lexical page scores and
+    retrolm_no_lexical for one with them."""
     adapter = os.path.isdir(os.path.join(model, "adapter"))
+    lexical = bool(RetroLMConfig.load(model).lexical_weight)
     return [m for m in METHODS if (m != "retrolm_no_post_training" or adapter)
-            and (m != "retrolm_post_trained" or post_trained)]
+            and (m != "retrolm_post_trained" or post_trained)
+            and (m != "retrolm_lexical" or not lexical) and (m != "retrolm_no_lexical" or lexical)]
 
 
 def variant_models(model: str, stage1_retriever: str, work: str, post_trained: str | None = None,
@@ -70,6 +75,7 @@ def variant_models(model: str, stage1_retriever: str, work: str, post_trained: s
         "streaming": (model, "streaming", []),
         "retrolm_lexical": (model, "retrolm", ["--lexical-weight", str(lexical[0]),
                                                "--lexical-query-pages", str(lexical[1])]),
+        "retrolm_no_lexical": (model, "retrolm", ["--lexical-weight", "0"]),
     }
 
 

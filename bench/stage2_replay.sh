@@ -5,21 +5,29 @@
 # post-trained model and of the same model without its adapter (stage 1 alone), all in one run.
 #   bash bench/stage2_replay.sh 0.25:1e-3 0.5:3e-4     # results under $OUT: replay.md, replay.json, logs
 # SAMPLES (default 20) sets RULER's samples per cell; FACTORS (default 1,16,64), DEVICE (default cuda) and BUILD_ARGS
-# (extra build options, e.g. "--smoke --stage2-set max_steps=2") let a CPU check the script end to end. Needs deepspeed, datasets, wonderwords and their missing
+# (extra build options, e.g. "--smoke --stage2-set max_steps=2") let a CPU check the script end to end. At DEADLINE
+# seconds (default 560) builds stop and measurements tabulate the cells they finished. Needs deepspeed, datasets, wonderwords and their missing
 # dependencies as wheels in .whl/ (carry: [".whl"]).
 set -uo pipefail
 source bench/device_env.sh
 SHIPPED=assets/retrolm-byte-llama
 SAMPLES=${SAMPLES:-20}
+ENDS=$((SECONDS + ${DEADLINE:-560}))  # builds and measurements stop here, under the device's 600 s per call
+left() { local s=$((ENDS - SECONDS)); echo $((s > 1 ? s : 1)); }  # seconds to the deadline (timeout 0 never stops)
 WORK=work/stage2_replay
 mkdir -p "$WORK"
 # the shipped stage 1 (base + trained retriever) under the training-time RetroLM config, as stage 2 trains from it;
-# STAGE1_RETRIEVER=R.safetensors puts another stage-1 run's retriever on the shipped base instead
+# STAGE1_RETRIEVER=R.safetensors puts another stage-1 run's retriever on the shipped base instead;
+# STAGE1_SET="KNOB=VALUE ..." sets RetroLM knobs for stage 2's training and every row measured (the post-trained
+# model keeps its stage 1's settings), e.g. STAGE1_SET="lexical_weight=10" trains and measures with lexical scores
 STAGE1_RETRIEVER=${STAGE1_RETRIEVER:-}
-python3 bench/stage1_model.py "$SHIPPED" "$WORK/stage1" --training-settings ${STAGE1_RETRIEVER:+--retriever "$STAGE1_RETRIEVER"}
+SETS=()
+for knob in ${STAGE1_SET:-}; do SETS+=(--set "$knob"); done
+python3 bench/stage1_model.py "$SHIPPED" "$WORK/stage1" --training-settings ${STAGE1_RETRIEVER:+--retriever "$STAGE1_RETRIEVER"} \
+    "${SETS[@]}" || exit 1
 build() {  # build DIR [options]: the shipped recipe's documents (fact and short fractions 0) from the shipped base
     local dir=$1; shift
-    python3 train/build_default_model.py --work "$dir" --out "$dir/model" --base "$SHIPPED/base" \
+    timeout "$(left)" python3 train/build_default_model.py --work "$dir" --out "$dir/model" --base "$SHIPPED/base" \
         --stage1 "$WORK/stage1" --post-train --workers "${WORKERS:-14}" ${BUILD_ARGS:-} "$@"
 }
 # documents and packing once (the replay share only switches on the pretraining windows), shared by every setting
@@ -31,11 +39,11 @@ for setting in "${@:-0.25:1e-3}"; do
     build "$dir" --stage2-replay "$replay" --stage2-set "learning_rate=$rate" > "$OUT/build_${setting/:/_lr}.log" 2>&1 &
 done
 wait
-quality() {  # quality MODEL NAME METHODS
-    python3 bench/default_model_quality.py --model "$1" --stage1-retriever "$WORK/stage1/retriever.safetensors" \
-        --methods "$3" --factors "${FACTORS:-1,16,64}" --num-samples "$SAMPLES" --device "${DEVICE:-cuda}" --jobs 5 \
-        --threads 1 \
-        --work "/tmp/quality_$2" --assets "$OUT/quality_$2" > "$OUT/quality_$2.log" 2>&1
+quality() {  # quality MODEL NAME METHODS; past the deadline, the cells finished so far are tabulated
+    local grid=(python3 bench/default_model_quality.py --model "$1" --stage1-retriever "$WORK/stage1/retriever.safetensors"
+        --methods "$3" --factors "${FACTORS:-1,16,64}" --num-samples "$SAMPLES" --device "${DEVICE:-cuda}" --jobs 5
+        --threads 1 --work "/tmp/quality_$2" --assets "$OUT/quality_$2")
+    timeout "$(left)" "${grid[@]}" > "$OUT/quality_$2.log" 2>&1 || "${grid[@]}" --collect-only >> "$OUT/quality_$2.log" 2>&1
 }
 for setting in "${@:-0.25:1e-3}"; do
     name="replay${setting/:/_lr}"

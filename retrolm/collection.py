@@ -11,7 +11,10 @@
    process.
 2. The question prompt (as `retrolm generate` writes it after a context) is the query: the retriever's query of
    its last page-sized window scores every page, with the score used within one input (summed per-head inner
-   products, which is the flattened vectors' inner product the index computes).
+   products, which is the flattened vectors' inner product the index computes). A model with lexical_weight > 0
+   adds lexical_weight x each page's lexical score, as within one input, every stored page counting as earlier
+   (store_lexical.py: exact, from the key index's top pages and the pages sharing a counted n-gram with the
+   question; the n-gram index is built from the stored token ids once per store state).
    A store built with the training-free scorer (`scorer="attention"`: any model, no retriever trained) keeps no
    bookmark keys but each page's per-layer key summaries (scorer.py). Its pages are ranked by that scorer's own
    rule (store_search.SummaryIndex): the question is encoded alone, and in every layer the queries of its last
@@ -35,9 +38,10 @@ import torch
 from .errors import RetroLMError
 from .index import check_index_options
 from .pager import window_bookmarks
-from .page_store import PageStore, refuse_lexical_scores
+from .page_store import PageStore
 from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
 from .saved_index import check_saved_kind, load_index, save_index
+from .store_lexical import StoreLexicalIndex, combined_top
 from .store_search import IndexCache, StoreIndex, SummaryIndex, SummaryIVFIndex
 
 QUESTION_TEMPLATE = QUESTION + PLAIN_ANSWER  # the text after the pages without a chat template
@@ -157,11 +161,31 @@ def attention_scaling(model) -> float:
     return getattr(attention, "scaling", None) or attention.head_dim ** -0.5
 
 
-def search_pages(model, pages_index, question_ids: torch.Tensor, k: int, nprobe: int | None = None):
+def store_lexical_index(store: PageStore, config) -> tuple[StoreLexicalIndex, bool]:
+    """The store's lexical index (store_lexical.py) under `config`'s lexical knobs for its documents now, built from
+    their token ids on first use and again after any change (every page's n-gram counts depend on the whole
+    store); (index, built now)."""
+    state = ({doc_id: entry["file"] for doc_id, entry in store.documents().items()},
+             (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages))
+    if store.lexical_index is not None and store.lexical_index[0] == state:
+        return store.lexical_index[1], False
+    index = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in state[0]}, config)
+    store.lexical_index = state, index
+    return index, True
+
+
+def search_pages(model, pages_index, question_ids: torch.Tensor, k: int, nprobe: int | None = None,
+                 lexical: StoreLexicalIndex | None = None):
     """The k best (document, page, score) of `pages_index` (`store_index`) for the question prompt's ids [T], best
-    first, by the model's scorer (module docstring, step 2)."""
+    first, by the model's scorer (module docstring, step 2); with `lexical` (a model with lexical_weight > 0),
+    by key score plus lexical_weight x lexical score (store_lexical.py)."""
     if model.config.scorer == "trained":
-        return pages_index.search(question_query(model, question_ids), k, nprobe=nprobe)
+        query = question_query(model, question_ids)
+        seeds = pages_index.search(query, k, nprobe=nprobe)
+        if lexical is None:
+            return seeds
+        return combined_top(seeds, lexical.scores(question_ids), lambda pages: pages_index.page_scores(query, pages),
+                            model.config.lexical_weight, k)
     return pages_index.search(question_layer_queries(model, question_ids), k, attention_scaling(model), nprobe=nprobe)
 
 
@@ -219,17 +243,16 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     if not question.strip():
         raise RetroLMError("the question is empty; pass the question to answer.")
     check_index_options(index, nprobe=nprobe, use_gpu=model.device.type == "cuda")
-    if isinstance(store, PageStore):  # opened elsewhere, perhaps with another model object; open() checks its own
-        refuse_lexical_scores(model)
+    config = model.config
     store = store if isinstance(store, PageStore) else PageStore.open(store, model)
     started = time.perf_counter()
     pages_index, built = store_index(store, index)
+    lexical, lexical_built = store_lexical_index(store, config) if config.lexical_weight else (None, False)
     indexed = time.perf_counter()
     question_ids = model.tokenizer(template.replace("{question}", question), return_tensors="pt",
                                    add_special_tokens=False).input_ids
-    config = model.config
     budget = config.sink_pages + config.local_pages + config.top_k
-    seeds = search_pages(model, pages_index, question_ids[0], budget, nprobe)
+    seeds = search_pages(model, pages_index, question_ids[0], budget, nprobe, lexical)
     picks = with_neighbors(seeds, config.neighbor_offsets, budget,
                            {doc_id: entry["pages"] for doc_id, entry in store.documents().items()})
     retrieved = time.perf_counter()
@@ -238,5 +261,6 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     prompt = torch.cat([token_ids, question_ids[0]])[None].to(model.device)
     output = model.generate_after(cache, prompt, max_new_tokens, progress=False, **generate_kwargs)
     text = model.tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip()
-    return Answer(text, picks, {"index_s": (indexed - started) if built else 0.0, "retrieve_s": retrieved - indexed,
-                                "load_s": loaded - retrieved, "generate_s": time.perf_counter() - loaded})
+    return Answer(text, picks, {"index_s": (indexed - started) if built or lexical_built else 0.0,
+                                "retrieve_s": retrieved - indexed, "load_s": loaded - retrieved,
+                                "generate_s": time.perf_counter() - loaded})

@@ -198,6 +198,10 @@ class RetroLM(nn.Module):
         weights = os.path.join(name_or_path, RETRIEVER_WEIGHTS) if is_checkpoint else None
         has_weights = weights is not None and os.path.exists(weights)
         config.scorer, why = _resolve_scorer(config.scorer, has_weights, init_retriever)
+        if config.scorer == "attention" and config.lexical_weight and "lexical_weight" not in knobs:
+            # the checkpoint's lexical scores add to its trained scorer's; a training-free run asked for has none
+            why += f"; the checkpoint's lexical_weight={config.lexical_weight} belongs to the trained scorer: off"
+            config.lexical_weight = 0.0
         retriever = None
         if config.scorer == "trained":
             retriever = PageRetriever(config.retriever, _inner_model(base_model).config.hidden_size, config.page_size)

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .checkpoint import fingerprints_match, weights_fingerprint
+from .config import RetroLMConfig
 from .errors import RetroLMError
 from .files import read_json_object, write_json_atomic, write_safetensors_atomic
 from .store_search import IndexCache
@@ -37,17 +38,11 @@ from .store_search import IndexCache
 FORMAT_VERSION = 2  # 2: documents padded to whole pages (version 1 dropped a document's last partial page)
 MANIFEST = "manifest.json"
 PAGES_DIR = "pages"
-# The RetroLM knobs that change what encoding writes into the pages (decode-only and speed knobs are left out)
+# The RetroLM knobs that change what encoding writes into the pages (decode-only and speed knobs are left out).
+# Lexical page scores change which pages a long document's encoding attends, and rank a store's pages too.
 ENCODING_KNOBS = ("page_size", "scorer", "scorer_query_tokens", "top_k", "neighbor_pages", "neighbor_direction",
-                  "sink_pages", "local_pages", "position_mode", "bookmark_token", "retriever")
-
-
-def refuse_lexical_scores(model) -> None:
-    """Stores rank pages by bookmark key or page summary alone: a model set to add lexical scores is refused."""
-    if model.config.lexical_weight:
-        raise RetroLMError(f"lexical_weight={model.config.lexical_weight} adds lexical page scores within one input; "
-                           "a page store's search ranks by bookmark key or page summary alone. Load the model with "
-                           "lexical_weight=0 to build or query a store.")
+                  "sink_pages", "local_pages", "position_mode", "bookmark_token", "retriever", "lexical_weight",
+                  "lexical_ngram", "lexical_max_pages", "lexical_query_pages")
 
 
 def model_identity(model) -> dict:
@@ -64,8 +59,10 @@ def model_identity(model) -> dict:
 
 
 def _identity_differences(saved: dict, current: dict) -> list[str]:
-    differences = [f"{knob} ({saved['retrolm'].get(knob)!r} in the store, {value!r} now)"
-                   for knob, value in current["retrolm"].items() if saved["retrolm"].get(knob) != value]
+    defaults = RetroLMConfig().to_dict()  # a knob newer than the store: the store was encoded as its default does
+    recorded = {knob: saved["retrolm"].get(knob, defaults.get(knob)) for knob in current["retrolm"]}
+    differences = [f"{knob} ({recorded[knob]!r} in the store, {value!r} now)"
+                   for knob, value in current["retrolm"].items() if recorded[knob] != value]
     for name, label in (("base_model_fingerprint", "base model weights"),
                         ("weights_fingerprint", "model weights (base and adapter, as loaded)"),
                         ("retriever_fingerprint", "retriever weights")):
@@ -98,12 +95,11 @@ class PageStore:
     def __init__(self, path: str, manifest: dict, model):
         self.path, self.manifest, self.model = path, manifest, model
         self.index_cache = IndexCache()  # the indexes searched over this store (collection.store_index)
+        self.lexical_index = None  # ((files, lexical knobs), store_lexical.StoreLexicalIndex) (collection)
 
     @classmethod
     def open(cls, path: str, model, create: bool = False) -> "PageStore":
         manifest_path = os.path.join(path, MANIFEST)
-        if model is not None:
-            refuse_lexical_scores(model)  # before anything is written
         if not os.path.exists(manifest_path):
             if model is None:
                 raise RetroLMError(f"{path} is not a page store (no {MANIFEST}).")
@@ -163,6 +159,11 @@ class PageStore:
         P = self._model().config.page_size
         with safe_open(self._shard_path(doc_id, entry), framework="pt") as shard:
             return shard.get_slice("token_ids")[page * P:(page + 1) * P]
+
+    def token_ids(self, doc_id: str) -> torch.Tensor:
+        """[pages * page_size] one document's stored token ids alone (padded to whole pages), no K/V read."""
+        with safe_open(self._shard_path(doc_id), framework="pt") as shard:
+            return shard.get_tensor("token_ids")
 
     def bookmark_keys(self, doc_id: str) -> torch.Tensor:
         """[pages, heads, dim]: one document's bookmark keys alone (what the trained scorer's

@@ -145,6 +145,22 @@ class StoreIndex(InPlaceUpdates):
         """One document's bookmark keys [pages, heads * dim] as indexed."""
         return self.index.vectors(*self.spans[doc_id])
 
+    def page_scores(self, query: torch.Tensor, pages: list[tuple[str, int]]) -> list[float]:
+        """The exact scores of (document, page)s for a retriever query [heads, dim] (store_lexical: pages the key
+        search did not rank high enough to return), each document's keys read from the index once."""
+        wanted: dict[str, list[int]] = {}
+        for doc_id, page in pages:
+            start, end = self.spans[doc_id]
+            if not 0 <= page < end - start:
+                raise RetroLMError(f"document {doc_id!r} has {end - start} pages in the index; asked for page {page}.")
+            wanted.setdefault(doc_id, []).append(page)
+        scores = {}
+        for doc_id, doc_pages in wanted.items():
+            keys = self.index.vectors(*self.spans[doc_id])[torch.tensor(doc_pages)]
+            values = keys @ query.flatten().to(keys.device, torch.float32)
+            scores.update(zip(((doc_id, page) for page in doc_pages), values.tolist()))
+        return [scores[page] for page in pages]
+
     def search(self, query: torch.Tensor, k: int, nprobe: int | None = None) -> list[tuple[str, int, float]]:
         """The k best (document, page, score) for a retriever query [heads, dim], best first. nprobe (the "ivf"
         kind only; default the index's) lists are searched; an approximate search may find fewer than k pages."""

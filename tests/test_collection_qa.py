@@ -39,21 +39,22 @@ def test_reference_documents_are_held_out_windows_with_the_needle_on_its_own_lin
 
 def test_one_fact_run_writes_every_method_and_counts_the_added_document(tmp_path):
     main(["--docs", "3", "--questions", "2", "--doc-tokens", "400", "--facts", "one", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "collection_qa_3_one.json").read_text())
+    result = json.loads((tmp_path / "collection_qa_3_one_lexical10.json").read_text())  # the default model's weight
     rows = {row["method"]: row for row in result["summary"]}
     assert sorted(rows) == ["concat", "rag", "store"]
     for question in result["questions"]["store"]:
         assert question["encoded_tokens"] > 300, "the asked document is encoded for its question"
     for method, questions in result["questions"].items():
         assert len(questions) == 2 and all(q["value"] for q in questions), method
-    assert "only that document holds a fact" in (tmp_path / "collection_qa_3_one.md").read_text()
+    assert "only that document holds a fact" in (tmp_path / "collection_qa_3_one_lexical10.md").read_text()
 
 
 def test_reference_text_run_names_its_files(tmp_path):
     main(["--docs", "2", "--questions", "1", "--doc-tokens", "300", "--facts", "one", "--text", "reference",
-          "--methods", "store", "--out", str(tmp_path)])
+          "--methods", "store", "--lexical-weight", "0", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "collection_qa_2_one_reference.json").read_text())
     assert result["args"]["text"] == "reference" and len(result["questions"]["store"]) == 1
+    assert result["args"]["lexical_weight"] == 0
     assert "documents of reference text" in (tmp_path / "collection_qa_2_one_reference.md").read_text()
 
 

@@ -76,13 +76,21 @@ def test_merge_refuses_a_cell_measured_twice_differently_and_runs_measured_diffe
 
 
 def test_default_methods_measure_only_distinct_variants(tmp_path):
+    from retrolm.config import RetroLMConfig
+
     shipped = tmp_path / "shipped"
     os.makedirs(shipped)
+    RetroLMConfig(lexical_weight=10.0).save(str(shipped))
+    methods = default_methods(str(shipped), None)
+    assert "retrolm_no_lexical" in methods and "retrolm_lexical" not in methods, "retrolm has lexical scores"
     assert "retrolm_no_post_training" not in default_methods(str(shipped), None), "equals retrolm without adapter"
     assert "retrolm_post_trained" in default_methods(str(shipped), "post-trained/model")
     os.makedirs(shipped / "adapter")
     methods = default_methods(str(shipped), None)
     assert "retrolm_no_post_training" in methods and "retrolm_post_trained" not in methods
+    RetroLMConfig().save(str(shipped))
+    methods = default_methods(str(shipped), None)
+    assert "retrolm_lexical" in methods and "retrolm_no_lexical" not in methods
 
 
 def test_page_granularity_fills_the_same_window_at_every_page_size():

@@ -1,0 +1,155 @@
+"""Lexical page scores over a page store (retrolm/store_lexical.py): the two-list search against scoring every stored
+page; the knob finds a fact the retriever alone misses; stores record the knobs that shape their encoding."""
+import json
+import os
+import random
+import string
+
+import pytest
+import torch
+
+from retrolm import RetroLM
+from retrolm.collection import question_query, search_pages, store_index, store_lexical_index
+from retrolm.demo import ADJECTIVES, NOUNS
+from retrolm.errors import RetroLMError
+from retrolm.lexical import reference_scores
+from retrolm.page_store import MANIFEST, PageStore
+from retrolm.store_lexical import combined_top
+
+
+def _words(rng: random.Random, count: int, made_up: float = 0.0) -> str:
+    """Word salad; a `made_up` share of random letter strings gives pages rare n-grams."""
+    return " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(5)) if rng.random() < made_up
+                    else rng.choice(NOUNS + ADJECTIVES) for _ in range(count))
+
+
+def _reference_scores(store: PageStore, pages_index, model, question_ids: torch.Tensor) -> dict:
+    """Every stored page's score: key score (its indexed key . the question's query) plus lexical_weight x the set
+    reference's lexical score (lexical.reference_scores over the store's pages, the question as the window)."""
+    config = model.config
+    rows = [(doc_id, page) for doc_id, entry in store.documents().items() for page in range(entry["pages"])]
+    query = question_query(model, question_ids).flatten()
+    keys = torch.cat([pages_index.index.vectors(*pages_index.spans[doc_id]) for doc_id in store.documents()])
+    tokens = torch.cat([store.token_ids(doc_id) for doc_id in store.documents()]).tolist()
+    window = min(config.lexical_query_pages * config.page_size, question_ids.numel())
+    lexical = reference_scores(tokens + question_ids.tolist(), [len(tokens) + question_ids.numel()], [len(rows)],
+                               len(rows), config.page_size, config.lexical_ngram, config.lexical_max_pages, window)[0]
+    combined = (keys @ query).tolist()
+    return {row: score + config.lexical_weight * lex for row, score, lex in zip(rows, combined, lexical)}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_store_search_equals_scoring_every_page(tiny_dirs, tmp_path, seed):
+    """The combined top k from the key index's top k and the lexically matched pages equals ranking every stored
+    page by key + lexical score, for exact and IVF (every list probed) indexes, weights small and large."""
+    rng = random.Random(seed)
+    knobs = dict(page_size=rng.choice([8, 16]), lexical_weight=rng.choice([0.05, 1.0, 50.0]),
+                 lexical_ngram=rng.randint(2, 5), lexical_max_pages=rng.choice([3, 64]),
+                 lexical_query_pages=rng.choice([1, 2]), top_k=rng.randint(1, 4))
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], init_retriever=True, **knobs)
+    docs = {f"doc{i}": _words(rng, rng.randint(20, 60), made_up=0.3) for i in range(rng.randint(2, 6))}
+    store = PageStore.open(str(tmp_path / "store"), model, create=True)
+    store.add(docs, progress=False)
+    donor = rng.choice(sorted(docs))  # the question ends with one stored page's tokens: its rarer n-grams match
+    page = rng.randrange(store.documents()[donor]["pages"])
+    P = knobs["page_size"]
+    question_ids = torch.cat([model.tokenizer("Which? ", return_tensors="pt").input_ids[0],
+                              store.token_ids(donor)[page * P:(page + 1) * P]])
+    lexical, _ = store_lexical_index(store, model.config)
+    assert lexical.scores(question_ids), "the question repeats stored words: some page must match"
+    for kind in ("exact", "ivf"):
+        pages_index, _ = store_index(store, kind, nlist=2 if kind == "ivf" else None)
+        k = rng.randint(1, len(pages_index))
+        found = search_pages(model, pages_index, question_ids, k, nprobe=2 if kind == "ivf" else None,
+                             lexical=lexical)
+        every = _reference_scores(store, pages_index, model, question_ids)
+        # a top k (pages of equal text tie: any of them may be taken), each page once with its own score
+        assert len({page[:2] for page in found}) == len(found) == k
+        torch.testing.assert_close(torch.tensor([score for _, _, score in found]),
+                                   torch.tensor([every[page[:2]] for page in found]))
+        torch.testing.assert_close(torch.tensor([score for _, _, score in found]),
+                                   torch.tensor(sorted(every.values(), reverse=True)[:k]))
+
+
+def test_combined_top_takes_matched_pages_the_key_search_left_out():
+    seeds = [("a", 0, 3.0), ("a", 1, 2.0)]
+    lexical = {("b", 4): 1.0, ("a", 1): 0.5}
+    asked = []
+
+    def key_scores(pages):
+        asked.extend(pages)
+        return [-1.0] * len(pages)
+
+    assert combined_top(seeds, lexical, key_scores, 5.0, 2) == [("a", 1, 4.5), ("b", 4, 4.0)]
+    assert asked == [("b", 4)]  # only the page the key search did not return is scored again
+
+
+def _hidden_fact(rng: random.Random) -> tuple[dict, str, str]:
+    """Documents of word salad, one holding a fact in a format the default model never trained on; (documents,
+    question, its document)."""
+    docs = {f"doc{i}": _words(rng, 450) for i in range(6)}
+    code = f"{rng.choice('KLMNP')}{rng.randint(100, 999)}"
+    fact = f" The pass code for the {rng.choice(ADJECTIVES)} orchard locker is {code}. "
+    target = f"doc{rng.randrange(6)}"
+    words = docs[target].split()
+    cut = rng.randrange(50, len(words) - 50)
+    docs[target] = " ".join(words[:cut]) + fact + " ".join(words[cut:])
+    question = f"What is the pass code for the {fact.split(' the ')[1].split(' is ')[0]}?"
+    return docs, question, target
+
+
+def test_lexical_scores_find_in_a_store_the_fact_the_retriever_misses(tmp_path):
+    """Held-out wording in a store of the default model: the trained retriever alone does not bring the fact's page;
+    with lexical scores it is the best page."""
+    docs, question, target = _hidden_fact(random.Random(5))
+    found = {}
+    for weight in (0.0, 10.0):
+        model = RetroLM.from_pretrained(lexical_weight=weight)
+        store = PageStore.open(str(tmp_path / f"w{weight}"), model, create=True)
+        store.add(docs, progress=False)
+        result = model.answer(question, store, max_new_tokens=1)
+        start = docs[target].index("The pass code")
+        fact_pages = {(target, start // 64), (target, (start + 40) // 64)}
+        found[weight] = fact_pages & {(doc_id, page) for doc_id, page, _ in result.pages}
+        if weight:
+            assert result.pages[0][:2] in fact_pages
+    assert not found[0.0] and found[10.0]
+
+
+def test_the_lexical_index_follows_the_store(tmp_path):
+    """Built once per store state: a second question reuses it, an added document is searched."""
+    rng = random.Random(2)
+    docs, question, target = _hidden_fact(rng)
+    model = RetroLM.from_pretrained(lexical_weight=10.0)
+    store = PageStore.open(str(tmp_path), model, create=True)
+    store.add({doc_id: text for doc_id, text in docs.items() if doc_id != target}, progress=False)
+    first = model.answer(question, store, max_new_tokens=1)
+    again = model.answer(question, store, max_new_tokens=1)
+    assert first.timings["index_s"] > 0 and again.timings["index_s"] == 0
+    assert target not in {doc_id for doc_id, _, _ in first.pages}
+    store.add({target: docs[target]}, progress=False)
+    after = model.answer(question, store, max_new_tokens=1)
+    assert after.timings["index_s"] > 0 and after.pages[0][0] == target
+
+
+def test_a_store_records_the_lexical_knobs_its_encoding_used(tmp_path):
+    """Lexical scores change which pages a long document's encoding attends: a store built without them is refused
+    to a model with them and the other way round; a store written before the knobs existed reads as built without
+    them."""
+    without, with_them = RetroLM.from_pretrained(lexical_weight=0.0), RetroLM.from_pretrained(lexical_weight=10.0)
+    store = PageStore.open(str(tmp_path / "without"), without, create=True)
+    store.add({"doc": _words(random.Random(1), 300)}, progress=False)
+    with pytest.raises(RetroLMError, match=r"lexical_weight \(0.0 in the store, 10.0 now\)"):
+        PageStore.open(str(tmp_path / "without"), with_them)
+    PageStore.open(str(tmp_path / "with"), with_them, create=True).add({"doc": _words(random.Random(1), 300)},
+                                                                       progress=False)
+    with pytest.raises(RetroLMError, match=r"lexical_weight \(10.0 in the store, 0.0 now\)"):
+        PageStore.open(str(tmp_path / "with"), without)
+    path = os.path.join(str(tmp_path / "without"), MANIFEST)
+    manifest = json.load(open(path))
+    for knob in ("lexical_weight", "lexical_ngram", "lexical_max_pages", "lexical_query_pages"):
+        del manifest["identity"]["retrolm"][knob]
+    json.dump(manifest, open(path, "w"))
+    assert len(PageStore.open(str(tmp_path / "without"), without)) == 1
+    with pytest.raises(RetroLMError, match=r"lexical_weight \(0.0 in the store, 10.0 now\)"):
+        PageStore.open(str(tmp_path / "without"), with_them)
