@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from .errors import RetroLMError
 from .pager import page_windows
 
 PAGE_BITS = 23  # pages per sequence < 2**23 (8.4M; 1M tokens is 16K pages of 64)
@@ -78,6 +79,9 @@ class LexicalIndex:
         """Index the pages from `self.pages` up to `complete_pages` of token_ids [>= complete_pages * P]."""
         if complete_pages <= self.pages:
             return
+        if complete_pages >= 1 << PAGE_BITS:  # a key holds the page in PAGE_BITS bits: more would collide
+            raise RetroLMError(f"lexical page scores index at most {(1 << PAGE_BITS) - 1} pages, {complete_pages} "
+                               "asked for; set lexical_weight=0 for inputs or stores this large.")
         P, first = self.page_size, self.pages
         ids = token_ids[first * P: complete_pages * P].view(complete_pages - first, P).to(self.keys.device)
         hashes, keep = _first_occurrences(gram_hashes(ids, self.ngram),

@@ -133,6 +133,17 @@ def test_bad_lexical_knobs_are_refused(knobs, words):
     assert words in str(error.value)
 
 
+def test_more_pages_than_a_key_can_number_are_refused(monkeypatch):
+    import retrolm.lexical as lexical
+
+    monkeypatch.setattr(lexical, "PAGE_BITS", 3)  # 7 pages at most
+    index = LexicalIndex(2, 4, 4)
+    index.update(torch.arange(7 * 4), 7)
+    with pytest.raises(RetroLMError, match="lexical page scores index at most 7 pages, 8 asked for"):
+        index.update(torch.arange(8 * 4), 8)
+    assert index.pages == 7
+
+
 def test_the_training_free_scorer_asked_of_a_lexical_checkpoint_turns_its_lexical_scores_off(caplog):
     """The default model ships lexical scores for its trained scorer; asking for the training-free scorer drops
     them and says so in the scorer's log line (a lexical_weight asked for with that scorer is refused, below)."""
