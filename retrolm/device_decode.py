@@ -38,6 +38,7 @@ from .cache import PagedKVCache
 from .compat import cache_argument
 from .errors import RetroLMError
 from .layer_compile import compiled_layers
+from .lexical import DeviceLexicalIndex
 from .planner import AttentionPlan
 from .retriever import packed_key_shift, score_pages, select_pages
 from .device_scorer import DeviceScorer
@@ -55,9 +56,6 @@ def device_decode_blocker(config, device: torch.device, prompt_tokens: int, mode
     elif prompt_tokens - 1 < config.page_size:
         return (f"the prompt ({prompt_tokens} tokens) is shorter than page_size + 1 ({config.page_size + 1}): the "
                 "retriever's decode window would be short")
-    if config.lexical_weight:
-        return ("lexical page scores (lexical_weight > 0) are computed by the host-planned decode only; set "
-                "lexical_weight=0 for a device-side decode")
     if mode == "graph" and device.type != "cuda":
         return f"CUDA graphs need a CUDA device, the model is on {device.type}"
     return None
@@ -104,6 +102,11 @@ class DeviceDecoder:
             position_ids=longs(1, 1), inv_freq=rope_inv_freq(inner) if self.contiguous else None,
             backend=model._backend(), write_rows=longs(1),
         )
+        self.lexical = None
+        if config.lexical_weight:  # the trained scorer's lexical page scores, from fixed buffers
+            self.lexical = DeviceLexicalIndex(config.lexical_ngram, config.lexical_max_pages, P,
+                                              config.lexical_query_pages * P, self.spare_page, cache.token_ids,
+                                              cache.num_complete_pages)
         self.scorer = None
         if config.scorer != "trained":  # every layer chooses its pages inside its attention (device_scorer.py)
             plan = self.plan
@@ -265,6 +268,10 @@ class DeviceDecoder:
         cache.page_queries.index_copy_(0, row, query.to(cache.page_queries.device))
         query = torch.where(boundary, cache.page_queries[completed], query)
         scores = score_pages(query, cache.bookmark_keys[: self.spare_page])
+        if self.lexical is not None:
+            self.lexical.add_page(cache.token_ids, completed, boundary & (page - 1 >= self.pages_before))
+            lexical = self.lexical.scores(cache.token_ids, t0, page, self.spare_page)
+            scores = scores + config.lexical_weight * lexical.to(scores.device)
         fresh = select_pages(scores, page, config.top_k, config.sink_pages, config.local_pages, fixed_width=True,
                              neighbors=config.neighbor_offsets)
         fresh = F.pad(fresh, (0, self.attended.shape[1] - fresh.shape[1]), value=-1)

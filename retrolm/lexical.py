@@ -121,6 +121,36 @@ class LexicalIndex:
         return out.scatter_add_(1, pages.clamp(max=n - 1).flatten(1), weight.flatten(1))
 
 
+SENTINEL = torch.iinfo(torch.long).max  # an unused key slot of DeviceLexicalIndex: sorts after every key
+
+
+class DeviceLexicalIndex(LexicalIndex):
+    """A LexicalIndex in fixed buffers, for the device decode step (device_decode.py): room for the keys of
+    `capacity` pages plus one page more, unused slots holding SENTINEL (sorted last). Adding a page writes its keys
+    into the last page's slots (always unused) and sorts the buffer; scoring reads it as LexicalIndex does, over
+    `capacity` pages (a page at or after a query's page scores 0). Both are fixed-shape device work: a CUDA graph
+    can replay them."""
+
+    def __init__(self, ngram: int, max_pages: int, page_size: int, query_tokens: int, capacity: int,
+                 token_ids: torch.Tensor, complete_pages: int):
+        super().__init__(ngram, max_pages, page_size, query_tokens, token_ids.device)
+        self.update(token_ids, complete_pages)  # the prompt's pages, indexed on the host side before any capture
+        self.per_page = page_size - ngram + 1
+        keys = torch.full(((capacity + 1) * self.per_page,), SENTINEL, dtype=torch.long, device=token_ids.device)
+        keys[: self.keys.numel()] = self.keys
+        self.keys, self.pages = keys, capacity
+
+    def add_page(self, token_ids: torch.Tensor, page: torch.Tensor, add: torch.Tensor) -> None:
+        """Index page `page` [1] of token_ids where `add` [1] (a bool on the device); else leave the index as is."""
+        P = self.page_size
+        ids = token_ids[page * P + torch.arange(P, device=token_ids.device)][None]  # [1, P]
+        hashes, keep = _first_occurrences(gram_hashes(ids, self.ngram),
+                                          torch.ones(1, self.per_page, dtype=torch.bool, device=ids.device))
+        new = torch.where(keep & add, (hashes << PAGE_BITS) | page, SENTINEL)[0]
+        self.keys[-self.per_page:] = new
+        self.keys.copy_(self.keys.sort().values)
+
+
 def reference_scores(token_ids: list[int], starts: list[int], query_pages: list[int], n: int, page_size: int,
                      ngram: int, max_pages: int, query_tokens: int | None = None) -> list[list[float]]:
     """`LexicalIndex.scores` in plain Python sets, for tests: the same rule, no hashing."""

@@ -55,6 +55,29 @@ def test_static_step_decodes_like_eager(tiny_dirs, arch, mode, neighbors, refres
     _assert_static_decodes_like_eager(eager, device, lengths=(9, 45, 64), logged_at_least=5)
 
 
+# lexical scores that decide: few symbols (shared 2-grams) and a weight that outweighs the random retriever
+LEXICAL = dict(TRAINED, lexical_weight=50.0, lexical_ngram=2, lexical_max_pages=4)
+
+
+@pytest.mark.parametrize("mode, refresh_on, query_pages", [("contiguous", "", 1), ("original", "aeiou", 2),
+                                                           ("contiguous", "aeiou", 2)])
+def test_static_step_with_lexical_scores_decodes_like_eager(tiny_dirs, mode, refresh_on, query_pages):
+    """The device step's fixed-buffer lexical index (pages completed while decoding added on the device) selects
+    as the eager planner's; without lexical scores some selections differ, so they are what is compared."""
+    knobs = dict(position_mode=mode, refresh_on=refresh_on, lexical_query_pages=query_pages)
+    eager, device = _pair(tiny_dirs["llama"], **knobs, **LEXICAL)
+    plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs, **TRAINED)
+    differs = False
+    for length in (9, 45, 100):
+        ids = torch.randint(0, 6, (1, length))
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
+        got, got_retrievals = _generate(device, ids, do_sample=False)
+        assert device.last_timings["decode_mode"] == "static"
+        assert torch.equal(got, expected) and got_retrievals == expected_retrievals
+        differs |= _generate(plain, ids, do_sample=False)[1] != got_retrievals
+    assert differs
+
+
 @pytest.mark.parametrize("refresh_on", ["", "aeiou"])
 def test_static_step_runs_the_retriever_only_where_a_refresh_is_due(tiny_dirs, refresh_on, monkeypatch):
     """Steps that keep their selection skip the retriever: it runs at each new page, every refresh_interval
@@ -264,6 +287,20 @@ def test_cuda_graph_decodes_like_eager(tiny_dirs, mode, dtype):
         assert graph.last_timings["decode_mode"] == "graph"
         sample = dict(do_sample=True, temperature=0.9, top_k=40, max_new_tokens=70)
         assert torch.equal(_generate(graph, ids, seed=1, **sample)[0], _generate(eager, ids, seed=1, **sample)[0])
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_with_lexical_scores_decodes_like_eager(tiny_dirs, dtype):
+    knobs = dict(LEXICAL, device="cuda", dtype=dtype, refresh_on="aeiou", page_size=16)
+    eager = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="eager", **knobs)
+    graph = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="graph", **knobs)
+    for length in (17, 100, 300):
+        ids = torch.randint(0, 6, (1, length), device="cuda")
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=70)
+        got, retrievals = _generate(graph, ids, do_sample=False, max_new_tokens=70)
+        assert graph.last_timings["decode_mode"] == "graph"
+        assert torch.equal(got, expected) and retrievals == expected_retrievals
 
 
 @CUDA

@@ -144,25 +144,21 @@ def test_more_pages_than_a_key_can_number_are_refused(monkeypatch):
     assert index.pages == 7
 
 
-def test_the_training_free_scorer_asked_of_a_lexical_checkpoint_turns_its_lexical_scores_off(caplog):
+def test_the_training_free_scorer_asked_of_a_lexical_checkpoint_turns_its_lexical_scores_off(capsys):
     """The default model ships lexical scores for its trained scorer; asking for the training-free scorer drops
     them and says so in the scorer's log line (a lexical_weight asked for with that scorer is refused, below)."""
     assert RetroLM.from_pretrained().config.lexical_weight == 10.0
-    with caplog.at_level("INFO", logger="retrolm"):
-        model = RetroLM.from_pretrained(scorer="attention")
+    capsys.readouterr()
+    model = RetroLM.from_pretrained(scorer="attention")
     assert model.config.lexical_weight == 0.0
-    assert "lexical_weight=10.0 belongs to the trained scorer: off" in caplog.text
+    assert "lexical_weight=10.0 belongs to the trained scorer: off" in capsys.readouterr().err
     with pytest.raises(RetroLMError, match="the training-free scorer chooses per layer"):
         RetroLM.from_pretrained(scorer="attention", lexical_weight=10.0)
 
 
-def test_the_paths_without_lexical_scores_refuse_a_lexical_weight(tiny_dirs):
+def test_the_training_free_scorer_refuses_a_lexical_weight(tiny_dirs):
     with pytest.raises(RetroLMError, match="the training-free scorer chooses per layer"):
         RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, scorer="attention", lexical_weight=1.0)
-    model = RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, init_retriever=True, lexical_weight=1.0,
-                                    decode_mode="static")
-    with pytest.raises(RetroLMError, match="computed by the host-planned decode only"):
-        model.generate(input_ids=torch.randint(0, 256, (1, 40)), max_new_tokens=2)
 
 
 def test_the_benchmark_scripts_take_the_lexical_knobs():
