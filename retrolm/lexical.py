@@ -63,6 +63,13 @@ def _merged(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _check_page_count(pages: int) -> None:
+    """A key holds its page in PAGE_BITS bits: more pages would collide."""
+    if pages >= 1 << PAGE_BITS:
+        raise RetroLMError(f"lexical page scores index at most {(1 << PAGE_BITS) - 1} pages, {pages} asked for; set "
+                           "lexical_weight=0 for inputs or stores this large.")
+
+
 class LexicalIndex:
     """The n-grams of every complete page of one sequence, for `scores` (see the module docstring)."""
 
@@ -79,9 +86,7 @@ class LexicalIndex:
         """Index the pages from `self.pages` up to `complete_pages` of token_ids [>= complete_pages * P]."""
         if complete_pages <= self.pages:
             return
-        if complete_pages >= 1 << PAGE_BITS:  # a key holds the page in PAGE_BITS bits: more would collide
-            raise RetroLMError(f"lexical page scores index at most {(1 << PAGE_BITS) - 1} pages, {complete_pages} "
-                               "asked for; set lexical_weight=0 for inputs or stores this large.")
+        _check_page_count(complete_pages)
         P, first = self.page_size, self.pages
         ids = token_ids[first * P: complete_pages * P].view(complete_pages - first, P).to(self.keys.device)
         hashes, keep = _first_occurrences(gram_hashes(ids, self.ngram),
@@ -134,6 +139,7 @@ class DeviceLexicalIndex(LexicalIndex):
     def __init__(self, ngram: int, max_pages: int, page_size: int, query_tokens: int, capacity: int,
                  token_ids: torch.Tensor, complete_pages: int):
         super().__init__(ngram, max_pages, page_size, query_tokens, token_ids.device)
+        _check_page_count(capacity)
         self.update(token_ids, complete_pages)  # the prompt's pages, indexed on the host side before any capture
         self.per_page = page_size - ngram + 1
         keys = torch.full(((capacity + 1) * self.per_page,), SENTINEL, dtype=torch.long, device=token_ids.device)
