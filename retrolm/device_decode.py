@@ -39,7 +39,7 @@ from .compat import cache_argument
 from .errors import RetroLMError
 from .layer_compile import compiled_layers
 from .lexical import DeviceLexicalIndex
-from .planner import AttentionPlan
+from .planner import AttentionPlan, lexical_index
 from .retriever import packed_key_shift, score_pages, select_pages
 from .device_scorer import DeviceScorer
 from .rope import rope_inv_freq
@@ -104,9 +104,7 @@ class DeviceDecoder:
         )
         self.lexical = None
         if config.lexical_weight:  # the trained scorer's lexical page scores, from fixed buffers
-            self.lexical = DeviceLexicalIndex(config.lexical_ngram, config.lexical_max_pages, P,
-                                              config.lexical_query_pages * P, self.spare_page, cache.token_ids,
-                                              cache.num_complete_pages)
+            self.lexical = DeviceLexicalIndex(lexical_index(cache, config), self.spare_page)
         self.scorer = None
         if config.scorer != "trained":  # every layer chooses its pages inside its attention (device_scorer.py)
             plan = self.plan

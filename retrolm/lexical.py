@@ -52,14 +52,12 @@ def _first_occurrences(hashes: torch.Tensor, valid: torch.Tensor) -> tuple[torch
 
 
 def _merged(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Two sorted key tensors merged into one, in linear work: a long prefill adds a chunk's keys to the index many
-    times, and sorting everything again each time would grow with the square of the input."""
-    slots = torch.searchsorted(old, new) + torch.arange(new.numel(), device=new.device)
+    """Two sorted key tensors merged into one, in linear work and fixed shapes (each key's place is its own index
+    plus the count of the other tensor's keys before it; equal keys: old first), so a long prefill adding a chunk's
+    keys does not sort everything again, and the device decode step can merge inside a CUDA graph."""
     out = torch.empty(old.numel() + new.numel(), dtype=old.dtype, device=old.device)
-    taken = torch.zeros(out.numel(), dtype=torch.bool, device=old.device)
-    taken[slots] = True
-    out[slots] = new
-    out[~taken] = old
+    out.scatter_(0, torch.arange(old.numel(), device=old.device) + torch.searchsorted(new, old), old)
+    out.scatter_(0, torch.arange(new.numel(), device=old.device) + torch.searchsorted(old, new, right=True), new)
     return out
 
 
@@ -131,19 +129,18 @@ SENTINEL = torch.iinfo(torch.long).max  # an unused key slot of DeviceLexicalInd
 
 class DeviceLexicalIndex(LexicalIndex):
     """A LexicalIndex in fixed buffers, for the device decode step (device_decode.py): room for the keys of
-    `capacity` pages plus one page more, unused slots holding SENTINEL (sorted last). Adding a page writes its keys
-    into the last page's slots (always unused) and sorts the buffer; scoring reads it as LexicalIndex does, over
-    `capacity` pages (a page at or after a query's page scores 0). Both are fixed-shape device work: a CUDA graph
-    can replay them."""
+    `capacity` pages plus one page more, unused slots holding SENTINEL (sorted last). Adding a page merges its keys
+    into the buffer (`_merged`, the last page's slots, always unused, dropped); scoring reads it as LexicalIndex
+    does, over `capacity` pages (a page at or after a query's page scores 0). Both are fixed-shape device work: a
+    CUDA graph can replay them."""
 
-    def __init__(self, ngram: int, max_pages: int, page_size: int, query_tokens: int, capacity: int,
-                 token_ids: torch.Tensor, complete_pages: int):
-        super().__init__(ngram, max_pages, page_size, query_tokens, token_ids.device)
+    def __init__(self, index: LexicalIndex, capacity: int):
+        """From `index` (the prefill's: its pages are already indexed), with room up to `capacity` pages."""
+        super().__init__(index.ngram, index.max_pages, index.page_size, index.query_tokens, index.keys.device)
         _check_page_count(capacity)
-        self.update(token_ids, complete_pages)  # the prompt's pages, indexed on the host side before any capture
-        self.per_page = page_size - ngram + 1
-        keys = torch.full(((capacity + 1) * self.per_page,), SENTINEL, dtype=torch.long, device=token_ids.device)
-        keys[: self.keys.numel()] = self.keys
+        self.per_page = self.page_size - self.ngram + 1
+        keys = torch.full(((capacity + 1) * self.per_page,), SENTINEL, dtype=torch.long, device=index.keys.device)
+        keys[: index.keys.numel()] = index.keys
         self.keys, self.pages = keys, capacity
 
     def add_page(self, token_ids: torch.Tensor, page: torch.Tensor, add: torch.Tensor) -> None:
@@ -152,9 +149,8 @@ class DeviceLexicalIndex(LexicalIndex):
         ids = token_ids[page * P + torch.arange(P, device=token_ids.device)][None]  # [1, P]
         hashes, keep = _first_occurrences(gram_hashes(ids, self.ngram),
                                           torch.ones(1, self.per_page, dtype=torch.bool, device=ids.device))
-        new = torch.where(keep & add, (hashes << PAGE_BITS) | page, SENTINEL)[0]
-        self.keys[-self.per_page:] = new
-        self.keys.copy_(self.keys.sort().values)
+        new = torch.where(keep & add, (hashes << PAGE_BITS) | page, SENTINEL)[0].sort().values
+        self.keys.copy_(_merged(self.keys[: -self.per_page], new))
 
 
 def reference_scores(token_ids: list[int], starts: list[int], query_pages: list[int], n: int, page_size: int,

@@ -206,8 +206,9 @@ def _to_slots(plan: AttentionPlan, cache: PagedKVCache) -> AttentionPlan:
     return plan
 
 
-def _lexical_index(cache: PagedKVCache, config: RetroLMConfig) -> LexicalIndex:
-    """The cache's lexical index (made at first use), brought up to the cache's complete pages."""
+def lexical_index(cache: PagedKVCache, config: RetroLMConfig) -> LexicalIndex:
+    """The cache's lexical index (made at first use), brought up to the cache's complete pages (the device decode
+    step starts from it too)."""
     if cache.lexical is None:
         cache.lexical = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, config.page_size,
                                      config.lexical_query_pages * config.page_size, cache.token_ids.device)
@@ -245,7 +246,7 @@ def _select(cache, retriever, embed, config, query_pages, group_starts, t0, trig
             queries[mid] = mid_queries.to(queries.device)
         scores = score_pages(queries, cache.bookmark_keys[:n])
         if config.lexical_weight:
-            scores = scores + config.lexical_weight * _lexical_index(cache, config).scores(
+            scores = scores + config.lexical_weight * lexical_index(cache, config).scores(
                 cache.token_ids, group_starts, query_pages, n).to(scores.device)
     attended = select_pages(scores, query_pages, config.top_k, config.sink_pages, config.local_pages,
                             neighbors=config.neighbor_offsets)
