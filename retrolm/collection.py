@@ -163,14 +163,20 @@ def attention_scaling(model) -> float:
 
 def store_lexical_index(store: PageStore, config) -> tuple[StoreLexicalIndex, bool]:
     """The store's lexical index (store_lexical.py) under `config`'s lexical knobs for its documents now, built from
-    their token ids on first use and again after any change (every page's n-gram counts depend on the whole
-    store); (index, built now)."""
-    state = ({doc_id: entry["file"] for doc_id, entry in store.documents().items()},
-             (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages))
-    if store.lexical_index is not None and store.lexical_index[0] == state:
-        return store.lexical_index[1], False
-    index = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in state[0]}, config)
-    store.lexical_index = state, index
+    their token ids on first use; after documents were only added, the last index takes the new ones; after any
+    other change (a document deleted or replaced moves rows) it is built again; (index, changed now)."""
+    files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
+    knobs = (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages)
+    if store.lexical_index is not None and store.lexical_index[0][1] == knobs:
+        (indexed, _), index = store.lexical_index
+        if indexed == files:
+            return index, False
+        if list(files.items())[:len(indexed)] == list(indexed.items()):
+            index.extend({doc_id: store.token_ids(doc_id) for doc_id in list(files)[len(indexed):]})
+            store.lexical_index = (files, knobs), index
+            return index, True
+    index = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in files}, config)
+    store.lexical_index = (files, knobs), index
     return index, True
 
 

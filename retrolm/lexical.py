@@ -82,11 +82,15 @@ class LexicalIndex:
 
     def update(self, token_ids: torch.Tensor, complete_pages: int) -> None:
         """Index the pages from `self.pages` up to `complete_pages` of token_ids [>= complete_pages * P]."""
-        if complete_pages <= self.pages:
-            return
-        _check_page_count(complete_pages)
+        if complete_pages > self.pages:
+            self.append(token_ids[self.pages * self.page_size: complete_pages * self.page_size])
+
+    def append(self, page_ids: torch.Tensor) -> None:
+        """Index the whole pages of page_ids [pages * P] as the pages after those indexed."""
         P, first = self.page_size, self.pages
-        ids = token_ids[first * P: complete_pages * P].view(complete_pages - first, P).to(self.keys.device)
+        complete_pages = first + page_ids.numel() // P
+        _check_page_count(complete_pages)
+        ids = page_ids.view(complete_pages - first, P).to(self.keys.device)
         hashes, keep = _first_occurrences(gram_hashes(ids, self.ngram),
                                           torch.ones(ids.shape[0], P - self.ngram + 1, dtype=torch.bool,
                                                      device=ids.device))

@@ -25,10 +25,17 @@ class StoreLexicalIndex:
     def __init__(self, token_ids: dict[str, torch.Tensor], config):
         """token_ids: doc id -> its stored token ids [pages * page_size] (pages padded whole), in store order."""
         P = config.page_size
-        self.rows = rows_of({doc_id: ids.numel() // P for doc_id, ids in token_ids.items()})
+        self.rows: list[tuple[str, int]] = []
         self.index = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, P,
                                   config.lexical_query_pages * P)
-        self.index.update(torch.cat([ids.long() for ids in token_ids.values()]), len(self.rows))
+        self.extend(token_ids)
+
+    def extend(self, token_ids: dict[str, torch.Tensor]) -> None:
+        """Index documents added after those indexed (same form as __init__'s). Document frequencies are counted
+        when a question is scored, so the pages indexed before need no change."""
+        if token_ids:
+            self.index.append(torch.cat([ids.long() for ids in token_ids.values()]))  # may refuse: rows after
+            self.rows += rows_of({doc_id: ids.numel() // self.index.page_size for doc_id, ids in token_ids.items()})
 
     def scores(self, question_ids: torch.Tensor) -> dict[tuple[str, int], float]:
         """(document, page) -> lexical score > 0, for the question prompt's ids [T]."""

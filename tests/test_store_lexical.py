@@ -14,7 +14,7 @@ from retrolm.demo import ADJECTIVES, NOUNS
 from retrolm.errors import RetroLMError
 from retrolm.lexical import reference_scores
 from retrolm.page_store import MANIFEST, PageStore
-from retrolm.store_lexical import combined_top
+from retrolm.store_lexical import StoreLexicalIndex, combined_top
 
 
 def _words(rng: random.Random, count: int, made_up: float = 0.0) -> str:
@@ -130,6 +130,36 @@ def test_the_lexical_index_follows_the_store(tmp_path):
     store.add({target: docs[target]}, progress=False)
     after = model.answer(question, store, max_new_tokens=1)
     assert after.timings["index_s"] > 0 and after.pages[0][0] == target
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_documents_added_later_are_appended_to_the_lexical_index(tiny_dirs, tmp_path, seed):
+    """After adds the index is the last one extended, equal (keys, rows, scores) to one built from scratch; a deleted
+    or replaced document builds a new one, equal to one built from scratch as well."""
+    rng = random.Random(seed)
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], init_retriever=True, page_size=8, lexical_weight=1.0,
+                                    lexical_ngram=rng.randint(2, 4), lexical_max_pages=rng.choice([2, 64]))
+    store = PageStore.open(str(tmp_path / "store"), model, create=True)
+    question_ids = model.tokenizer(_words(rng, 12), return_tensors="pt").input_ids[0]
+
+    def check(expect_same: bool, previous):
+        index, changed = store_lexical_index(store, model.config)
+        fresh = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in store.documents()}, model.config)
+        assert changed and (index is previous) == expect_same
+        assert index.rows == fresh.rows and torch.equal(index.index.keys, fresh.index.keys)
+        assert index.scores(question_ids) == fresh.scores(question_ids)
+        return index
+
+    store.add({f"a{i}": _words(rng, rng.randint(10, 40)) for i in range(3)}, progress=False)
+    index = check(False, None)
+    for batch in range(2):
+        store.add({f"b{batch}{i}": _words(rng, rng.randint(10, 40)) for i in range(rng.randint(1, 3))},
+                  progress=False)
+        index = check(True, index)
+    store.delete(["a1"])
+    index = check(False, index)
+    store.add({"a0": _words(rng, 30)}, progress=False)  # replaced: its rows change length
+    check(False, index)
 
 
 def test_a_store_records_the_lexical_knobs_its_encoding_used(tmp_path):
