@@ -315,7 +315,8 @@ def measure(args) -> None:
     device = torch.device(args.device)
     base = random_model(args.shape, dtype=torch.bfloat16, device=args.device)
     chunk = {"prefill_chunk_pages": args.prefill_chunk_pages} if args.prefill_chunk_pages else {}
-    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, scorer=args.scorer, **chunk,
+    lexical = {"lexical_weight": args.lexical_weight} if args.lexical_weight else {}
+    config = RetroLMConfig(page_size=args.page_size, top_k=args.top_k, scorer=args.scorer, **chunk, **lexical,
                            base_model_name_or_path=f"random:{args.shape}", base_model_fingerprint="random")
     retriever = None  # the training-free scorer has none
     if args.scorer == "trained":  # random weights: speed only
@@ -528,6 +529,8 @@ def main() -> None:
                              "projections fused); +compile-unfused: the same without fusing projections")
     parser.add_argument("--scorer", default="trained", choices=["trained", "attention"],
                         help="RetroLM's page scorer: a (random) trained retriever, or the training-free scorer")
+    parser.add_argument("--lexical-weight", type=float, default=0.0,
+                        help="lexical page scores at this weight (trained scorer): their per-step cost")
     parser.add_argument("--prefill-chunk", type=int, default=8192, help="HF baselines' prefill chunk (tokens)")
     parser.add_argument("--prefill-chunk-pages", type=int, default=None,
                         help="RetroLM's prefill_chunk_pages (default: the library's)")
