@@ -25,6 +25,13 @@ for needles in test sealed; do
         --out "$RESULTS/heldout" > "$RESULTS/heldout_$needles.log" 2>&1 &
 done
 wait
+pkill -f "eval.ruler" 2>/dev/null  # timeout stops the grid's parent only: its eval processes would run on
+if [ ! -f "$RESULTS/quality/quality.md" ]; then  # cut at DEADLINE: tabulate the cells that finished
+    python3 bench/default_model_quality.py ${METHODS:+--methods "$METHODS"} --collect-only \
+        --factors "${FACTORS:-1,4,16,64}" --num-samples "${SAMPLES:-25}" --work "${WORK:-/tmp/lexical_gpu_quality}" \
+        --assets "$RESULTS/quality" --note "$(cat "$RESULTS/device.txt"), bench/lexical_gpu.sh, cut at ${DEADLINE} s: \
+cells that finished" >> "$RESULTS/quality.log" 2>&1
+fi
 cat "$RESULTS"/quality/quality.md "$RESULTS"/heldout/*.md 2>/dev/null
 # the device returns few files: the tables beside one tarball of everything
 cp "$RESULTS"/quality/quality.md "$OUT/quality_lexical.md" 2>/dev/null
