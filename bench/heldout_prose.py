@@ -119,11 +119,12 @@ def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, 
 
 def scorer_knobs(name: str, lexical_weight: float, lexical_query_pages: int = 2) -> dict:
     """from_pretrained knobs of a --scorers entry."""
-    if name == "trained+lexical":
-        return {"scorer": "trained", "lexical_weight": lexical_weight, "lexical_query_pages": lexical_query_pages}
+    if name in ("trained+lexical", "attention+lexical"):
+        return {"scorer": name.split("+")[0], "lexical_weight": lexical_weight,
+                "lexical_query_pages": lexical_query_pages}
     if name in ("trained", "attention"):
         return {"scorer": name, "lexical_weight": 0.0}
-    raise SystemExit(f"unknown scorer {name!r}: use trained, trained+lexical or attention")
+    raise SystemExit(f"unknown scorer {name!r}: use trained, trained+lexical, attention or attention+lexical")
 
 
 def main() -> None:
@@ -131,7 +132,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
     parser.add_argument("--scorers", default="trained,attention",
                         help="page scorers to compare: trained (the retriever alone), trained+lexical (plus lexical "
-                             "page scores at --lexical-weight, retrolm/lexical.py), attention (training-free)")
+                             "page scores at --lexical-weight, retrolm/lexical.py), attention (training-free), "
+                             "attention+lexical")
     parser.add_argument("--lexical-weight", type=float, default=10.0, help="lexical_weight of trained+lexical "
                         "(10: chosen on the validation needles, bench/results/lexical/)")
     parser.add_argument("--lexical-query-pages", type=int, default=2, help="lexical_query_pages of trained+lexical")

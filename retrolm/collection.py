@@ -14,12 +14,14 @@
    products, which is the flattened vectors' inner product the index computes). A model with lexical_weight > 0
    adds lexical_weight x each page's lexical score, as within one input, every stored page counting as earlier
    (store_lexical.py: exact, from the key index's top pages and the pages sharing a counted n-gram with the
-   question; the n-gram index is built from the stored token ids once per store state).
+   question; the n-gram index is built from the stored token ids on first use, and documents added later are
+   appended to it).
    A store built with the training-free scorer (`scorer="attention"`: any model, no retriever trained) keeps no
    bookmark keys but each page's per-layer key summaries (scorer.py). Its pages are ranked by that scorer's own
    rule (store_search.SummaryIndex): the question is encoded alone, and in every layer the queries of its last
    `scorer_query_tokens` tokens spread one unit of estimated attention per (token, head) over all the store's
-   pages; a page's score is its share summed over the layers. Exact by default, reading every summary per
+   pages; a page's score is its share summed over the layers (with lexical_weight > 0: that sum per (layer,
+   token, head) row, plus lexical_weight x the page's lexical score, exact index only). Exact by default, reading every summary per
    question (its cost grows with pages x layers); `index="ivf"` ranks a shortlist instead, found by summed bound
    in a faiss IVF index of the summaries (store_search.SummaryIVFIndex; recall: bench/summary_search.py).
 3. The best `sink_pages + local_pages + top_k` pages, each best page bringing its neighbours in its document
@@ -180,19 +182,36 @@ def store_lexical_index(store: PageStore, config) -> tuple[StoreLexicalIndex, bo
     return index, True
 
 
+def check_lexical_search(config, index: str) -> None:
+    """Lexical scores in a training-free store need every page's share, which only the exact index gives."""
+    if config.lexical_weight and config.scorer == "attention" and index != "exact":
+        raise RetroLMError(f"lexical page scores (lexical_weight={config.lexical_weight}) in a store searched by the "
+                           f"training-free scorer need index='exact' (got {index!r}); pass index='exact', or "
+                           "lexical_weight=0 for the approximate index.")
+
+
 def search_pages(model, pages_index, question_ids: torch.Tensor, k: int, nprobe: int | None = None,
                  lexical: StoreLexicalIndex | None = None):
     """The k best (document, page, score) of `pages_index` (`store_index`) for the question prompt's ids [T], best
     first, by the model's scorer (module docstring, step 2); with `lexical` (a model with lexical_weight > 0),
-    by key score plus lexical_weight x lexical score (store_lexical.py)."""
+    by key score (training-free: share per query row, in [0, 1] as within one input) plus lexical_weight x lexical score
+    (store_lexical.py)."""
+    weight = model.config.lexical_weight
     if model.config.scorer == "trained":
         query = question_query(model, question_ids)
         seeds = pages_index.search(query, k, nprobe=nprobe)
         if lexical is None:
             return seeds
         return combined_top(seeds, lexical.scores(question_ids), lambda pages: pages_index.page_scores(query, pages),
-                            model.config.lexical_weight, k)
-    return pages_index.search(question_layer_queries(model, question_ids), k, attention_scaling(model), nprobe=nprobe)
+                            weight, k)
+    queries, scaling = question_layer_queries(model, question_ids), attention_scaling(model)
+    if lexical is None:
+        return pages_index.search(queries, k, scaling, nprobe=nprobe)
+    check_lexical_search(model.config, pages_index.kind)
+    rows = sum(q.shape[0] * q.shape[1] for q in queries)  # (token, head) rows of every layer: the share's total
+    seeds = [(doc_id, page, score / rows) for doc_id, page, score in pages_index.search(queries, k, scaling)]
+    return combined_top(seeds, lexical.scores(question_ids),
+                        lambda pages: [s / rows for s in pages_index.page_scores(queries, pages, scaling)], weight, k)
 
 
 def with_neighbors(seeds: list[tuple[str, int, float]], offsets: tuple[int, ...], budget: int,
@@ -249,6 +268,7 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     if not question.strip():
         raise RetroLMError("the question is empty; pass the question to answer.")
     check_index_options(index, nprobe=nprobe, use_gpu=model.device.type == "cuda")
+    check_lexical_search(model.config, index)
     config = model.config
     store = store if isinstance(store, PageStore) else PageStore.open(store, model)
     started = time.perf_counter()

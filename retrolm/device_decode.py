@@ -103,7 +103,7 @@ class DeviceDecoder:
             backend=model._backend(), write_rows=longs(1),
         )
         self.lexical = None
-        if config.lexical_weight:  # the trained scorer's lexical page scores, from fixed buffers
+        if config.lexical_weight:  # lexical page scores (either scorer), from fixed buffers
             self.lexical = DeviceLexicalIndex(lexical_index(cache, config), self.spare_page)
         self.scorer = None
         if config.scorer != "trained":  # every layer chooses its pages inside its attention (device_scorer.py)
@@ -116,7 +116,8 @@ class DeviceDecoder:
             plan.refresh_interval, plan.neighbors = config.refresh_interval, config.neighbor_offsets
             self.refresh = torch.zeros(1, dtype=torch.bool, device=device)
             self.scorer = DeviceScorer(plan.layer_states, plan, self.start, max_new_tokens, self.position,
-                                       self.refresh, compiled=config.decode_compile)
+                                       self.refresh, compiled=config.decode_compile,
+                                       lexical=self.lexical is not None)
             plan.device_scorer = self.scorer
         if cache.slots is not None:  # offloaded: the plan reads slots; the pages to copy in are chosen per step
             self.plan.attended = longs(1, width, fill=-1)
@@ -229,6 +230,10 @@ class DeviceDecoder:
             count = self._keep_selection(t0)
         else:  # the layers select (device_scorer.py); the prompt's length guarantees every slot fills
             self.refresh.copy_(refresh)
+            if self.lexical is not None:  # one set of lexical scores for every layer's selection
+                self._add_completed_page(page, boundary)
+                lexical = self.lexical.scores(cache.token_ids, t0, page, self.spare_page)[0]
+                self.scorer.lexical[: self.spare_page].copy_(config.lexical_weight * lexical)
             count = config.max_attended_pages
         self.made_at.copy_(torch.where(refresh, t0, self.made_at))
         if self.contiguous:
@@ -267,7 +272,7 @@ class DeviceDecoder:
         query = torch.where(boundary, cache.page_queries[completed], query)
         scores = score_pages(query, cache.bookmark_keys[: self.spare_page])
         if self.lexical is not None:
-            self.lexical.add_page(cache.token_ids, completed, boundary & (page - 1 >= self.pages_before))
+            self._add_completed_page(page, boundary)
             lexical = self.lexical.scores(cache.token_ids, t0, page, self.spare_page)
             scores = scores + config.lexical_weight * lexical.to(scores.device)
         fresh = select_pages(scores, page, config.top_k, config.sink_pages, config.local_pages, fixed_width=True,
@@ -275,6 +280,10 @@ class DeviceDecoder:
         fresh = F.pad(fresh, (0, self.attended.shape[1] - fresh.shape[1]), value=-1)
         self.attended.copy_(torch.where(refresh, fresh, self.attended))
         return self._log_selection(t0, refresh & ~boundary)
+
+    def _add_completed_page(self, page, boundary) -> None:
+        """At a page's first token, the page before it (complete, if decoding wrote it) into the lexical index."""
+        self.lexical.add_page(self.cache.token_ids, (page - 1).clamp(min=0), boundary & (page - 1 >= self.pages_before))
 
     def _keep_selection(self, t0) -> torch.Tensor:
         """A step that keeps its selection (the host knows no refresh is due): logged as kept; returns the count."""

@@ -25,10 +25,11 @@ class DeviceScorer:
     """Per-layer selection buffers of one device-side decode (the attention scorer)."""
 
     def __init__(self, states: list, plan, start: int, steps: int, position: torch.Tensor, refresh: torch.Tensor,
-                 compiled: bool = False):
+                 compiled: bool = False, lexical: bool = False):
         """states: the cache's `LayerSummaries`; plan: the decoder's plan (scorer fields set); start: the first
         decode position; position, refresh: the decoder's device buffers ([1] long, [1] bool); compiled: run each
-        layer's step through torch.compile (decode_compile; one compiled graph serves every layer)."""
+        layer's step through torch.compile (decode_compile; one compiled graph serves every layer); lexical: keep
+        a buffer `lexical` [reserved rows] of the step's weighted lexical scores, which the decoder fills."""
         self.states, self.start, self.position, self.refresh = states, start, position, refresh
         window, width = plan.scorer_window, plan.sink_pages + plan.local_pages + plan.top_k
         device = position.device
@@ -37,6 +38,7 @@ class DeviceScorer:
         self.offsets = torch.arange(window, device=device)
         slots = (start - window + self.offsets) % window  # where the prefill's last W queries sit in the ring
         self.rings, self.attended, self.key_shift, self.logs = [], [], [], []
+        self.lexical = torch.zeros(states[0].reserve, device=device) if lexical else None
         for state in states:
             recent = _rope_free_recent(state, plan.rope_inv_freq)
             if recent is None or recent.shape[0] < window or state.center is None \
@@ -54,7 +56,8 @@ class DeviceScorer:
         state = self.states[layer]
         key_shift = self.key_shift[layer] if plan.contiguous else None
         self.step(plan, state.center, state.radius, self.rings[layer], self.attended[layer], key_shift,
-                  self.logs[layer], query, key_pool, self.position, self.refresh, self.offsets, self.first, scaling)
+                  self.logs[layer], query, key_pool, self.position, self.refresh, self.offsets, self.first, scaling,
+                  self.lexical)
         return _with_selection(plan, self.attended[layer], key_shift)
 
     def advance(self, tokens: int, page_size: int) -> None:
@@ -75,7 +78,7 @@ class DeviceScorer:
 
 
 def layer_step(plan, center, radius, ring, attended, key_shift, log, query, key_pool, position, refresh, offsets,
-               first, scaling: float) -> None:
+               first, scaling: float, lexical=None) -> None:
     """One layer's scorer work in a decode step, on its buffers (all updated in place): the own page's bounds at
     its last token, the token's RoPE-free query into the ring, the selection scored and kept where `refresh`, and
     the step's entry of the log. Every input but `plan` and `scaling` is a tensor, so one compiled graph serves
@@ -91,7 +94,7 @@ def layer_step(plan, center, radius, ring, attended, key_shift, log, query, key_
     ring.index_copy_(0, t0 % window, shift_keys(query[0].transpose(0, 1), -plan.position_ids[0][:, None],
                                                 plan.rope_inv_freq))
     recent = ring[(t0 + 1 + offsets) % window]  # oldest first, this token last
-    fresh = decode_selection(plan, recent, center, radius, scaling, page=page)
+    fresh = decode_selection(plan, recent, center, radius, scaling, page=page, lexical=lexical)
     attended.copy_(torch.where(refresh, fresh, attended))
     if key_shift is not None:
         key_shift.copy_(torch.where(refresh, packed_key_shift(fresh, plan.page_starts, P), key_shift))

@@ -141,10 +141,6 @@ class RetroLM(nn.Module):
             raise RetroLMError("offload_kv=True needs the trained scorer (pages chosen before the forward, so only "
                                "they are copied in); the training-free scorer chooses per layer. Use scorer='trained' "
                                "with a trained retriever, or keep the KV resident (offload_kv=False).")
-        if config.scorer == "attention" and config.lexical_weight:
-            raise RetroLMError(f"lexical_weight={config.lexical_weight} adds lexical scores to the trained scorer's; "
-                               "the training-free scorer chooses per layer and has none. Set lexical_weight=0, or "
-                               "use scorer='trained' with a trained retriever.")
         self.retriever = retriever.to(inner.device) if config.scorer == "trained" else None
         if not config.base_model_fingerprint:  # identity of the base weights as loaded, saved with checkpoints
             config.base_model_fingerprint = weights_fingerprint(_weights_without_lora(inner)) or ""
@@ -199,8 +195,10 @@ class RetroLM(nn.Module):
         has_weights = weights is not None and os.path.exists(weights)
         config.scorer, why = _resolve_scorer(config.scorer, has_weights, init_retriever)
         if config.scorer == "attention" and config.lexical_weight and "lexical_weight" not in knobs:
-            # the checkpoint's lexical scores add to its trained scorer's; a training-free run asked for has none
-            why += f"; the checkpoint's lexical_weight={config.lexical_weight} belongs to the trained scorer: off"
+            # the checkpoint's weight was chosen against its trained scorer's score scale, not the training-free
+            # scorer's: a training-free run uses lexical scores only when asked for with its own weight
+            why += (f"; the checkpoint's lexical_weight={config.lexical_weight} belongs to the trained scorer: off "
+                    "(pass lexical_weight to use lexical scores with the training-free scorer)")
             config.lexical_weight = 0.0
         retriever = None
         if config.scorer == "trained":

@@ -69,6 +69,7 @@ class AttentionPlan:
     contiguous: bool = False
     log_selection: list | None = None  # per-layer selections of a decode step, for cache.selection_log
     device_scorer: object | None = None  # a device-side decode step's per-layer scorer (device_scorer.DeviceScorer)
+    lexical: torch.Tensor | None = None  # [G, complete pages] lexical_weight x lexical scores, shared by the layers
 
 
 def _window_bookmarks(cache, retriever, embed, ends, page_size):
@@ -182,7 +183,11 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table=None
         plan.sink_pages, plan.local_pages, plan.top_k = config.sink_pages, config.local_pages, config.top_k
         plan.scorer_window, plan.contiguous = config.scorer_query_tokens, contiguous
         plan.refresh_interval, plan.neighbors = config.refresh_interval, config.neighbor_offsets
-        plan.refresh_now = _would_reuse(plan) and _triggered(new_ids, refresh_table)
+        reuses = _would_reuse(plan)
+        plan.refresh_now = reuses and _triggered(new_ids, refresh_table)
+        if config.lexical_weight and (not reuses or plan.refresh_now):  # the layers score afresh
+            plan.lexical = config.lexical_weight * lexical_index(cache, config).scores(
+                cache.token_ids, group_starts, query_pages, cache.num_complete_pages)
         if t0 % P != 0 and t1 - t0 == 1 and int(last_page) > 0:  # a decode step mid-page: log what it retrieves
             plan.log_selection = []
             cache.selection_log.append((t0, plan.log_selection))

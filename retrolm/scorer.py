@@ -13,6 +13,9 @@ Works on any Hugging Face model, before any retriever is trained (`scorer="atten
   with the same rule as the trained scorer (sink + local + top-k, never the future). A decode step keeps
   its layer's selection for `refresh_interval` tokens within a page (or until it reads a refresh-trigger token),
   as the trained scorer does, so the scoring cost of decoding is paid once per refresh rather than at every token.
+- with `lexical_weight` > 0, a page's score is its share per query row (the share divided by heads x valid
+  window tokens, so in [0, 1]) plus lexical_weight x its lexical score (lexical.py), the same for every layer:
+  pages repeating the query window's rare text rank first at every layer, the layer's attention ranks the rest.
 
 Keys and queries are compared without RoPE (rotated back to position 0), so scores do not depend on where
 pages were encoded, in either position mode.
@@ -23,6 +26,7 @@ import copy
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from .retriever import eligible_pages, packed_key_shift, select_pages, with_neighbors
 from .rope import shift_keys
@@ -151,12 +155,16 @@ def select_for_layer(plan, layer_idx: int, query: torch.Tensor, key_pool: torch.
 
 def group_selection(plan, rows, valid, center, radius, n: int, scaling: float) -> torch.Tensor:
     """Attended pages [G, A] of every group of a forward: windows `rows` [G, W, H, D] against the bounds of the
-    n complete pages, the top-k candidates kept beside the sink and local pages."""
+    n complete pages, the top-k candidates kept beside the sink and local pages (with `plan.lexical`, ranked by
+    share per query row plus the weighted lexical scores: module docstring)."""
     always, candidates = eligible_pages(plan.query_pages, n, plan.sink_pages, plan.local_pages)
     if n == 0:
         scores = rows.new_zeros(plan.query_pages.numel(), 0, dtype=torch.float32)
     else:
         scores = page_scores(rows, valid, center[:n], radius[:n], always, candidates, scaling)
+        if plan.lexical is not None:
+            per_row = scores / (rows.shape[2] * valid.sum(dim=1, keepdim=True).clamp(min=1))
+            scores = per_row + plan.lexical[:, :n].to(scores.device)
     return select_pages(scores, plan.query_pages, plan.top_k, plan.sink_pages, plan.local_pages, fixed_width=True,
                         neighbors=plan.neighbors)
 
@@ -169,7 +177,7 @@ def _has_decode_shortcut(plan) -> bool:
 
 
 def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: torch.Tensor, scaling: float,
-                     page: torch.Tensor | None = None) -> torch.Tensor:
+                     page: torch.Tensor | None = None, lexical: torch.Tensor | None = None) -> torch.Tensor:
     """`group_selection` of one decode token in a few kernels (it runs at every layer of a refresh step, where
     per-kernel host cost dominates): rows [w, H, D] are its window; every page before its page m is reachable,
     the candidates are the contiguous range [sink, m - local), and all sink + top_k + local slots fill (with
@@ -177,7 +185,8 @@ def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: tor
 
     Scores every row of center / radius (the layer's reserved rows) with the pages >= m masked, so the shapes
     do not depend on m: m is the plan's host int, or `page` [1] on the device (device_scorer.py), and both
-    compute bit for bit the same selection.
+    compute bit for bit the same selection. lexical: [rows] weighted lexical scores (pages >= m at 0) from the
+    device step, or None: eager decoding reads the plan's `lexical`.
     """
     m = plan.decode_token[0] if page is None else page
     sink, local, k = plan.sink_pages, plan.local_pages, plan.top_k
@@ -189,6 +198,10 @@ def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: tor
     bound = torch.baddbmm(q @ center.float().permute(1, 2, 0), q.abs(), radius.float().permute(1, 2, 0))
     bound = (bound * scaling).masked_fill(index >= m, float("-inf"))
     share = bound.softmax(dim=-1).sum(dim=(0, 1))  # [rows] estimated attention each earlier page gets
+    if lexical is None and plan.lexical is not None:  # eager: the plan's scores of the complete pages
+        lexical = F.pad(plan.lexical[0].to(device), (0, rows_reserved - plan.lexical.shape[1]))
+    if lexical is not None:
+        share = share / (heads * width) + lexical
     candidates = (index >= sink) & (index < m - local)
     ranked = share.masked_fill(~candidates, float("-inf")).topk(k).indices  # [k] best first
     if plan.neighbors:

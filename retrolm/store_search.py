@@ -215,6 +215,18 @@ class SummaryIndex:
         scores, ids = total.topk(min(k, len(self.rows)))
         return [(*self.rows[i], float(s)) for s, i in zip(scores.tolist(), ids.tolist())]
 
+    def page_scores(self, queries: list[torch.Tensor], pages: list[tuple[str, int]], scaling: float) -> list[float]:
+        """The scores `search` gives (document, page)s (store_lexical: pages it did not rank high enough to
+        return)."""
+        total = summed_shares(queries, self.center, self.radius, scaling)
+        rows = []
+        for doc_id, page in pages:
+            start, end = self.spans[doc_id]
+            if not 0 <= page < end - start:
+                raise RetroLMError(f"document {doc_id!r} has {end - start} pages in the index; asked for page {page}.")
+            rows.append(start + page)
+        return total[torch.tensor(rows, dtype=torch.long, device=total.device)].tolist() if rows else []
+
 
 def summed_shares(queries: list[torch.Tensor], center: list[torch.Tensor], radius: list[torch.Tensor],
                   scaling: float, scored: int | None = None, log_weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -114,6 +114,33 @@ def test_static_step_with_the_training_free_scorer_decodes_like_eager(tiny_dirs,
     _assert_static_decodes_like_eager(eager, device, lengths=(33, 45, 64, 100), logged_at_least=30)
 
 
+ATTENTION_LEXICAL = dict(scorer="attention", page_size=8, top_k=2, refresh_interval=3, lexical_weight=0.5,
+                         lexical_ngram=2, lexical_max_pages=4)
+
+
+@pytest.mark.parametrize("mode, refresh_on, query_pages, neighbors", [("contiguous", "", 1, 0),
+                                                                      ("original", "aeiou", 2, 1),
+                                                                      ("contiguous", "aeiou", 2, 1)])
+def test_static_step_with_the_training_free_scorer_and_lexical_scores_decodes_like_eager(
+        tiny_dirs, mode, refresh_on, query_pages, neighbors):
+    """The training-free scorer's layers add the step's lexical scores (pages completed while decoding added on the
+    device) as eager decoding does: same tokens and per-layer retrievals; the weight is low enough that attention
+    still ranks, and lexical scores change some selection."""
+    knobs = dict(ATTENTION_LEXICAL, position_mode=mode, refresh_on=refresh_on, lexical_query_pages=query_pages,
+                 neighbor_pages=neighbors)
+    eager, device = _pair(tiny_dirs["llama"], **knobs)
+    plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **{**knobs, "lexical_weight": 0.0})
+    differs = False
+    for length in (33, 45, 100):
+        ids = torch.randint(0, 6, (1, length))
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
+        got, got_retrievals = _generate(device, ids, do_sample=False)
+        assert device.last_timings["decode_mode"] == "static"
+        assert torch.equal(got, expected) and got_retrievals == expected_retrievals and len(got_retrievals) >= 30
+        differs |= _generate(plain, ids, do_sample=False)[1] != got_retrievals
+    assert differs
+
+
 def test_static_step_samples_like_eager(tiny_dirs):
     eager, device = _pair(tiny_dirs["llama"], **TRAINED)
     ids = torch.randint(0, 256, (1, 30))
@@ -296,6 +323,20 @@ def test_cuda_graph_with_lexical_scores_decodes_like_eager(tiny_dirs, dtype):
     eager = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="eager", **knobs)
     graph = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="graph", **knobs)
     for length in (17, 100, 300):
+        ids = torch.randint(0, 6, (1, length), device="cuda")
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=70)
+        got, retrievals = _generate(graph, ids, do_sample=False, max_new_tokens=70)
+        assert graph.last_timings["decode_mode"] == "graph"
+        assert torch.equal(got, expected) and retrievals == expected_retrievals
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_with_the_training_free_scorer_and_lexical_scores_decodes_like_eager(tiny_dirs, dtype):
+    knobs = dict(ATTENTION_LEXICAL, device="cuda", dtype=dtype, refresh_on="aeiou", page_size=16, neighbor_pages=1)
+    eager = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="eager", **knobs)
+    graph = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="graph", **knobs)
+    for length in (65, 300):
         ids = torch.randint(0, 6, (1, length), device="cuda")
         expected, expected_retrievals = _generate(eager, ids, do_sample=False, max_new_tokens=70)
         got, retrievals = _generate(graph, ids, do_sample=False, max_new_tokens=70)

@@ -80,9 +80,10 @@ def _model(tiny_dirs, **knobs):
                                    attention_backend="reference", **knobs)
 
 
-def test_with_every_page_selected_lexical_scores_keep_the_plain_model(tiny_dirs):
+@pytest.mark.parametrize("scorer", ["trained", "attention"])
+def test_with_every_page_selected_lexical_scores_keep_the_plain_model(tiny_dirs, scorer):
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]).eval()
-    model = _model(tiny_dirs, top_k=64, lexical_weight=5.0, lexical_ngram=2, refresh_interval=3)
+    model = _model(tiny_dirs, top_k=64, lexical_weight=5.0, lexical_ngram=2, refresh_interval=3, scorer=scorer)
     ids = torch.randint(0, 256, (1, 45))
     expected = base.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(model.generate(input_ids=ids, max_new_tokens=20, do_sample=False, eos_token_id=None), expected)
@@ -109,11 +110,33 @@ def test_a_large_lexical_weight_retrieves_the_page_the_question_repeats(tiny_dir
     assert position == ids.shape[0] - 1 and 9 in pages
 
 
-def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs):
+def test_with_the_training_free_scorer_every_layer_retrieves_the_page_the_question_repeats(tiny_dirs):
+    """The same input under the training-free scorer: without lexical scores some layer picks another page; with
+    them every layer picks the page holding the query window's rare n-grams."""
+    gen = torch.Generator().manual_seed(3)
+    P = 8
+    ids = torch.randint(0, 40, (24 * P,), generator=gen)
+    fact = torch.arange(200, 208)
+    ids[9 * P:10 * P] = fact
+    ids[-P - 1:-1] = fact.roll(2)
+    chosen = {}
+    for weight in (0.0, 1.0):
+        model = _model(tiny_dirs, top_k=1, lexical_weight=weight, lexical_ngram=3, scorer="attention",
+                       scorer_query_tokens=P)
+        model.generate(input_ids=ids[None], max_new_tokens=1, do_sample=False, eos_token_id=None)
+        position, layers = model.last_cache.selection_log[0]
+        assert position == ids.shape[0] - 1
+        chosen[weight] = [set(layer.tolist()) - {0, 22} for layer in layers]  # less the sink and local pages
+    assert any(pages != {9} for pages in chosen[0.0]) and all(pages == {9} for pages in chosen[1.0])
+
+
+@pytest.mark.parametrize("scorer", ["trained", "attention"])
+def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs, scorer):
     ids = torch.randint(0, 30, (1, 19 * 8 + 3))
     logits = []
     for chunk in (1, 4, 64):
-        model = _model(tiny_dirs, top_k=2, lexical_weight=2.0, lexical_ngram=2, prefill_chunk_pages=chunk)
+        model = _model(tiny_dirs, top_k=2, lexical_weight=2.0, lexical_ngram=2, prefill_chunk_pages=chunk,
+                       scorer=scorer)
         with torch.no_grad():
             logits.append(model(input_ids=ids).logits)
     assert (logits[0] - logits[1]).abs().max() <= 1e-4 and (logits[0] - logits[2]).abs().max() <= 1e-4
@@ -144,21 +167,15 @@ def test_more_pages_than_a_key_can_number_are_refused(monkeypatch):
     assert index.pages == 7
 
 
-def test_the_training_free_scorer_asked_of_a_lexical_checkpoint_turns_its_lexical_scores_off(capsys):
-    """The default model ships lexical scores for its trained scorer; asking for the training-free scorer drops
-    them and says so in the scorer's log line (a lexical_weight asked for with that scorer is refused, below)."""
+def test_the_training_free_scorer_asked_of_a_lexical_checkpoint_uses_lexical_scores_only_when_asked(capsys):
+    """The default model's lexical weight was chosen for its trained scorer: asking for the training-free scorer
+    drops it and says so in the scorer's log line; a lexical_weight passed with that scorer is kept."""
     assert RetroLM.from_pretrained().config.lexical_weight == 10.0
     capsys.readouterr()
     model = RetroLM.from_pretrained(scorer="attention")
     assert model.config.lexical_weight == 0.0
     assert "lexical_weight=10.0 belongs to the trained scorer: off" in capsys.readouterr().err
-    with pytest.raises(RetroLMError, match="the training-free scorer chooses per layer"):
-        RetroLM.from_pretrained(scorer="attention", lexical_weight=10.0)
-
-
-def test_the_training_free_scorer_refuses_a_lexical_weight(tiny_dirs):
-    with pytest.raises(RetroLMError, match="the training-free scorer chooses per layer"):
-        RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, scorer="attention", lexical_weight=1.0)
+    assert RetroLM.from_pretrained(scorer="attention", lexical_weight=3.0).config.lexical_weight == 3.0
 
 
 def test_the_benchmark_scripts_take_the_lexical_knobs():
@@ -175,6 +192,8 @@ def test_heldout_prose_names_its_scorers():
     assert scorer_knobs("trained+lexical", 10.0, 2) == {"scorer": "trained", "lexical_weight": 10.0,
                                                         "lexical_query_pages": 2}
     assert scorer_knobs("trained", 10.0) == {"scorer": "trained", "lexical_weight": 0.0}
+    assert scorer_knobs("attention+lexical", 1.0, 2) == {"scorer": "attention", "lexical_weight": 1.0,
+                                                         "lexical_query_pages": 2}
     with pytest.raises(SystemExit, match="unknown scorer"):
         scorer_knobs("lexical", 10.0)
 

@@ -151,25 +151,77 @@ def test_fixed_width_selection_holds_the_same_pages(groups, n, top_k, sink, loca
         assert a[a >= 0].tolist() == b[b >= 0].tolist()
 
 
+def _lexical_scores(n: int, m: int, seed: int) -> torch.Tensor:
+    """Weighted lexical scores [1, n] as the planner gives them: some earlier pages matched, on the scale of a
+    page's share per query row (so both decide the ranking), pages >= m at 0."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.rand(1, n, generator=gen) * (2 / m) * (torch.rand(1, n, generator=gen) < 0.5)
+    scores[:, m:] = 0
+    return scores
+
+
+@pytest.mark.parametrize("lexical", [False, True])
 @pytest.mark.parametrize("neighbors", [(), (1,), (-1,), (1, -1), (1, 2, 3)])
 @pytest.mark.parametrize("m, extra, window, heads, kv_heads, dim, sink, local, top_k", [
     (40, 0, 16, 4, 2, 8, 1, 1, 4), (40, 1, 5, 8, 8, 16, 2, 3, 6), (12, 0, 1, 4, 1, 8, 1, 2, 9),
     (300, 1, 16, 32, 8, 32, 1, 1, 16), (7, 0, 3, 2, 1, 4, 0, 0, 7), (9, 0, 4, 2, 1, 4, 1, 1, 1)])
 def test_decode_shortcut_selects_what_the_general_scorer_selects(m, extra, window, heads, kv_heads, dim, sink, local,
-                                                                top_k, neighbors):
-    """The few-kernel selection of a decode token equals the general one (windows, masks, top-k, neighbours) on
-    random data."""
+                                                                top_k, neighbors, lexical):
+    """The few-kernel selection of a decode token equals the general one (windows, masks, top-k, neighbours,
+    lexical scores read from the plan or, as the device step passes them, padded to the reserved rows) on random
+    data."""
     from retrolm.scorer import _has_decode_shortcut, decode_selection, group_selection
 
     torch.manual_seed(m + dim)
     n = m + extra  # the decode token may complete its own page
-    center, radius = torch.randn(n, kv_heads, dim), torch.rand(n, kv_heads, dim)
+    center, radius = torch.randn(n + 1, kv_heads, dim), torch.rand(n + 1, kv_heads, dim)  # + a spare row
     rows = torch.randn(window, heads, dim)
+    scores = _lexical_scores(n, m, m + dim) if lexical else None
     plan = SimpleNamespace(decode_token=(m, 3), query_pages=torch.tensor([m]), sink_pages=sink, local_pages=local,
-                           top_k=top_k, neighbors=neighbors)
+                           top_k=top_k, neighbors=neighbors, lexical=scores)
     assert _has_decode_shortcut(plan)
     general = group_selection(plan, rows[None], torch.ones(1, window, dtype=torch.bool), center, radius, n, 0.3)
     assert decode_selection(plan, rows, center, radius, 0.3).tolist() == general.tolist()
+    if lexical:
+        device_plan = SimpleNamespace(**{**vars(plan), "lexical": None})
+        padded = torch.nn.functional.pad(scores[0], (0, 1))
+        on_device = decode_selection(device_plan, rows, center, radius, 0.3, page=torch.tensor([m]), lexical=padded)
+        assert on_device.tolist() == general.tolist()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_with_lexical_scores_a_layer_ranks_by_share_per_query_row_plus_lexical_score(seed):
+    """group_selection with the plan's lexical scores picks the top-k of (attention share / (heads x valid window
+    tokens) + lexical score), the share computed here from plain softmaxes over each query row."""
+    from retrolm.retriever import select_pages
+    from retrolm.scorer import group_selection
+
+    gen = torch.Generator().manual_seed(seed)
+    heads, kv_heads, dim, window, n, top_k = 4, 2, 8, 6, 20, 3
+    query_pages = torch.tensor([5, 12, 20])
+    rows = torch.randn(3, window, heads, dim, generator=gen)
+    valid = torch.rand(3, window, generator=gen) < 0.5  # windows cut short: the share is per valid row
+    valid[:, -1] = True
+    center, radius = torch.randn(n, kv_heads, dim, generator=gen), torch.rand(n, kv_heads, dim, generator=gen)
+    lexical = torch.rand(3, n, generator=gen) * 0.2 * (torch.rand(3, n, generator=gen) < 0.5)  # a share's scale
+    plan = SimpleNamespace(query_pages=query_pages, sink_pages=1, local_pages=1, top_k=top_k, neighbors=(),
+                           lexical=lexical)
+    expected = torch.zeros(3, n)
+    for g in range(3):
+        m = int(query_pages[g])
+        reachable = [j for j in range(n) if j < m]
+        for w in range(window):
+            if not valid[g, w]:
+                continue
+            for h in range(heads):
+                q = rows[g, w, h]
+                kv = h // (heads // kv_heads)
+                bounds = torch.stack([(q @ center[j, kv] + q.abs() @ radius[j, kv]) * 0.5 for j in reachable])
+                expected[g, reachable] += bounds.softmax(0)
+        expected[g] = expected[g] / (heads * valid[g].sum()) + lexical[g]
+    chosen = group_selection(plan, rows, valid, center, radius, n, 0.5)
+    reference = select_pages(expected, query_pages, top_k, 1, 1, fixed_width=True)
+    assert chosen.tolist() == reference.tolist()
 
 
 @pytest.mark.parametrize("scorer", ["attention", "trained"])

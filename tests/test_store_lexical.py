@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from retrolm import RetroLM
-from retrolm.collection import question_query, search_pages, store_index, store_lexical_index
+from retrolm.collection import (attention_scaling, question_layer_queries, question_query, search_pages, store_index,
+                                store_lexical_index)
+from retrolm.store_search import summed_shares
 from retrolm.demo import ADJECTIVES, NOUNS
 from retrolm.errors import RetroLMError
 from retrolm.lexical import reference_scores
@@ -69,6 +71,50 @@ def test_the_store_search_equals_scoring_every_page(tiny_dirs, tmp_path, seed):
                                    torch.tensor([every[page[:2]] for page in found]))
         torch.testing.assert_close(torch.tensor([score for _, _, score in found]),
                                    torch.tensor(sorted(every.values(), reverse=True)[:k]))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_training_free_store_search_equals_scoring_every_page(tiny_dirs, tmp_path, seed):
+    """Under the training-free scorer, the combined top k equals ranking every stored page by its attention share
+    per (layer, token, head) row plus lexical_weight x the set reference's lexical score; the approximate index is
+    refused."""
+    rng = random.Random(seed)
+    P = rng.choice([8, 16])
+    knobs = dict(page_size=P, scorer="attention", lexical_weight=rng.choice([0.01, 0.2, 5.0]),
+                 lexical_ngram=rng.randint(2, 5), lexical_max_pages=rng.choice([3, 64]),
+                 lexical_query_pages=rng.choice([1, 2]), top_k=rng.randint(1, 4))
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], **knobs)
+    config = model.config
+    store = PageStore.open(str(tmp_path / "store"), model, create=True)
+    store.add({f"doc{i}": _words(rng, rng.randint(20, 60), made_up=0.3) for i in range(rng.randint(2, 6))},
+              progress=False)
+    donor = rng.choice(sorted(store.documents()))
+    page = rng.randrange(store.documents()[donor]["pages"])
+    question_ids = torch.cat([model.tokenizer("Which? ", return_tensors="pt").input_ids[0],
+                              store.token_ids(donor)[page * P:(page + 1) * P]])
+    lexical, _ = store_lexical_index(store, config)
+    pages_index, _ = store_index(store, "exact")
+    k = rng.randint(1, len(pages_index))
+    found = search_pages(model, pages_index, question_ids, k, lexical=lexical)
+    with torch.no_grad():
+        queries = question_layer_queries(model, question_ids)
+        shares = summed_shares(queries, pages_index.center, pages_index.radius, attention_scaling(model))
+    shares = shares / sum(q.shape[0] * q.shape[1] for q in queries)
+    tokens = torch.cat([store.token_ids(doc_id) for doc_id in store.documents()]).tolist()
+    window = min(config.lexical_query_pages * P, question_ids.numel())
+    reference = reference_scores(tokens + question_ids.tolist(), [len(tokens) + question_ids.numel()],
+                                 [len(pages_index.rows)], len(pages_index.rows), P, config.lexical_ngram,
+                                 config.lexical_max_pages, window)[0]
+    every = {row: float(share) + config.lexical_weight * lex
+             for row, share, lex in zip(pages_index.rows, shares, reference)}
+    assert any(reference), "the question repeats stored words: some page must match"
+    assert len({page[:2] for page in found}) == len(found) == k
+    torch.testing.assert_close(torch.tensor([score for _, _, score in found]),
+                               torch.tensor([every[page[:2]] for page in found]))
+    torch.testing.assert_close(torch.tensor([score for _, _, score in found]),
+                               torch.tensor(sorted(every.values(), reverse=True)[:k]))
+    with pytest.raises(RetroLMError, match="training-free scorer need index='exact'"):
+        model.answer("Which?", store, index="ivf", max_new_tokens=1)
 
 
 def test_combined_top_takes_matched_pages_the_key_search_left_out():
