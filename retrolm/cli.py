@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--page-size", type=_positive_int)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--lexical-weight", type=float, default=None,
-                     help="add lexical page scores at this weight (trained scorer; 10 finds facts in text unlike the "
+                     help="add lexical page scores at this weight (either scorer; 10 finds facts in text unlike the "
                           "retriever's training text, docs/decisions.md; 0: off; default: the model's own, 10 for "
-                          "the embedded model, 0 for others)")
+                          "the embedded model's trained scorer, 0 for others)")
     gen.add_argument("--offload-kv", action="store_true",
                      help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
                           "fit the GPU, e.g. 1M tokens; needs a trained retriever)")

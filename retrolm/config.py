@@ -73,10 +73,11 @@ class RetroLMConfig:
     # pages are taken. 0: plain top-k. neighbor_direction: "next" (successors), "previous" or "both".
     neighbor_pages: int = 0
     neighbor_direction: str = "next"
-    # Trained scorer: a page's score also adds lexical_weight x its lexical score (lexical.py: the idf of the distinct
-    # token n-grams of `lexical_ngram` tokens that the page repeats from the `lexical_query_pages` x page_size tokens
-    # before the query, ignoring n-grams held by more than `lexical_max_pages` earlier pages). Finds facts in text
-    # unlike the retriever's training text. 0: off.
+    # A page's score also adds lexical_weight x its lexical score (lexical.py: the idf of the distinct token n-grams
+    # of `lexical_ngram` tokens that the page repeats from the `lexical_query_pages` x page_size tokens before the
+    # query, ignoring n-grams held by more than `lexical_max_pages` earlier pages), to the trained retriever's score
+    # or to the training-free scorer's share per query row (scorer.py). Finds facts in text unlike the retriever's
+    # training text. 0: off.
     lexical_weight: float = 0.0
     lexical_ngram: int = 4
     lexical_max_pages: int = 64
