@@ -7,7 +7,9 @@ Methods, all on the same base LM and the shipped RetroLM settings (page size, to
 - trained_retriever: the shipped model's trained retriever weights;
 - untrained_retriever: a freshly initialised retriever (the explicit `init_retriever=True` opt-in);
 - rag: the base LLM reading the chunks a faiss index ranks highest (offline LLM-embedding embedder);
-- streaming: a sink page and the most recent pages only (top_k=0).
+- streaming: a sink page and the most recent pages only (top_k=0);
+- attention_scorer_lexical, trained_retriever_lexical: those scorers plus lexical page scores (--lexical-weight,
+  --lexical-query-pages: the shipped model's setting). The three scorers above run without them.
 Writes <out>/scorer_quality.json, .md and .png.
 """
 from __future__ import annotations
@@ -28,15 +30,19 @@ from retrolm.checkpoint import BASE_DIR, RETRIEVER_WEIGHTS  # noqa: E402
 from retrolm.errors import RetroLMError, exit_code  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
 
-METHODS = ("attention_scorer", "trained_retriever", "untrained_retriever", "rag", "streaming")
+METHODS = ("attention_scorer", "trained_retriever", "untrained_retriever", "rag", "streaming",
+           "attention_scorer_lexical", "trained_retriever_lexical")
 TASKS = "niah_single_2,niah_multikey_1,niah_multivalue,vt"
 
 
-def variant_models(model: str, work: str) -> dict[str, tuple[str, str, list[str]]]:
-    """{method: (model directory, eval method, extra eval options)}: three checkpoints of the base LM, one per scorer."""
+def variant_models(model: str, work: str,
+                   lexical: tuple[float, int] = (10.0, 2)) -> dict[str, tuple[str, str, list[str]]]:
+    """{method: (model directory, eval method, extra eval options)}: three checkpoints of the base LM, one per scorer,
+    without lexical page scores; the *_lexical methods add them (`lexical`: weight, query pages) at eval time."""
     shipped = RetroLM.from_pretrained(model)
     knobs = {k: v for k, v in shipped.config.to_dict().items()
              if k not in ("base_model_name_or_path", "base_model_fingerprint", "scorer")}
+    knobs["lexical_weight"] = 0.0
     base = os.path.join(model, BASE_DIR)
     dirs = {name: os.path.join(work, "models", name) for name in METHODS[:3]}
     if not os.path.isdir(dirs["attention_scorer"]):
@@ -48,10 +54,13 @@ def variant_models(model: str, work: str) -> dict[str, tuple[str, str, list[str]
     if not os.path.isdir(dirs["untrained_retriever"]):
         RetroLM.from_pretrained(base, init_retriever=True, **knobs).save_pretrained(
             dirs["untrained_retriever"], save_base_model=True)
+    with_lexical = ["--lexical-weight", str(lexical[0]), "--lexical-query-pages", str(lexical[1])]
     return {
         **{name: (path, "retrolm", []) for name, path in dirs.items()},
         "rag": (base, "rag", ["--rag-embedder", "llm-input-embeddings", "--rag-chunk-tokens", "128"]),
         "streaming": (dirs["attention_scorer"], "streaming", []),
+        "attention_scorer_lexical": (dirs["attention_scorer"], "retrolm", with_lexical),
+        "trained_retriever_lexical": (dirs["trained_retriever"], "retrolm", with_lexical),
     }
 
 

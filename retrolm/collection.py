@@ -21,9 +21,10 @@
    rule (store_search.SummaryIndex): the question is encoded alone, and in every layer the queries of its last
    `scorer_query_tokens` tokens spread one unit of estimated attention per (token, head) over all the store's
    pages; a page's score is its share summed over the layers (with lexical_weight > 0: that sum per (layer,
-   token, head) row, plus lexical_weight x the page's lexical score, exact index only). Exact by default, reading every summary per
-   question (its cost grows with pages x layers); `index="ivf"` ranks a shortlist instead, found by summed bound
-   in a faiss IVF index of the summaries (store_search.SummaryIVFIndex; recall: bench/summary_search.py).
+   token, head) row, plus lexical_weight x the page's lexical score, exact index only). Exact by default,
+   reading every summary per question (its cost grows with pages x layers); `index="ivf"` ranks a shortlist
+   instead, found by summed bound in a faiss IVF index of the summaries (store_search.SummaryIVFIndex; recall:
+   bench/summary_search.py).
 3. The best `sink_pages + local_pages + top_k` pages, each best page bringing its neighbours in its document
    (`neighbor_pages`, `neighbor_direction`) within that budget as within one input, are loaded in the store's
    document order and page order within a document into a fresh paged cache as if they were one input. The
