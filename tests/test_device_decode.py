@@ -67,13 +67,20 @@ def test_static_step_with_lexical_scores_decodes_like_eager(tiny_dirs, mode, ref
     knobs = dict(position_mode=mode, refresh_on=refresh_on, lexical_query_pages=query_pages)
     eager, device = _pair(tiny_dirs["llama"], **knobs, **LEXICAL)
     plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs, **TRAINED)
+    _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths=(9, 45, 100), logged_at_least=1)
+
+
+def _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths, logged_at_least):
+    """Greedy tokens and retrievals of the static step equal eager decoding's on prompts of few symbols (many
+    shared n-grams), and the model without lexical scores (`plain`) retrieves otherwise on some prompt."""
     differs = False
-    for length in (9, 45, 100):
+    for length in lengths:
         ids = torch.randint(0, 6, (1, length))
         expected, expected_retrievals = _generate(eager, ids, do_sample=False)
         got, got_retrievals = _generate(device, ids, do_sample=False)
         assert device.last_timings["decode_mode"] == "static"
         assert torch.equal(got, expected) and got_retrievals == expected_retrievals
+        assert len(got_retrievals) >= logged_at_least
         differs |= _generate(plain, ids, do_sample=False)[1] != got_retrievals
     assert differs
 
@@ -130,15 +137,7 @@ def test_static_step_with_the_training_free_scorer_and_lexical_scores_decodes_li
                  neighbor_pages=neighbors)
     eager, device = _pair(tiny_dirs["llama"], **knobs)
     plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **{**knobs, "lexical_weight": 0.0})
-    differs = False
-    for length in (33, 45, 100):
-        ids = torch.randint(0, 6, (1, length))
-        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
-        got, got_retrievals = _generate(device, ids, do_sample=False)
-        assert device.last_timings["decode_mode"] == "static"
-        assert torch.equal(got, expected) and got_retrievals == expected_retrievals and len(got_retrievals) >= 30
-        differs |= _generate(plain, ids, do_sample=False)[1] != got_retrievals
-    assert differs
+    _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths=(33, 45, 100), logged_at_least=30)
 
 
 def test_static_step_samples_like_eager(tiny_dirs):
