@@ -17,7 +17,8 @@
 #   compiled   Qwen2.5-7B shape at 32K and 128K: HF StaticCache + compile against RetroLM eager, graph and graph with
 #              compiled layers (decode_compile), token checks of both graphs against eager
 #   compiled-llama  the same on the Llama-3-8B shape (graph, compiled graph without and with fused projections)
-#   lexical    Llama-3-8B shape at 128K, the graph step without and with lexical page scores (weight 10), token check
+#   lexical    Llama-3-8B shape at 128K, the graph step without and with lexical page scores (weight 10), token check;
+#              SCORERS="trained attention" for both scorers
 #   scorer     the same RetroLM modes with the training-free scorer (no HF rows)
 #   profile-compiled  kernels of one step, graph with and without compiled layers (Qwen2.5-7B shape)
 # A failing tests stage stops the script (no benchmark of broken kernels).
@@ -70,11 +71,14 @@ for stage in ${*:-tests 32k}; do
             --out "$OUT" 2>&1 | grep -v Warning | grep "^##" ;;
     profile)
         python3 bench/profile_decode.py --out "$OUT" 2>&1 | grep -v Warning | head -30 ;;
-    lexical)  # the graph step's cost of lexical page scores (the n-gram merge and search at retriever steps), 128K
-        for weight in 0 10; do
-            python3 bench/decode.py --contexts 131072 --full --modes graph --generate-tokens 0 --steps 64 \
-                --lexical-weight $weight --name decode_lexical${weight}_128k --out "$OUT" 2>&1 \
-                | grep -E "^token check|^\| retrolm" | tail -2
+    lexical)  # the graph step's cost of lexical page scores (the n-gram merge and search), 128K, SCORERS (default:
+              # trained; the training-free scorer's step scores them at every step, not only at refreshes)
+        for scorer in ${SCORERS:-trained}; do
+            for weight in 0 10; do
+                python3 bench/decode.py --contexts 131072 --full --modes graph --generate-tokens 0 --steps 64 \
+                    --scorer $scorer --lexical-weight $weight --name decode_${scorer}_lexical${weight}_128k \
+                    --out "$OUT" 2>&1 | grep -E "^token check|^\| retrolm" | tail -2
+            done
         done ;;
     prefill-chunks)  # RetroLM's 128K prefill with chunks of 32 (the default) and 64 pages
         for pages in 32 64; do
