@@ -150,9 +150,7 @@ class StoreIndex(InPlaceUpdates):
         search did not rank high enough to return), each document's keys read from the index once."""
         wanted: dict[str, list[int]] = {}
         for doc_id, page in pages:
-            start, end = self.spans[doc_id]
-            if not 0 <= page < end - start:
-                raise RetroLMError(f"document {doc_id!r} has {end - start} pages in the index; asked for page {page}.")
+            index_row(self.spans, doc_id, page)
             wanted.setdefault(doc_id, []).append(page)
         scores = {}
         for doc_id, doc_pages in wanted.items():
@@ -219,12 +217,7 @@ class SummaryIndex:
         """The scores `search` gives (document, page)s (store_lexical: pages it did not rank high enough to
         return)."""
         total = summed_shares(queries, self.center, self.radius, scaling)
-        rows = []
-        for doc_id, page in pages:
-            start, end = self.spans[doc_id]
-            if not 0 <= page < end - start:
-                raise RetroLMError(f"document {doc_id!r} has {end - start} pages in the index; asked for page {page}.")
-            rows.append(start + page)
+        rows = [index_row(self.spans, doc_id, page) for doc_id, page in pages]
         return total[torch.tensor(rows, dtype=torch.long, device=total.device)].tolist() if rows else []
 
 
@@ -356,6 +349,14 @@ class IndexCache:
     def put(self, files: dict[str, str], key: tuple, index) -> None:
         self.built[key] = files, index
         self.last_files, self.last = files, index
+
+
+def index_row(spans: dict[str, tuple[int, int]], doc_id: str, page: int) -> int:
+    """The index row of a document's page (`spans`: each document's rows, `spans_of`), checked to be in it."""
+    start, end = spans[doc_id]
+    if not 0 <= page < end - start:
+        raise RetroLMError(f"document {doc_id!r} has {end - start} pages in the index; asked for page {page}.")
+    return start + page
 
 
 def rows_of(pages: dict[str, int]) -> list[tuple[str, int]]:
