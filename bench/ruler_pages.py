@@ -15,7 +15,7 @@ full is the LM's reading, not retrieval.
 `--oracle asked` adds a score no page reaches to the pages of the asked needles (through the lexical scores, so it
 needs lexical_weight > 0): retrieval made perfect, to measure what the LM reads from them; `--oracle exclusive`
 also keeps the distractors' pages out (a retriever that tells keys apart): each distractor sentence's pages, and the
-page before it (RetroLM brings a retrieved page's next page along).
+page before it (RetroLM brings a retrieved page's next page along). Oracle runs decode eagerly.
 Writes ruler_pages.json and .md under --out.
 """
 from __future__ import annotations
@@ -165,11 +165,14 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         knobs[key] = parse_knob(value)
+    if args.oracle:  # the oracle's bonus is set per sample from Python: the eager decode reads it at every refresh
+        if knobs.setdefault("decode_mode", "eager") != "eager":
+            raise SystemExit("--oracle runs with decode_mode=eager (a captured decode step would not see its bonus)")
     method = build_method(MethodOptions(method="retrolm", model=args.model, device=args.device, retrolm=knobs))
     if args.oracle and not method.retrolm.config.lexical_weight:
         raise SystemExit("--oracle goes through the lexical scores: run it with lexical_weight > 0")
     window = method.retrolm.base_model.config.max_position_embeddings
-    record = {"settings": vars(args), "window": window, "environment": environment(), "cells": {}}
+    record = {"settings": vars(args), "knobs": knobs, "window": window, "environment": environment(), "cells": {}}
     lines = []
     columns = ["task", "length", "samples", "score", "asked_recall_first", "all_asked_first", "asked_recall_any",
                "distractors_attended", "distractors", "score_all_asked_no_distractor", "n_all_asked_no_distractor",

@@ -2,7 +2,7 @@
 # Issue 14 on one GPU: bench/ruler_pages.py's split of RULER multi-key and vt into retrieval and reading, 16x and
 # 64x, 20 samples a cell, for the shipped model, without lexical scores, with the training-free scorer, and with
 # oracle retrieval (asked needles forced in; for multi-key also distractors kept out), side by side; results and
-# logs under $OUT. The oracle runs decode eagerly (their bonus is set per sample in Python).
+# logs under $OUT. The oracle runs decode eagerly (bench/ruler_pages.py sets it: their bonus is set per sample).
 #   bash bench/ruler_pages_gpu.sh        # SAMPLES (default 20), FACTORS (default 16,64), DEADLINE (s, default 500)
 set -uo pipefail
 source bench/device_env.sh
@@ -14,8 +14,8 @@ run() {  # run NAME [ruler_pages options]
 run shipped
 run no_lexical --set lexical_weight=0
 run attention_scorer --set scorer=attention
-run oracle_asked --oracle asked --set decode_mode=eager
-run oracle_exclusive --oracle exclusive --set decode_mode=eager --tasks niah_multikey_1
+run oracle_asked --oracle asked
+run oracle_exclusive --oracle exclusive --tasks niah_multikey_1
 wait
 for f in "$OUT"/*.md; do echo "## $(basename "$f" .md)"; sed -n 3,20p "$f" | grep "^|"; done | tee "$OUT/ruler_pages_gpu.md"
 # the device returns at most 8 files: the runs' files travel as one archive

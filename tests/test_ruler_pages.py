@@ -3,6 +3,7 @@ import json
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from bench import ruler_pages
@@ -69,3 +70,12 @@ def test_an_exclusive_oracle_run_attends_the_asked_needle_and_no_distractor(tmp_
     cell = json.loads((tmp_path / "run.json").read_text())["cells"]["niah_multikey_1/4x"]
     assert cell["samples"] == 2 and cell["all_asked_first"] == 100.0 and cell["distractors_attended"] == 0.0
     assert cell["distractors"] == 3.0 and "oracle retrieval: exclusive" in (tmp_path / "run.md").read_text()
+    assert json.loads((tmp_path / "run.json").read_text())["knobs"] == {"decode_mode": "eager"}
+
+
+def test_an_oracle_refuses_a_captured_decode_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ruler_pages.py", "--oracle", "asked", "--set", "decode_mode=auto", "--out",
+                                      str(tmp_path)])
+    with pytest.raises(SystemExit, match="decode_mode=eager"):
+        ruler_pages.main()
+    assert not list(tmp_path.iterdir())
