@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.common import environment, markdown_table, write_json, write_text  # noqa: E402
+from bench.stage1_model import setting  # noqa: E402
 from eval import metrics  # noqa: E402
 from eval.methods import MethodOptions, build_method  # noqa: E402
 from eval.ruler import postprocess, to_sample  # noqa: E402
@@ -135,16 +136,6 @@ def summarize(rows: list[dict]) -> dict:
             "n_all_asked_with_distractor": sum(r["distractors_first"] > 0 for r in full)}
 
 
-def parse_knob(value: str):
-    """A --set value as Python reads it where it can (8 -> int, 0.5 -> float), else the text itself."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
@@ -153,18 +144,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
-                        help="a RetroLM knob for this run (e.g. lexical_weight=0, scorer=attention); repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", type=setting,
+                        help="a RetroLMConfig knob and its JSON value for this run, e.g. lexical_weight=0 or "
+                             "scorer='\"attention\"' (repeatable)")
     parser.add_argument("--oracle", choices=("asked", "exclusive"),
                         help="asked: the asked needles' pages outscore all others (retrieval made perfect); "
                              "exclusive: and the distractors' pages are never attended")
     parser.add_argument("--name", default="ruler_pages", help="file names under --out")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
-    knobs = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        knobs[key] = parse_knob(value)
+    knobs = dict(args.set)
     if args.oracle:  # the oracle's bonus is set per sample from Python: the eager decode reads it at every refresh
         if knobs.setdefault("decode_mode", "eager") != "eager":
             raise SystemExit("--oracle runs with decode_mode=eager (a captured decode step would not see its bonus)")

@@ -13,7 +13,7 @@ run() {  # run NAME [ruler_pages options]
 }
 run shipped
 run no_lexical --set lexical_weight=0
-run attention_scorer --set scorer=attention
+run attention_scorer --set scorer='"attention"'
 run oracle_asked --oracle asked
 run oracle_exclusive --oracle exclusive --tasks niah_multikey_1
 wait

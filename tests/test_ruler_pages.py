@@ -74,7 +74,7 @@ def test_an_exclusive_oracle_run_attends_the_asked_needle_and_no_distractor(tmp_
 
 
 def test_an_oracle_refuses_a_captured_decode_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["ruler_pages.py", "--oracle", "asked", "--set", "decode_mode=auto", "--out",
+    monkeypatch.setattr(sys, "argv", ["ruler_pages.py", "--oracle", "asked", "--set", 'decode_mode="auto"', "--out",
                                       str(tmp_path)])
     with pytest.raises(SystemExit, match="decode_mode=eager"):
         ruler_pages.main()
