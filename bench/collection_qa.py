@@ -45,6 +45,7 @@ sys.path.insert(0, ROOT)
 from bench.collection_store import TEXTS, answer_template, collection, needle_pages, question  # noqa: E402
 from bench.common import write_result_files  # noqa: E402
 from eval.methods import LLM_EMBEDDER, MethodOptions, best_chunks, join_chunks, make_embedder  # noqa: E402
+from retrolm.cli import OFF, margin_argument  # noqa: E402
 from retrolm.collection import search_pages, store_index, store_lexical_index  # noqa: E402
 from retrolm.index import InnerProductIndex  # noqa: E402
 from retrolm.model import RetroLM  # noqa: E402
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="RetroLMConfig.lexical_weight for store and concat (default: the model's; the default "
                              "model's is 10, its trained scorer only); result files of a weight > 0 end in "
                              "_lexical<weight>")
+    parser.add_argument("--near-miss-margin", default=None, type=margin_argument,
+                        help="RetroLMConfig.lexical_near_miss_margin for store and concat, or 'off' (default: the "
+                             "model's; the default model's is 0.7); result files of a set margin end in _nearmiss<m>")
     parser.add_argument("--store", default=None,
                         help="the store's directory, kept and reused by a later run of the same collection, scorer "
                              "and --facts (default: a temporary one, removed after)")
@@ -210,8 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     overrides = {knob: value for knob, value in (("neighbor_direction", args.neighbor_direction),
                                                  ("lexical_weight", args.lexical_weight)) if value is not None}
+    if args.near_miss_margin is not None:
+        overrides["lexical_near_miss_margin"] = None if args.near_miss_margin == OFF else args.near_miss_margin
     model = RetroLM.from_pretrained(args.model, device=args.device, scorer=args.scorer, **overrides)
     args.lexical_weight = model.config.lexical_weight  # as run (the model's own unless given), for the file name
+    args.near_miss_margin = model.config.lexical_near_miss_margin
     docs, facts = collection(args.docs, args.doc_tokens, args.seed, args.text)
     asked = random.Random(args.seed + 1).sample(sorted(docs), min(args.questions, len(docs)))
     new = max(len(facts[d][0].value) for d in asked) + 2
@@ -268,12 +275,14 @@ def write_results(args, setup: dict, rows: dict[str, list[dict]], questions: int
             + ("" if args.scorer == "trained" else f"_{args.scorer}")
             + ("" if args.text == "essay" else f"_{args.text}") + ("" if args.index == "exact" else "_ivf")
             + ("" if args.neighbor_direction is None else f"_{args.neighbor_direction}")
-            + (f"_lexical{args.lexical_weight:g}" if args.lexical_weight else ""))
+            + (f"_lexical{args.lexical_weight:g}" if args.lexical_weight else "")
+            + (f"_nearmiss{args.near_miss_margin:g}" if args.near_miss_margin is not None else ""))
     table = write_result_files(
         args.out, name, {"args": vars(args), "setup": setup, "questions": rows}, summary,
         f"{questions} questions over {args.docs} documents of {args.text} text ({setup['collection_tokens']} tokens), "
         f"{args.model or 'default model'}, {args.scorer} scorer, {args.index} store index, neighbour pages "
-        f"{args.neighbor_direction or 'as the model sets them'}, lexical_weight {args.lexical_weight:g}, {args.device}",
+        f"{args.neighbor_direction or 'as the model sets them'}, lexical_weight {args.lexical_weight:g}, near-miss "
+        f"margin {args.near_miss_margin}, {args.device}",
         f"Setup (once per collection): {setup}. Each question asks for one document's value "
         + ("(only that document holds a fact; the store adds it per question, counted in its time and tokens)"
            if args.facts == "one" else "among facts of the same shape in every document")

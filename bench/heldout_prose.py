@@ -117,14 +117,21 @@ def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, 
             "accuracy": 100 * sum(r["correct"] for r in rows) / samples, "rows": rows}
 
 
-def scorer_knobs(name: str, lexical_weight: float, lexical_query_pages: int = 2) -> dict:
-    """from_pretrained knobs of a --scorers entry."""
-    if name in ("trained+lexical", "attention+lexical"):
-        return {"scorer": name.split("+")[0], "lexical_weight": lexical_weight,
-                "lexical_query_pages": lexical_query_pages}
-    if name in ("trained", "attention"):
-        return {"scorer": name, "lexical_weight": 0.0}
-    raise SystemExit(f"unknown scorer {name!r}: use trained, trained+lexical, attention or attention+lexical")
+SCORERS = ("trained", "trained+lexical", "trained+lexical+near_miss", "attention", "attention+lexical",
+           "attention+lexical+near_miss")
+
+
+def scorer_knobs(name: str, lexical_weight: float, lexical_query_pages: int = 2, near_miss_margin: float = 0.7
+                 ) -> dict:
+    """from_pretrained knobs of a --scorers entry (each sets every lexical knob it depends on, whatever the
+    checkpoint's)."""
+    if name not in SCORERS:
+        raise SystemExit(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
+    scorer, *parts = name.split("+")
+    if not parts:
+        return {"scorer": scorer, "lexical_weight": 0.0}
+    return {"scorer": scorer, "lexical_weight": lexical_weight, "lexical_query_pages": lexical_query_pages,
+            "lexical_near_miss_margin": near_miss_margin if "near_miss" in parts else None}
 
 
 def main() -> None:
@@ -132,11 +139,14 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="RetroLM checkpoint (default: the embedded default model)")
     parser.add_argument("--scorers", default="trained,attention",
                         help="page scorers to compare: trained (the retriever alone), trained+lexical (plus lexical "
-                             "page scores at --lexical-weight, retrolm/lexical.py), attention (training-free), "
-                             "attention+lexical")
+                             "page scores at --lexical-weight, retrolm/lexical.py), trained+lexical+near_miss (and "
+                             "near misses judged at --near-miss-margin), attention (training-free), "
+                             "attention+lexical, attention+lexical+near_miss")
     parser.add_argument("--lexical-weight", type=float, default=10.0, help="lexical_weight of trained+lexical "
                         "(10: chosen on the validation needles, bench/results/lexical/)")
     parser.add_argument("--lexical-query-pages", type=int, default=2, help="lexical_query_pages of trained+lexical")
+    parser.add_argument("--near-miss-margin", type=float, default=0.7, help="lexical_near_miss_margin of the "
+                        "+near_miss scorers (0.7: the shipped model's)")
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
     parser.add_argument("--samples", type=int, default=40, help="samples per cell (formats take turns)")
     parser.add_argument("--seed", type=int, default=7)
@@ -152,7 +162,8 @@ def main() -> None:
     scores, details, seconds, window = {}, {}, {}, None
     for scorer in args.scorers.split(","):
         model = RetroLM.from_pretrained(args.model, device=args.device,
-                                        **scorer_knobs(scorer, args.lexical_weight, args.lexical_query_pages))
+                                        **scorer_knobs(scorer, args.lexical_weight, args.lexical_query_pages,
+                                                       args.near_miss_margin))
         window = model.base_model.config.max_position_embeddings
         started = time.perf_counter()
         scores[scorer] = {"needle-page recall": {}, "accuracy": {}}
@@ -170,8 +181,9 @@ def main() -> None:
               "samples": args.samples, "seed": args.seed, "device": args.device, "environment": environment(),
               "haystack": "pydoc_data.topics (Python language reference), held out of training",
               "needles": args.needles, "needle_formats": NEEDLE_SETS[args.needles][1], "scores": scores,
-              "lexical": {"weight": args.lexical_weight, "query_pages": args.lexical_query_pages}
-              if "trained+lexical" in scores else None,
+              "lexical": {"weight": args.lexical_weight, "query_pages": args.lexical_query_pages,
+                          "near_miss_margin": args.near_miss_margin}
+              if any("lexical" in s for s in scores) else None,
               "seconds": seconds, "samples_detail": details}
     prefix = os.path.join(args.out, "heldout_prose" + ("" if args.needles == "test" else f"_{args.needles}"))
     write_json(prefix + ".json", record)

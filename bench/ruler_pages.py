@@ -74,8 +74,8 @@ def oracle(pages: set[int], excluded: set[int]):
     scorer adds to its own) get a bonus, or a penalty, no real score reaches."""
     real = LexicalIndex.scores
 
-    def scores(self, token_ids, starts, query_pages, n):
-        out = real(self, token_ids, starts, query_pages, n)
+    def scores(self, token_ids, starts, query_pages, n, **judging):
+        out = real(self, token_ids, starts, query_pages, n, **judging)
         out[:, [p for p in excluded if p < n]] -= ORACLE_BONUS
         out[:, [p for p in pages if p < n]] += ORACLE_BONUS
         return out

@@ -3,6 +3,8 @@
 # 64x, 20 samples a cell, for the shipped model, without lexical scores, with the training-free scorer, and with
 # oracle retrieval (asked needles forced in; for multi-key also distractors kept out), side by side; results and
 # logs under $OUT. The oracle runs decode eagerly (bench/ruler_pages.py sets it: their bonus is set per sample).
+# RUNS=near_miss (default): multi-key, multi-value and vt with near misses judged and not, both scorers;
+# RUNS=split: the first runs (shipped, no lexical scores, training-free scorer, both oracles).
 #   bash bench/ruler_pages_gpu.sh        # SAMPLES (default 20), FACTORS (default 16,64), DEADLINE (s, default 500)
 set -uo pipefail
 source bench/device_env.sh
@@ -11,11 +13,22 @@ run() {  # run NAME [ruler_pages options]
     timeout "${DEADLINE:-500}" python3 bench/ruler_pages.py --device "${DEVICE:-cuda}" --samples "${SAMPLES:-20}" \
         --factors "${FACTORS:-16,64}" --out "$OUT" --name "$name" "$@" > "$OUT/$name.log" 2>&1 &
 }
-run shipped
-run no_lexical --set lexical_weight=0
-run attention_scorer --set scorer='"attention"'
-run oracle_asked --oracle asked
-run oracle_exclusive --oracle exclusive --tasks niah_multikey_1
+if [ "${RUNS:-near_miss}" = near_miss ]; then  # near misses (retrolm/lexical.py) on and off, both scorers
+    TASKS=niah_multikey_1,niah_multivalue,vt
+    run shipped --tasks "$TASKS"
+    run near_miss --tasks "$TASKS" --set lexical_near_miss_margin=0.7
+    run no_near_miss --tasks "$TASKS" --set lexical_near_miss_margin=null
+    run attention_lexical --tasks "$TASKS" --set scorer='"attention"' --set lexical_weight=10
+    run attention_near_miss --tasks "$TASKS" --set scorer='"attention"' --set lexical_weight=10 \
+        --set lexical_near_miss_margin=0.7
+    run oracle_exclusive --oracle exclusive --tasks niah_multikey_1
+else  # RUNS=split: the first split into retrieval and reading (2026-12-05)
+    run shipped
+    run no_lexical --set lexical_weight=0
+    run attention_scorer --set scorer='"attention"'
+    run oracle_asked --oracle asked
+    run oracle_exclusive --oracle exclusive --tasks niah_multikey_1
+fi
 wait
 for f in "$OUT"/*.md; do echo "## $(basename "$f" .md)"; sed -n 3,20p "$f" | grep "^|"; done | tee "$OUT/ruler_pages_gpu.md"
 # the device returns at most 8 files: the runs' files travel as one archive

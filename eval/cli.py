@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from retrolm.cli import OFF, margin_argument
 from retrolm.errors import RetroLMError
 
 from .errors import EvalError
@@ -12,9 +13,10 @@ from .methods import LLM_EMBEDDER, METHODS, MethodOptions, build_method
 RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mode", "max_context_tokens",
                  "attention_backend", "refresh_interval", "prefill_chunk_pages", "neighbor_pages", "neighbor_direction",
                  "refresh_on", "lexical_weight", "lexical_ngram", "lexical_max_pages",
-                 "lexical_query_pages")
+                 "lexical_query_pages", "lexical_near_miss_margin")
 STRING_KNOBS = ("position_mode", "attention_backend", "neighbor_direction")
 FLOAT_KNOBS = ("lexical_weight",)
+OPTIONAL_FLOAT_KNOBS = ("lexical_near_miss_margin",)  # a number, or OFF for None
 
 
 def _escaped(text: str) -> str:
@@ -51,7 +53,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     for knob in RETROLM_KNOBS:
         kind = (str if knob in STRING_KNOBS else _escaped if knob == "refresh_on" else float if knob in FLOAT_KNOBS
-                else int)
+                else margin_argument if knob in OPTIONAL_FLOAT_KNOBS else int)
         p.add_argument("--" + knob.replace("_", "-"), type=kind, default=None, help=f"RetroLMConfig.{knob}")
     return p
 
@@ -72,7 +74,8 @@ def method_options(args: argparse.Namespace) -> MethodOptions:
         raise EvalError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}.")
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be >= 1, got {args.limit}.")
-    knobs = {k: getattr(args, k) for k in RETROLM_KNOBS if getattr(args, k) is not None}
+    knobs = {k: (None if getattr(args, k) == OFF else getattr(args, k)) for k in RETROLM_KNOBS
+             if getattr(args, k) is not None}
     return MethodOptions(method=args.method, model=args.model, budget=args.budget, full_window=args.full_window,
                          rag_embedder=args.rag_embedder, rag_chunk_tokens=args.rag_chunk_tokens,
                          chat_template=args.chat_template, device=args.device, dtype=args.dtype, retrolm=knobs)

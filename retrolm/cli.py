@@ -15,6 +15,22 @@ from .index import DEFAULT_NPROBE, INDEX_KINDS, check_index_options
 from .inputs import DTYPE_NAMES
 
 
+OFF = "off"  # the command-line value of an optional knob turned off (None in the config)
+
+
+def margin_argument(text: str) -> float | str:
+    """argparse type of --lexical-near-miss-margin: a number >= 0, or OFF (the knob None: near misses not judged)."""
+    if text.strip().lower() == OFF:
+        return OFF
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse then reports anything else as a usage error, not a traceback)."""
     try:
@@ -36,6 +52,9 @@ def _generate(args) -> int:
     knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k),
                                ("offload_device_pages", args.offload_device_pages),
                                ("lexical_weight", args.lexical_weight)) if v is not None}
+    margin = args.lexical_near_miss_margin
+    if margin is not None:
+        knobs["lexical_near_miss_margin"] = None if margin == OFF else margin
     if args.offload_kv:
         knobs["offload_kv"] = True
     # dtype None: the checkpoint's (float32 for the embedded default model on the CPU)
@@ -179,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="add lexical page scores at this weight (either scorer; 10 finds facts in text unlike the "
                           "retriever's training text, docs/decisions.md; 0: off; default: the model's own, 10 for "
                           "the embedded model's trained scorer, 0 for others)")
+    gen.add_argument("--lexical-near-miss-margin", type=margin_argument, default=None,
+                     help="rank pages that repeat only a question's common words (another key's fact of the same "
+                          "shape) below all others, at this rarity margin (0.7; retrolm/lexical.py); 'off': never; "
+                          "default: the model's own")
     gen.add_argument("--offload-kv", action="store_true",
                      help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
                           "fit the GPU, e.g. 1M tokens; needs a trained retriever)")

@@ -44,7 +44,7 @@ from .pager import window_bookmarks
 from .page_store import PageStore
 from .prompt import PLAIN_ANSWER, QUESTION, text_after_context
 from .saved_index import check_saved_kind, load_index, save_index
-from .store_lexical import StoreLexicalIndex, combined_top
+from .store_lexical import StoreLexicalIndex, combined_top, near_miss_count
 from .store_search import IndexCache, StoreIndex, SummaryIndex, SummaryIVFIndex
 
 QUESTION_TEMPLATE = QUESTION + PLAIN_ANSWER  # the text after the pages without a chat template
@@ -169,7 +169,8 @@ def store_lexical_index(store: PageStore, config) -> tuple[StoreLexicalIndex, bo
     their token ids on first use; after documents were only added, the last index takes the new ones; after any
     other change (a document deleted or replaced moves rows) it is built again; (index, changed now)."""
     files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
-    knobs = (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages)
+    knobs = (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages,
+             config.lexical_near_miss_margin)
     if store.lexical_index is not None and store.lexical_index[0][1] == knobs:
         (indexed, _), index = store.lexical_index
         if indexed == files:
@@ -198,20 +199,21 @@ def search_pages(model, pages_index, question_ids: torch.Tensor, k: int, nprobe:
     by key score (training-free: share per query row, in [0, 1] as within one input) plus lexical_weight x lexical score
     (store_lexical.py)."""
     weight = model.config.lexical_weight
+    scores = lexical.scores(question_ids) if lexical is not None else {}
+    reach = k + near_miss_count(scores)  # seeds past the near misses keep the combined top k exact
     if model.config.scorer == "trained":
         query = question_query(model, question_ids)
-        seeds = pages_index.search(query, k, nprobe=nprobe)
         if lexical is None:
-            return seeds
-        return combined_top(seeds, lexical.scores(question_ids), lambda pages: pages_index.page_scores(query, pages),
-                            weight, k)
+            return pages_index.search(query, k, nprobe=nprobe)
+        seeds = pages_index.search(query, reach, nprobe=nprobe)
+        return combined_top(seeds, scores, lambda pages: pages_index.page_scores(query, pages), weight, k)
     queries, scaling = question_layer_queries(model, question_ids), attention_scaling(model)
     if lexical is None:
         return pages_index.search(queries, k, scaling, nprobe=nprobe)
     check_lexical_search(model.config, pages_index.kind)
     rows = sum(q.shape[0] * q.shape[1] for q in queries)  # (token, head) rows of every layer: the share's total
-    seeds = [(doc_id, page, score / rows) for doc_id, page, score in pages_index.search(queries, k, scaling)]
-    return combined_top(seeds, lexical.scores(question_ids),
+    seeds = [(doc_id, page, score / rows) for doc_id, page, score in pages_index.search(queries, reach, scaling)]
+    return combined_top(seeds, scores,
                         lambda pages: [s / rows for s in pages_index.page_scores(queries, pages, scaling)], weight, k)
 
 

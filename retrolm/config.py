@@ -82,6 +82,11 @@ class RetroLMConfig:
     lexical_ngram: int = 4
     lexical_max_pages: int = 64
     lexical_query_pages: int = 2
+    # Near misses (lexical.py): a page that repeats only the query's common words (another key's fact of the same
+    # shape) while a page near the best one holds a rarer match (the asked key) is ranked below every other page,
+    # when its rarest match is more than this margin (in log-rarity: 0.7 is about half as rare) below the best's.
+    # None: off. Needs lexical_weight > 0.
+    lexical_near_miss_margin: float | None = None
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
     position_mode: str = "contiguous"  # "contiguous": attended pages re-packed at positions 0..; "original"
@@ -129,6 +134,11 @@ class RetroLMConfig:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise RetroLMError(f"lexical_weight must be a number >= 0 (0 turns lexical page scores off), got "
                                f"{weight!r}.")
+        margin = self.lexical_near_miss_margin
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                   or not math.isfinite(margin) or margin < 0):
+            raise RetroLMError(f"lexical_near_miss_margin must be a number >= 0, or null to turn near misses off; got "
+                               f"{margin!r}.")
         if weight and self.lexical_ngram > self.page_size:
             raise RetroLMError(f"lexical_ngram ({self.lexical_ngram}) must fit in a page (page_size {self.page_size}); "
                                "lower it (4 is the default).")

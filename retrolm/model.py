@@ -200,6 +200,12 @@ class RetroLM(nn.Module):
             why += (f"; the checkpoint's lexical_weight={config.lexical_weight} belongs to the trained scorer: off "
                     "(pass lexical_weight to use lexical scores with the training-free scorer)")
             config.lexical_weight = 0.0
+        if config.lexical_near_miss_margin is not None and not config.lexical_weight:
+            if "lexical_near_miss_margin" in knobs:
+                raise RetroLMError(f"lexical_near_miss_margin={config.lexical_near_miss_margin} judges lexical page "
+                                   "scores, which are off (lexical_weight=0): pass lexical_weight > 0 with it, or "
+                                   "lexical_near_miss_margin=None.")
+            config.lexical_near_miss_margin = None  # the checkpoint's margin judges the lexical scores turned off
         retriever = None
         if config.scorer == "trained":
             retriever = PageRetriever(config.retriever, _inner_model(base_model).config.hidden_size, config.page_size)

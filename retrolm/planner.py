@@ -187,7 +187,7 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table=None
         plan.refresh_now = reuses and _triggered(new_ids, refresh_table)
         if config.lexical_weight and (not reuses or plan.refresh_now):  # the layers score afresh
             plan.lexical = config.lexical_weight * lexical_index(cache, config).scores(
-                cache.token_ids, group_starts, query_pages, cache.num_complete_pages)
+                cache.token_ids, group_starts, query_pages, cache.num_complete_pages, decide=t1 - t0 > 1)
         if t0 % P != 0 and t1 - t0 == 1 and int(last_page) > 0:  # a decode step mid-page: log what it retrieves
             plan.log_selection = []
             cache.selection_log.append((t0, plan.log_selection))
@@ -216,7 +216,8 @@ def lexical_index(cache: PagedKVCache, config: RetroLMConfig) -> LexicalIndex:
     step starts from it too)."""
     if cache.lexical is None:
         cache.lexical = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, config.page_size,
-                                     config.lexical_query_pages * config.page_size, cache.token_ids.device)
+                                     config.lexical_query_pages * config.page_size, cache.token_ids.device,
+                                     config.lexical_near_miss_margin)
     cache.lexical.update(cache.token_ids, cache.num_complete_pages)
     return cache.lexical
 
@@ -252,7 +253,7 @@ def _select(cache, retriever, embed, config, query_pages, group_starts, t0, trig
         scores = score_pages(queries, cache.bookmark_keys[:n])
         if config.lexical_weight:
             scores = scores + config.lexical_weight * lexical_index(cache, config).scores(
-                cache.token_ids, group_starts, query_pages, n).to(scores.device)
+                cache.token_ids, group_starts, query_pages, n, decide=cache.num_tokens - t0 > 1).to(scores.device)
     attended = select_pages(scores, query_pages, config.top_k, config.sink_pages, config.local_pages,
                             neighbors=config.neighbor_offsets)
 

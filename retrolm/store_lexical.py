@@ -5,17 +5,21 @@ distinct token n-grams of the question window that the page repeats, as it does 
 of the store counting as an earlier page (N and df count stored pages). The question window is the last
 `lexical_query_pages` x page_size tokens of the question prompt.
 
-The combined top k is found exactly from two short lists: the key index's top k, and the pages sharing at least one
-counted n-gram with the question (lexical score > 0; at most `lexical_max_pages` per n-gram). A page in neither list
-scores its key score alone, which is at most the k-th best key score, itself at most the combined score of each
-page in the first list: so no such page can displace one of them. The key scores of the second list's pages are
-computed exactly from their indexed keys.
+With `lexical_near_miss_margin` set, the question judges near misses among all stored pages as a window judges the
+pages before it (lexical.py; a page's neighbours there are its store rows, which at a document's end are the next
+document's first page); a near miss scores NEAR_MISS_SCORE.
+
+The combined top k is found exactly from two short lists: the key index's top k + m (m: the near misses), and the
+pages sharing at least one counted n-gram with the question (lexical score != 0; at most `lexical_max_pages` per
+n-gram). A page in neither list scores its key score alone, which is at most the (k + m)-th best key score, itself
+at most the combined score of each page of the first list that is no near miss, k of them at least: so no such page
+can displace one of those. The key scores of the second list's pages are computed exactly from their indexed keys.
 """
 from __future__ import annotations
 
 import torch
 
-from .lexical import LexicalIndex
+from .lexical import NEAR_MISS_SCORE, LexicalIndex
 from .store_search import rows_of
 
 
@@ -27,7 +31,7 @@ class StoreLexicalIndex:
         P = config.page_size
         self.rows: list[tuple[str, int]] = []
         self.index = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, P,
-                                  config.lexical_query_pages * P)
+                                  config.lexical_query_pages * P, near_miss_margin=config.lexical_near_miss_margin)
         self.extend(token_ids)
 
     def extend(self, token_ids: dict[str, torch.Tensor]) -> None:
@@ -38,12 +42,18 @@ class StoreLexicalIndex:
             self.rows += rows_of({doc_id: ids.numel() // self.index.page_size for doc_id, ids in token_ids.items()})
 
     def scores(self, question_ids: torch.Tensor) -> dict[tuple[str, int], float]:
-        """(document, page) -> lexical score > 0, for the question prompt's ids [T]."""
+        """(document, page) -> lexical score != 0 (a near miss: NEAR_MISS_SCORE), for the question prompt's ids [T]."""
         n = len(self.rows)
         ids = question_ids.cpu().long()
-        row = self.index.scores(ids, torch.tensor([ids.numel()]), torch.tensor([n]), n)[0]
+        row = self.index.scores(ids, torch.tensor([ids.numel()]), torch.tensor([n]), n, decide=True, judged=n)[0]
         hits = row.nonzero().flatten().tolist()
         return {self.rows[i]: float(row[i]) for i in hits}
+
+
+def near_miss_count(lexical: dict[tuple[str, int], float]) -> int:
+    """How many of `StoreLexicalIndex.scores`' pages are near misses: the key index's seeds must reach that many
+    further for the combined top k to stay exact (module docstring)."""
+    return sum(score <= NEAR_MISS_SCORE for score in lexical.values())
 
 
 def combined_top(seeds: list[tuple[str, int, float]], lexical: dict[tuple[str, int], float],

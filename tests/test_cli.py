@@ -77,3 +77,30 @@ def test_generate_with_lexical_scores_retrieves_the_page_the_question_names(tmp_
     # (the retriever alone misses it on Python 3.11's pydoc text; other releases' text differs, so only the
     # lexical run's hit and the changed selection are asserted)
     assert "amber orchard locker" in listed[1] and listed[0] != listed[1]
+
+
+def test_generate_keeps_other_keys_facts_of_the_same_shape_out(tmp_path, capsys):
+    """Facts of one shape under six keys in held-out prose: without near misses the question's shared words bring
+    the other keys' facts in; the default model's near misses keep some of them out (not all: a neighbouring prose
+    page's chance rare match lifts a fact's passage, docs/status.md), and the asked fact stays."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    prose = " ".join(text for _, text in sorted(topics.items()) if text.isascii())[:16_000]
+    keys = {"amber orchard": 4821907, "silver canyon": 1937250, "velvet harbor": 6605218, "quiet meadow": 3158846,
+            "copper lantern": 7712094, "hollow birch": 2290563}
+    text = "".join(prose[i * 2_400:(i + 1) * 2_400] + f" The pass code for the {key} locker is {code}. "
+                   for i, (key, code) in enumerate(keys.items())) + prose[14_400:]
+    (tmp_path / "doc.txt").write_text(text)
+    fact_pages = {key: text.index(f"for the {key} locker") // 64 for key in keys}  # one token per character
+    question = ["--question", "What is the pass code for the amber orchard locker?", "--max-new-tokens", "2"]
+    others = {}
+    for margin in ("off", "0.7"):
+        assert main(["generate", "--input", str(tmp_path / "doc.txt"), *question, "--device", "cpu",
+                     "--lexical-near-miss-margin", margin]) == 0
+        listed = capsys.readouterr().out.split("pages retrieved")[1].split("timings:")[0]
+        pages = {int(page) for page in re.findall(r"page\s+(\d+)\s+tokens", listed)}
+        assert fact_pages["amber orchard"] in pages
+        others[margin] = [key for key in keys if key != "amber orchard" and fact_pages[key] in pages]
+    assert len(others["off"]) >= 4 and len(others["0.7"]) < len(others["off"])

@@ -39,14 +39,14 @@ def test_reference_documents_are_held_out_windows_with_the_needle_on_its_own_lin
 
 def test_one_fact_run_writes_every_method_and_counts_the_added_document(tmp_path):
     main(["--docs", "3", "--questions", "2", "--doc-tokens", "400", "--facts", "one", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "collection_qa_3_one_lexical10.json").read_text())  # the default model's weight
+    result = json.loads((tmp_path / "collection_qa_3_one_lexical10_nearmiss0.7.json").read_text())  # the model's knobs
     rows = {row["method"]: row for row in result["summary"]}
     assert sorted(rows) == ["concat", "rag", "store"]
     for question in result["questions"]["store"]:
         assert question["encoded_tokens"] > 300, "the asked document is encoded for its question"
     for method, questions in result["questions"].items():
         assert len(questions) == 2 and all(q["value"] for q in questions), method
-    assert "only that document holds a fact" in (tmp_path / "collection_qa_3_one_lexical10.md").read_text()
+    assert "only that document holds a fact" in (tmp_path / "collection_qa_3_one_lexical10_nearmiss0.7.md").read_text()
 
 
 def test_reference_text_run_names_its_files(tmp_path):

@@ -456,3 +456,13 @@ def test_decoding_block_serves_a_manual_decode_loop(tiny_dirs, monkeypatch):
         assert cache.num_tokens == ids.shape[1] + 30
     assert tokens["static"] == tokens["eager"]
     assert len(steps) == 30  # the static loop's steps, and none of the eager loop's
+
+
+@pytest.mark.parametrize("scorer_knobs", [LEXICAL, ATTENTION_LEXICAL], ids=["trained", "attention"])
+def test_static_step_keeps_the_prompts_near_misses_as_eager_does(tiny_dirs, scorer_knobs):
+    """With near misses judged (margin 0: any page less rare than the best's passage), the device step applies the
+    prompt's judgement as eager decoding does; without them some selection differs, so they are what is compared."""
+    knobs = dict(scorer_knobs, refresh_on="aeiou", lexical_query_pages=2)
+    eager, device = _pair(tiny_dirs["llama"], **knobs, lexical_near_miss_margin=0.0)
+    plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs)
+    _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths=(45, 100, 160), logged_at_least=1)

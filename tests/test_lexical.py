@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM, RetroLMConfig
 from retrolm.errors import RetroLMError
-from retrolm.lexical import LexicalIndex, reference_scores
+from retrolm.lexical import NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, reference_near_misses, reference_scores
 
 
 def _random_case(seed: int):
@@ -73,6 +73,97 @@ def test_the_page_repeating_the_querys_rare_text_scores_highest():
     # page 8 is the query window itself (the local page, attended anyway); among the others the fact's page wins
     assert int(scores[0, :8].argmax()) == 3 and scores[0, 3] > 0
     assert not scores[0, :3].any()  # the filler's n-grams are held by more pages than max_pages
+
+
+def _phrase_case(seed: int):
+    """`_random_case`'s shape for near misses: text of random phrases, some frequent and some rare (n-grams of many
+    rarities), and noise, scored by windows late in it (many pages to judge)."""
+    rng = random.Random(seed)
+    page_size = rng.choice([4, 5, 8, 16])
+    ngram = rng.randint(2, min(page_size, 3))
+    phrases = [[rng.randrange(300) for _ in range(rng.randint(3, 6))] for _ in range(rng.randint(8, 30))]
+    weights = [1 / (i + 1) ** 1.5 for i in range(len(phrases))]
+    ids, length = [], rng.randint(12, 40) * page_size
+    while len(ids) < length:
+        ids += rng.choices(phrases, weights)[0] if rng.random() < 0.6 else [rng.randrange(300, 400)]
+    pages = len(ids) // page_size
+    starts = [rng.randint(len(ids) // 2, len(ids)) for _ in range(rng.randint(1, 4))]
+    query_pages = [min(start // page_size, pages) for start in starts]
+    query_tokens = rng.choice([page_size, 2 * page_size])
+    return ids, page_size, ngram, rng.choice([3, 1000]), starts, query_pages, pages, query_tokens
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_near_misses_equal_the_set_reference_on_random_sequences(seed):
+    """Each window's near misses (decide=True) are the set reference's, for one of the pages of highest plain score
+    (float sums may order equal sets of n-grams differently); the other pages keep their plain scores."""
+    ids, P, ngram, max_pages, starts, query_pages, n, query_tokens = (_phrase_case if seed % 3 else _random_case)(seed)
+    margin = random.Random(seed).choice([0.0, 0.3, 0.7] if seed % 3 else [0.0, 2.0])
+    index = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin)
+    index.update(torch.tensor(ids), n)
+    got = index.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n, decide=True)
+    plain = reference_scores(ids, starts, query_pages, n, P, ngram, max_pages, query_tokens)
+    for row, (start, query_page) in enumerate(zip(starts, query_pages)):
+        near = (got[row] == NEAR_MISS_SCORE).tolist()
+        outside = min(max(max(start - query_tokens, 0) // P - 1, 0), query_page, n)
+        top = max(plain[row][:outside], default=0.0)
+        bests = [j for j in range(outside) if plain[row][j] >= top - 1e-4] or [0]
+        assert any(near == reference_near_misses(ids, start, query_page, n, P, ngram, max_pages, query_tokens, margin,
+                                                 best) for best in bests)
+        kept = [j for j in range(n) if not near[j]]
+        torch.testing.assert_close(got[row, kept], torch.tensor(plain[row])[kept], rtol=1e-5, atol=1e-5)
+    if n:
+        assert torch.equal(index.near_misses, got[-1] == NEAR_MISS_SCORE)  # the last window's judgement is kept
+
+
+def _same_shape_facts(P: int = 8):
+    """Token ids of pages of filler (unique tokens), facts "template + key" (8 tokens, one page, its value on the
+    next page) for the asked key twice and six other keys, then a question repeating the template and the asked
+    key; (ids, pages of the asked key's facts, pages of the other keys' facts)."""
+    gen = torch.Generator().manual_seed(0)
+    fresh = iter(torch.randperm(50_000, generator=gen).add(1000).tolist())
+    filler = lambda pages: [next(fresh) for _ in range(pages * P)]  # noqa: E731
+    template = [100, 101, 102, 103, 104]
+    keys = [[110 + 10 * k, 111 + 10 * k, 112 + 10 * k] for k in range(7)]  # key 0 is asked
+    ids, asked, others = filler(1), [], []
+    for key in [0, 1, 2, 3, 0, 4, 5, 6]:
+        (asked if key == 0 else others).append(len(ids) // P)
+        ids += template + keys[key] + filler(1) + filler(2)  # fact, its value page, two filler pages
+    ids += filler(2) + filler(1)[:3] + template + keys[0] + filler(1)[:6]  # the question: 2 pages of window
+    return ids, asked, others
+
+
+def test_the_other_keys_facts_are_near_misses_and_the_asked_keys_are_not():
+    ids, asked, others = _same_shape_facts()
+    P, n = 8, len(ids) // 8
+    plain, judged = LexicalIndex(3, 64, P, 2 * P), LexicalIndex(3, 64, P, 2 * P, near_miss_margin=0.7)
+    for index in (plain, judged):
+        index.update(torch.tensor(ids), n)
+    args = (torch.tensor(ids), torch.tensor([n * P]), torch.tensor([n]), n)
+    before, after = plain.scores(*args)[0], judged.scores(*args, decide=True)[0]
+    assert all(before[page] > 0 for page in asked + others)  # every fact repeats the question's template
+    near = (after == NEAR_MISS_SCORE).nonzero().flatten().tolist()
+    assert near == others  # the other keys' facts only; the asked key's both stay, and no page without a match
+    assert torch.equal(after[asked], before[asked])
+
+
+def test_an_answer_keeps_the_prompts_near_misses():
+    """Steps after the prompt (decide=False) apply the prompt's judgement, pages indexed later being none, whatever
+    the answer's words; a device index starts from it and scores the same."""
+    ids, asked, others = _same_shape_facts()
+    P, n = 8, len(ids) // 8
+    index = LexicalIndex(3, 64, P, 2 * P, near_miss_margin=0.7)
+    index.update(torch.tensor(ids), n)
+    index.scores(torch.tensor(ids), torch.tensor([n * P]), torch.tensor([n]), n, decide=True)
+    answer = ids + ids[(asked[0] + 1) * P:(asked[0] + 1) * P + 5] + ids[others[0] * P:others[0] * P + 8] + [7] * 11
+    index.update(torch.tensor(answer), n + 2)
+    step = (torch.tensor(answer), torch.tensor([len(answer) - 1]), torch.tensor([n + 2]), n + 2)
+    kept = index.scores(*step)[0]
+    assert (kept == NEAR_MISS_SCORE).nonzero().flatten().tolist() == others
+    assert kept[asked[1]] > 0
+    device = DeviceLexicalIndex(index, n + 4)
+    on_device = device.scores(step[0], step[1], step[2], n + 4)[0]
+    assert torch.equal(on_device[: n + 2], kept) and not on_device[n + 2:].any()
 
 
 def _model(tiny_dirs, **knobs):
@@ -149,6 +240,10 @@ def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs, scor
     ({"lexical_weight": 1.0, "lexical_ngram": 9, "page_size": 8}, "lexical_ngram (9) must fit in a page"),
     ({"lexical_ngram": 0}, "lexical_ngram must be an integer >= 1"),
     ({"lexical_max_pages": 0}, "lexical_max_pages must be an integer >= 1"),
+    ({"lexical_near_miss_margin": -0.5}, "lexical_near_miss_margin must be a number >= 0, or null"),
+    ({"lexical_near_miss_margin": "0.7"}, "lexical_near_miss_margin must be a number >= 0, or null"),
+    ({"lexical_near_miss_margin": False}, "lexical_near_miss_margin must be a number >= 0, or null"),
+    ({"lexical_near_miss_margin": float("inf")}, "lexical_near_miss_margin must be a number >= 0, or null"),
 ])
 def test_bad_lexical_knobs_are_refused(knobs, words):
     with pytest.raises(RetroLMError) as error:
@@ -178,22 +273,37 @@ def test_the_training_free_scorer_asked_of_a_lexical_checkpoint_uses_lexical_sco
     assert RetroLM.from_pretrained(scorer="attention", lexical_weight=3.0).config.lexical_weight == 3.0
 
 
+def test_a_near_miss_margin_needs_lexical_scores():
+    """The default model's margin judges its lexical scores: turning them off drops it; asking for a margin
+    without them is refused."""
+    assert RetroLM.from_pretrained().config.lexical_near_miss_margin == 0.7
+    assert RetroLM.from_pretrained(lexical_weight=0.0).config.lexical_near_miss_margin is None
+    assert RetroLM.from_pretrained(scorer="attention").config.lexical_near_miss_margin is None
+    with pytest.raises(RetroLMError, match="lexical_near_miss_margin=0.5 judges lexical page scores, which are off"):
+        RetroLM.from_pretrained(lexical_weight=0.0, lexical_near_miss_margin=0.5)
+
+
 def test_the_benchmark_scripts_take_the_lexical_knobs():
     from eval.cli import method_options, parser
 
     args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-weight", "2.5",
                                       "--lexical-query-pages", "3", "--lexical-ngram", "5"])
     assert method_options(args).retrolm == {"lexical_weight": 2.5, "lexical_query_pages": 3, "lexical_ngram": 5}
+    for value, knob in (("0.5", 0.5), ("off", None)):  # "off": the checkpoint's margin turned off
+        args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-near-miss-margin", value])
+        assert method_options(args).retrolm == {"lexical_near_miss_margin": knob}
 
 
 def test_heldout_prose_names_its_scorers():
     from bench.heldout_prose import scorer_knobs
 
     assert scorer_knobs("trained+lexical", 10.0, 2) == {"scorer": "trained", "lexical_weight": 10.0,
-                                                        "lexical_query_pages": 2}
+                                                        "lexical_query_pages": 2, "lexical_near_miss_margin": None}
     assert scorer_knobs("trained", 10.0) == {"scorer": "trained", "lexical_weight": 0.0}
     assert scorer_knobs("attention+lexical", 1.0, 2) == {"scorer": "attention", "lexical_weight": 1.0,
-                                                         "lexical_query_pages": 2}
+                                                         "lexical_query_pages": 2, "lexical_near_miss_margin": None}
+    assert scorer_knobs("trained+lexical+near_miss", 10.0, 2, 0.5) == {
+        "scorer": "trained", "lexical_weight": 10.0, "lexical_query_pages": 2, "lexical_near_miss_margin": 0.5}
     with pytest.raises(SystemExit, match="unknown scorer"):
         scorer_knobs("lexical", 10.0)
 

@@ -88,9 +88,14 @@ def test_default_methods_measure_only_distinct_variants(tmp_path):
     os.makedirs(shipped / "adapter")
     methods = default_methods(str(shipped), None)
     assert "retrolm_no_post_training" in methods and "retrolm_post_trained" not in methods
+    assert "retrolm_near_miss" in methods and "retrolm_no_near_miss" not in methods, "no near misses judged"
+    RetroLMConfig(lexical_weight=10.0, lexical_near_miss_margin=0.7).save(str(shipped))
+    methods = default_methods(str(shipped), None)
+    assert "retrolm_no_near_miss" in methods and "retrolm_near_miss" not in methods
     RetroLMConfig().save(str(shipped))
     methods = default_methods(str(shipped), None)
     assert "retrolm_lexical" in methods and "retrolm_no_lexical" not in methods
+    assert "retrolm_near_miss" not in methods and "retrolm_no_near_miss" not in methods, "nothing to judge"
 
 
 def test_page_granularity_fills_the_same_window_at_every_page_size():
