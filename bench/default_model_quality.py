@@ -15,7 +15,9 @@ Methods (one `python -m eval.ruler` run per method and task, `--jobs` at a time)
 - retrolm_lexical: the model measured, its page scores plus lexical ones at --lexical-weight (retrolm/lexical.py);
 - retrolm_no_lexical: the model measured with lexical page scores off (the shipped model has them on);
 - retrolm_near_miss, retrolm_no_near_miss: the model measured with near misses judged (--near-miss-margin) or not
-  (retrolm/lexical.py), whichever it does not do itself (only for a model with lexical page scores).
+  (retrolm/lexical.py), whichever it does not do itself (only for a model with lexical page scores);
+- retrolm_hops, retrolm_no_hops: the model measured with lexical hops (--hops deep) or without (retrolm/lexical.py),
+  whichever it does not do itself (only for a model with lexical page scores).
 Writes <assets>/quality.json, quality.md and quality.png (score vs context length, one panel per task).
 """
 from __future__ import annotations
@@ -41,25 +43,28 @@ from retrolm.retriever import PageRetriever  # noqa: E402
 from train.corpus import byte_count  # noqa: E402
 
 METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "retrolm_post_trained", "full",
-           "rag", "streaming", "retrolm_lexical", "retrolm_no_lexical", "retrolm_near_miss", "retrolm_no_near_miss")
+           "rag", "streaming", "retrolm_lexical", "retrolm_no_lexical", "retrolm_near_miss", "retrolm_no_near_miss",
+           "retrolm_hops", "retrolm_no_hops")
 DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
 
 
 def default_methods(model: str, post_trained: str | None) -> list[str]:
     """Every method that measures something distinct: no_post_training only for a post-trained model,
     post_trained only when its model is given, retrolm_lexical for a model without lexical page scores and
-    retrolm_no_lexical for one with them, and for the latter the near-miss method it does not do itself."""
+    retrolm_no_lexical for one with them, and for the latter the near-miss and hop methods it does not do itself."""
     adapter = os.path.isdir(os.path.join(model, "adapter"))
     config = RetroLMConfig.load(model)
     lexical, judged = bool(config.lexical_weight), config.lexical_near_miss_margin is not None
+    hops = config.lexical_hops
     return [m for m in METHODS if (m != "retrolm_no_post_training" or adapter)
             and (m != "retrolm_post_trained" or post_trained)
             and (m != "retrolm_lexical" or not lexical) and (m != "retrolm_no_lexical" or lexical)
-            and (m != "retrolm_near_miss" or (lexical and not judged)) and (m != "retrolm_no_near_miss" or judged)]
+            and (m != "retrolm_near_miss" or (lexical and not judged)) and (m != "retrolm_no_near_miss" or judged)
+            and (m != "retrolm_hops" or (lexical and not hops)) and (m != "retrolm_no_hops" or hops)]
 
 
 def variant_models(model: str, stage1_retriever: str, work: str, post_trained: str | None = None,
-                   lexical: tuple[float, int] = (10.0, 2), near_miss_margin: float = 0.7
+                   lexical: tuple[float, int] = (10.0, 2), near_miss_margin: float = 0.7, hops: int = 4
                    ) -> dict[str, tuple[str, str, list[str]]]:
     """{method name: (model directory, eval method, extra eval options)}, building the two ablation checkpoints."""
     untrained, no_post = os.path.join(work, "untrained_retriever"), os.path.join(work, "no_post_training")
@@ -83,6 +88,8 @@ def variant_models(model: str, stage1_retriever: str, work: str, post_trained: s
         "retrolm_no_lexical": (model, "retrolm", ["--lexical-weight", "0"]),
         "retrolm_near_miss": (model, "retrolm", ["--lexical-near-miss-margin", str(near_miss_margin)]),
         "retrolm_no_near_miss": (model, "retrolm", ["--lexical-near-miss-margin", "off"]),
+        "retrolm_hops": (model, "retrolm", ["--lexical-hops", str(hops)]),
+        "retrolm_no_hops": (model, "retrolm", ["--lexical-hops", "0"]),
     }
 
 
@@ -169,6 +176,7 @@ def main() -> None:
     parser.add_argument("--lexical-query-pages", type=int, default=2, help="lexical_query_pages of retrolm_lexical")
     parser.add_argument("--near-miss-margin", type=float, default=0.7,
                         help="lexical_near_miss_margin of retrolm_near_miss (0.7: the shipped model's)")
+    parser.add_argument("--hops", type=int, default=4, help="lexical_hops of retrolm_hops (4: the shipped model's)")
     parser.add_argument("--work", default=os.path.join(ROOT, "work", "quality"))
     parser.add_argument("--assets", default=os.path.join(ROOT, "assets"))
     grid_arguments(parser)
@@ -183,7 +191,7 @@ def main() -> None:
         raise RetroLMError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})" if unknown else
                            "retrolm_post_trained needs --post-trained MODEL (a build with --post-train)")
     variants = (variant_models(args.model, args.stage1_retriever, args.work, args.post_trained,
-                               (args.lexical_weight, args.lexical_query_pages), args.near_miss_margin)
+                               (args.lexical_weight, args.lexical_query_pages), args.near_miss_margin, args.hops)
                 if not args.collect_only else {name: (None, None, None) for name in METHODS})
     tasks = [t for t in args.tasks.split(",") if t]
     record = run_grid(variants, methods, tasks, lengths, args)

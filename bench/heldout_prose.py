@@ -117,12 +117,12 @@ def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, 
             "accuracy": 100 * sum(r["correct"] for r in rows) / samples, "rows": rows}
 
 
-SCORERS = ("trained", "trained+lexical", "trained+lexical+near_miss", "attention", "attention+lexical",
-           "attention+lexical+near_miss")
+SCORERS = ("trained", "trained+lexical", "trained+lexical+near_miss", "trained+lexical+near_miss+hops", "attention",
+           "attention+lexical", "attention+lexical+near_miss", "attention+lexical+near_miss+hops")
 
 
-def scorer_knobs(name: str, lexical_weight: float, lexical_query_pages: int = 2, near_miss_margin: float = 0.7
-                 ) -> dict:
+def scorer_knobs(name: str, lexical_weight: float, lexical_query_pages: int = 2, near_miss_margin: float = 0.7,
+                 hops: int = 4) -> dict:
     """from_pretrained knobs of a --scorers entry (each sets every lexical knob it depends on, whatever the
     checkpoint's)."""
     if name not in SCORERS:
@@ -131,7 +131,8 @@ def scorer_knobs(name: str, lexical_weight: float, lexical_query_pages: int = 2,
     if not parts:
         return {"scorer": scorer, "lexical_weight": 0.0}
     return {"scorer": scorer, "lexical_weight": lexical_weight, "lexical_query_pages": lexical_query_pages,
-            "lexical_near_miss_margin": near_miss_margin if "near_miss" in parts else None}
+            "lexical_near_miss_margin": near_miss_margin if "near_miss" in parts else None,
+            "lexical_hops": hops if "hops" in parts else 0}
 
 
 def main() -> None:
@@ -140,13 +141,16 @@ def main() -> None:
     parser.add_argument("--scorers", default="trained,attention",
                         help="page scorers to compare: trained (the retriever alone), trained+lexical (plus lexical "
                              "page scores at --lexical-weight, retrolm/lexical.py), trained+lexical+near_miss (and "
-                             "near misses judged at --near-miss-margin), attention (training-free), "
-                             "attention+lexical, attention+lexical+near_miss")
+                             "near misses judged at --near-miss-margin), trained+lexical+near_miss+hops (and lexical "
+                             "hops --hops deep), attention (training-free), attention+lexical, "
+                             "attention+lexical+near_miss, attention+lexical+near_miss+hops")
     parser.add_argument("--lexical-weight", type=float, default=10.0, help="lexical_weight of trained+lexical "
                         "(10: chosen on the validation needles, bench/results/lexical/)")
     parser.add_argument("--lexical-query-pages", type=int, default=2, help="lexical_query_pages of trained+lexical")
     parser.add_argument("--near-miss-margin", type=float, default=0.7, help="lexical_near_miss_margin of the "
                         "+near_miss scorers (0.7: the shipped model's)")
+    parser.add_argument("--hops", type=int, default=4, help="lexical_hops of the +hops scorers (4: the shipped "
+                        "model's)")
     parser.add_argument("--factors", default="1,4,16,64", help="context lengths as multiples of the window")
     parser.add_argument("--samples", type=int, default=40, help="samples per cell (formats take turns)")
     parser.add_argument("--seed", type=int, default=7)
@@ -163,7 +167,7 @@ def main() -> None:
     for scorer in args.scorers.split(","):
         model = RetroLM.from_pretrained(args.model, device=args.device,
                                         **scorer_knobs(scorer, args.lexical_weight, args.lexical_query_pages,
-                                                       args.near_miss_margin))
+                                                       args.near_miss_margin, args.hops))
         window = model.base_model.config.max_position_embeddings
         started = time.perf_counter()
         scores[scorer] = {"needle-page recall": {}, "accuracy": {}}

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Issue 14, lexical page scores on one GPU, all in one run (the CPU numbers are in bench/results/lexical/):
 # - RULER, every method of bench/default_model_quality.py (the shipped model, with lexical scores since 2026-12-05,
-#   beside it without them: retrolm_no_lexical, and near misses judged or not: retrolm_(no_)near_miss), every
-#   length, SAMPLES per cell: assets/quality.* are this table;
-# - held-out prose end to end (bench/heldout_prose.py, scorers trained, trained+lexical and
-#   trained+lexical+near_miss) on the test formats and on the sealed ones, 1x / 16x / 64x.
+#   beside it without them: retrolm_no_lexical, near misses judged or not: retrolm_(no_)near_miss, and lexical hops
+#   or not: retrolm_(no_)hops), every length, SAMPLES per cell: assets/quality.* are this table;
+# - held-out prose end to end (bench/heldout_prose.py, scorers trained+lexical+near_miss with and without hops; the
+#   plain ones were measured on 2026-12-05, bench/results/lexical/) on the test formats and on the sealed ones,
+#   1x / 16x / 64x.
 #   bash bench/lexical_gpu.sh          # $OUT gets lexical_gpu.tgz (tables, JSON, plots, logs) and the tables
 # METHODS (default: every distinct one), SAMPLES (default 25), HELDOUT_SAMPLES (default 40), DEVICE (default
 # cuda), FACTORS (default 1,4,16,64) and HELDOUT_FACTORS (default 1,16,64) let a CPU check the script end to end
@@ -21,7 +22,7 @@ timeout "$DEADLINE" python3 bench/default_model_quality.py ${METHODS:+--methods 
     --work "${WORK:-/tmp/lexical_gpu_quality}" --assets "$RESULTS/quality" \
     --note "$(cat "$RESULTS/device.txt"), bench/lexical_gpu.sh" > "$RESULTS/quality.log" 2>&1 &
 for needles in test sealed; do
-    timeout "$DEADLINE" python3 bench/heldout_prose.py --scorers trained,trained+lexical,trained+lexical+near_miss \
+    timeout "$DEADLINE" python3 bench/heldout_prose.py --scorers trained+lexical+near_miss,trained+lexical+near_miss+hops \
         --needles "$needles" \
         --factors "${HELDOUT_FACTORS:-1,16,64}" --samples "${HELDOUT_SAMPLES:-40}" --device "$DEVICE" \
         --out "$RESULTS/heldout" > "$RESULTS/heldout_$needles.log" 2>&1 &

@@ -51,7 +51,8 @@ def _generate(args) -> int:
         raise RetroLMError(f"input file {args.input!r} is empty; pass a file with the text to read.")
     knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k),
                                ("offload_device_pages", args.offload_device_pages),
-                               ("lexical_weight", args.lexical_weight)) if v is not None}
+                               ("lexical_weight", args.lexical_weight), ("lexical_hops", args.lexical_hops))
+             if v is not None}
     margin = args.lexical_near_miss_margin
     if margin is not None:
         knobs["lexical_near_miss_margin"] = None if margin == OFF else margin
@@ -202,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="rank pages that repeat only a question's common words (another key's fact of the same "
                           "shape) below all others, at this rarity margin (0.7; retrolm/lexical.py); 'off': never; "
                           "default: the model's own")
+    gen.add_argument("--lexical-hops", type=int, default=None,
+                     help="also retrieve the pages linked hop by hop to the pages a question matches (a chain of "
+                          "statements, each naming the one before), this many hops deep (retrolm/lexical.py); 0: "
+                          "off; default: the model's own")
     gen.add_argument("--offload-kv", action="store_true",
                      help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
                           "fit the GPU, e.g. 1M tokens; needs a trained retriever)")

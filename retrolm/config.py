@@ -87,6 +87,11 @@ class RetroLMConfig:
     # when its rarest match is more than this margin (in log-rarity: 0.7 is about half as rare) below the best's.
     # None: off. Needs lexical_weight > 0.
     lexical_near_miss_margin: float | None = None
+    # Hops (lexical.py): the prompt's question also reaches, hop by hop, the pages linked to the pages holding its
+    # key by n-grams held by at most two pages (a name set in one statement and used in the next: a chain of
+    # variable assignments), this many hops deep; they score as if the question held those n-grams. 0: off. Needs
+    # lexical_weight > 0.
+    lexical_hops: int = 0
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
     position_mode: str = "contiguous"  # "contiguous": attended pages re-packed at positions 0..; "original"
@@ -128,7 +133,7 @@ class RetroLMConfig:
                      "scorer_query_tokens", "offload_device_pages", "lexical_ngram", "lexical_max_pages",
                      "lexical_query_pages"):
             _check_int("", name, getattr(self, name), 1)
-        for name in ("top_k", "sink_pages", "local_pages", "neighbor_pages"):
+        for name in ("top_k", "sink_pages", "local_pages", "neighbor_pages", "lexical_hops"):
             _check_int("", name, getattr(self, name), 0)
         weight = self.lexical_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:

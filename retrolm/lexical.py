@@ -31,6 +31,24 @@ for themselves (`scores(..., decide=True)`); the last one's decision is kept (`n
 the answer is generated, since the answer's own words (a first value written) would otherwise make the other
 values' pages look like near misses.
 
+Hops (`hops`, off when 0). Some answers are chains: "VAR B = VAR A" several statements after "VAR A = 12345", and
+the question names only the value, so only the first statement shares anything with it; refreshing the query with
+each name the answer writes cannot walk the chain when the model does not write the names in the chain's order. So
+the last window of a prompt (the question) also follows links: n-grams held by at most HOP_LINK_PAGES judged pages
+(a name set in one statement and used in the next; a phrase every fact repeats is held by more). The walk starts
+from the pages holding the question's links that the best passage (the run of consecutive matching pages around
+the best page) lacks, when those are at most HOP_LINK_PAGES pages: the best match is then an echo of the question
+(a worked example asking the same thing of another value), and they hold the part it lacks, the asked key. Else it
+starts from the best passage (links it lacks spread over many pages are chance matches of prose). Each
+hop follows the new links (n-grams the query has not had) within `hop_span` tokens of a link, in the text around
+the pages reached (the statement, not the whole page). A hop keeps the pages sharing HOP_MIN_LINKS links or more
+(with their neighbours: a statement cut by a page end) whose idf sums to at least half the hop's best: the next
+statement shares a whole name, prose pages and numbers share a chance n-gram or two. Each adds that idf, as if
+the question held those links, but no more than the pages the hop started from score (a page found through a link
+is no more relevant than the page that led to it). A near miss starts no walk, but one a walk reaches is none
+(the next statement of a chain may repeat the question's common words, and it names the key's variable). Like
+near misses, this is decided on the prompt and kept while the answer is written.
+
 `LexicalIndex` keeps, for the complete pages, one sorted int64 key per (n-gram, page): the n-gram's hash in the
 high bits, the page in the low `PAGE_BITS`. The pages before m that hold an n-gram are then one contiguous run
 of keys, found by two binary searches; scoring is fixed-shape tensor work (searchsorted, gather, scatter_add).
@@ -51,6 +69,10 @@ PAGE_BITS = 23  # pages per sequence < 2**23 (8.4M; 1M tokens is 16K pages of 64
 HASH_MODULUS = 549_755_813_869  # a prime below 2**39: hash << PAGE_BITS stays below 2**62
 HASH_BASE = 1_000_003  # ids < 2**20 (any tokenizer's vocabulary): hash * BASE + id < 2**59, no int64 overflow
 NEAR_MISS_SCORE = -1e4  # a near miss's lexical score: below every score a sum of idf (each < 20 per n-gram) reaches
+HOP_LINK_PAGES = 2  # a hop follows an n-gram held by at most this many judged pages: a name set in one statement
+# and used in the next, not a phrase every fact repeats
+HOP_MIN_LINKS = 3  # a hop reaches a page sharing at least this many links (with its neighbours): a name a few
+# tokens longer than the n-gram, not an n-gram or two that prose pages or numbers share by chance
 
 
 def gram_hashes(ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -89,11 +111,13 @@ def _check_page_count(pages: int) -> None:
 
 @dataclass
 class _Matches:
-    """Per window [G] and distinct window n-gram [grams]: its hash in the key's high bits (`base`), where its keys
-    start (`lo`), whether it counts (`use`) and its idf; per (n-gram, holder) [G, grams, max_pages] whether that
-    holder is a real one (`hit`) and its page; the count of pages before the query page (`before` [G, 1])."""
+    """Per window [G] and distinct window n-gram [grams]: its hash in the key's high bits (`base`), whether it is
+    one (`distinct`: each valid n-gram once), where its keys start (`lo`), whether it counts (`use`) and its idf;
+    per (n-gram, holder) [G, grams, max_pages] whether that holder is a real one (`hit`) and its page; the count
+    of pages before the query page (`before` [G, 1])."""
 
     base: torch.Tensor
+    distinct: torch.Tensor
     lo: torch.Tensor
     use: torch.Tensor
     idf: torch.Tensor
@@ -106,9 +130,10 @@ class LexicalIndex:
     """The n-grams of every complete page of one sequence, for `scores` (see the module docstring)."""
 
     def __init__(self, ngram: int, max_pages: int, page_size: int, query_tokens: int | None = None, device=None,
-                 near_miss_margin: float | None = None):
+                 near_miss_margin: float | None = None, hops: int = 0):
         """query_tokens: how many tokens before a query's start it scores with (default page_size);
-        near_miss_margin: None (off) or the rarity margin of near misses (module docstring)."""
+        near_miss_margin: None (off) or the rarity margin of near misses; hops: how many hops a prompt's question
+        follows (module docstring)."""
         query_tokens = page_size if query_tokens is None else query_tokens
         if ngram > page_size:
             raise ValueError(f"lexical n-grams of {ngram} tokens do not fit in pages of {page_size}")
@@ -117,6 +142,8 @@ class LexicalIndex:
         self.pages = 0  # pages indexed: 0 .. pages - 1
         self.near_miss_margin = near_miss_margin
         self.near_misses = torch.zeros(0, dtype=torch.bool, device=device)  # [pages judged] the last prompt window's
+        self.hops = hops
+        self.hop_scores = torch.zeros(0, device=device)  # [pages judged] the last prompt window's hop pages' scores
 
     def update(self, token_ids: torch.Tensor, complete_pages: int) -> None:
         """Index the pages from `self.pages` up to `complete_pages` of token_ids [>= complete_pages * P]."""
@@ -155,44 +182,57 @@ class LexicalIndex:
         run = lo[:, :, None] + torch.arange(self.max_pages, device=device)  # [G, grams, max_pages]
         hit = use[:, :, None] & (run < hi[:, :, None])
         pages = self.keys[run.clamp(max=self.keys.numel() - 1)] & ((1 << PAGE_BITS) - 1)
-        return _Matches(base, lo, use, idf, hit, pages.clamp(max=n - 1), before)
+        return _Matches(base, keep, lo, use, idf, hit, pages.clamp(max=n - 1), before)
 
     def scores(self, token_ids: torch.Tensor, starts: torch.Tensor, query_pages: torch.Tensor, n: int,
-               decide: bool = False, judged: int | None = None) -> torch.Tensor:
+               decide: bool = False, judged: int | None = None, page_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Lexical scores [G, n] of pages 0..n-1 for the windows of the `query_tokens` tokens of token_ids before
         `starts` [G] (fewer at the sequence's start), each scored against the pages before its query page
         `query_pages` [G]; pages at or after it score 0. Needs `update` to have indexed n pages.
-        With `near_miss_margin` set, near misses score NEAR_MISS_SCORE (module docstring): decide=True (a prompt's
-        windows) judges them per window and keeps the last window's judgement in `near_misses`; decide=False (an
-        answer's steps) applies the kept one."""
+        With `near_miss_margin` set, near misses score NEAR_MISS_SCORE; with `hops`, the pages the last window's
+        question reaches hop by hop add their hop scores (module docstring). decide=True (a prompt's windows)
+        judges them and keeps the last window's judgement (`near_misses`, `hop_scores`); decide=False (an answer's
+        steps) applies the kept one. page_ids: the indexed pages' token ids, which hops read (default token_ids)."""
         if n > self.pages:
             raise ValueError(f"lexical index holds {self.pages} pages, {n} asked for")
         out = torch.zeros(starts.shape[0], n, device=self.keys.device)
-        if self.keys.numel() and starts.shape[0]:
+        matched = bool(self.keys.numel() and starts.shape[0])
+        if matched:
             m = self._matches(token_ids, starts, query_pages, n)
             out.scatter_add_(1, m.pages.flatten(1), (m.idf[:, :, None] * m.hit).flatten(1))
-        if self.near_miss_margin is None:
+        if self.near_miss_margin is None and not self.hops:
             return out
         if decide:
-            near = (self._near_misses(m, out, starts.to(out.device), judged) if self.keys.numel() and starts.shape[0]
-                    else torch.zeros_like(out, dtype=torch.bool))
-            if near.shape[0]:
-                self.near_misses = near[-1]
+            near = torch.zeros_like(out, dtype=torch.bool)
+            hop_scores = torch.zeros(n, device=out.device)
+            if matched:
+                outside = self._judged(m, starts.to(out.device), judged)
+                if self.near_miss_margin is not None:
+                    near = self._near_misses(m, out, outside)
+                hop_scores = self._hop_scores(m, out[-1], outside, near[-1],
+                                              token_ids if page_ids is None else page_ids)
+                out[-1] += hop_scores
+                near[-1] &= hop_scores == 0  # a page a walk reaches names what the key's page names
+            if starts.shape[0]:
+                self.near_misses, self.hop_scores = near[-1], hop_scores
         else:
-            kept = self.near_misses[:n]
-            near = F.pad(kept, (0, n - kept.numel()))[None]
+            near = F.pad(self.near_misses[:n], (0, n - self.near_misses[:n].numel()))[None]
+            out = out + F.pad(self.hop_scores[:n], (0, n - self.hop_scores[:n].numel()))[None]
         return torch.where(near, NEAR_MISS_SCORE, out)
 
-    def _near_misses(self, m: _Matches, scores: torch.Tensor, starts: torch.Tensor,
-                     judged: int | None) -> torch.Tensor:
-        """[G, n] bool: the near misses of each window (module docstring)."""
-        G, n = scores.shape
-        page = torch.arange(n, device=scores.device)
-        if judged is None:  # the pages before the question's own beginning
+    def _judged(self, m: _Matches, starts: torch.Tensor, judged: int | None) -> torch.Tensor:
+        """[G, 1] how many pages each window judges: those before the question's own beginning (the page before the
+        window), or `judged` (a store's: all), never past its query page."""
+        if judged is None:
             own = ((starts - self.query_tokens).clamp(min=0) // self.page_size - 1).clamp(min=0)[:, None]
         else:
-            own = torch.full((G, 1), judged, device=scores.device)
-        outside = torch.minimum(own, m.before)  # [G, 1]: pages judged
+            own = torch.full((starts.shape[0], 1), judged, device=starts.device)
+        return torch.minimum(own, m.before)
+
+    def _near_misses(self, m: _Matches, scores: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+        """[G, n] bool: the near misses of each window among its `outside` [G, 1] judged pages (module docstring)."""
+        G, n = scores.shape
+        page = torch.arange(n, device=scores.device)
         held = torch.searchsorted(self.keys, m.base + outside) - m.lo  # [G, grams]: outside pages holding it
         rarity = torch.log((outside.float() + 1) / (held.float() + 0.5)) * (m.use & (held > 0))
         outside_hit = m.hit & (m.pages < outside[:, :, None])
@@ -206,6 +246,101 @@ class LexicalIndex:
         return (candidate & (rarest > 0) & ((page[None, :] - best).abs() > 1)
                 & (passage < anchor - self.near_miss_margin))
 
+    def _hop_scores(self, m: _Matches, direct: torch.Tensor, outside: torch.Tensor, near: torch.Tensor,
+                    page_ids: torch.Tensor) -> torch.Tensor:
+        """[n] the hop scores of the last window's question, whose direct scores are `direct` [n] (module
+        docstring)."""
+        n = near.numel()
+        scores = torch.zeros(n, device=self.keys.device)
+        judged = int(outside[-1])
+        if not self.hops or judged == 0:
+            return scores
+        seen = (m.base[-1][m.distinct[-1]] >> PAGE_BITS).unique()  # the question's n-grams
+        pages, grams, _ = self._linked(seen, judged)
+        passage = self._best_passage(direct[:judged])
+        lacking = ~passage[pages] & ~torch.isin(grams, grams[passage[pages]])  # links the best passage lacks
+        focused = 0 < pages[lacking].unique().numel() <= HOP_LINK_PAGES  # in one place: the key, not chance
+        keep = ~near[pages] & (lacking if focused else passage[pages])
+        pages, grams = pages[keep], grams[keep]
+        reached = torch.zeros(n, dtype=torch.bool, device=scores.device)
+        reached[pages] = True
+        cap = direct[pages].max() if pages.numel() else None  # no page scores above the pages that led to it
+        for _ in range(self.hops):
+            if not pages.numel():
+                break
+            start = torch.zeros(n, dtype=torch.bool, device=scores.device)
+            start[pages] = True
+            terms = self._near_links(page_ids, pages, grams)
+            terms = terms[~torch.isin(terms, seen)]
+            seen = torch.cat([seen, terms])
+            pages, grams, idf = self._linked(terms, judged)
+            keep = ~reached[pages]
+            pages, grams, idf = pages[keep], grams[keep], idf[keep]
+            linked = torch.zeros_like(scores).scatter_add_(0, pages, idf)
+            strong = self._strong(pages, idf, linked, start)
+            pages, grams = pages[strong], grams[strong]
+            hop = torch.zeros_like(scores)
+            hop[pages] = linked[pages].clamp(max=cap)
+            scores += hop
+            cap = hop[pages].max() if pages.numel() else cap
+            reached[pages] = True
+        return scores
+
+    @staticmethod
+    def _strong(pages: torch.Tensor, idf: torch.Tensor, linked: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """[M] bool: which (page, link) pairs of a hop a statement naming the last one makes, not a chance n-gram:
+        the page shares HOP_MIN_LINKS links or more, counted with its neighbours' (a statement cut by a page end),
+        and its links' idf `linked` [n] is at least half the hop's best, the bar set apart from the pages beside the
+        hop's `start` [n] (the rest of a cut statement, which holds more of it)."""
+        count = torch.zeros_like(linked).scatter_add_(0, pages, torch.ones_like(idf))
+        count = F.conv1d(count[None, None], torch.ones(1, 1, 3, device=count.device), padding=1)[0, 0]
+        beside = F.max_pool1d(start[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+        apart = torch.where(beside, 0.0, linked)
+        bar = (apart.max() if apart.any() else linked.max()) / 2 - 1e-4  # a tie (2 links of 4) is kept
+        return (linked[pages] >= bar) & (count[pages] >= HOP_MIN_LINKS)
+
+    @staticmethod
+    def _best_passage(direct: torch.Tensor) -> torch.Tensor:
+        """[judged] bool: the run of consecutive pages matching the window (direct score > 0) around the best."""
+        best = int(direct.argmax())
+        page = torch.arange(direct.numel(), device=direct.device)
+        unmatched = page[direct <= 0]
+        left = unmatched[unmatched < best].max() if (unmatched < best).any() else -1
+        right = unmatched[unmatched > best].min() if (unmatched > best).any() else direct.numel()
+        return (page > left) & (page < right)
+
+    def _linked(self, hashes: torch.Tensor, judged: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(page, hash, idf) [M] of each judged page holding one of the distinct n-gram `hashes` that at most
+        HOP_LINK_PAGES judged pages hold (a link)."""
+        base = hashes << PAGE_BITS
+        lo, hi = torch.searchsorted(self.keys, base), torch.searchsorted(self.keys, base + judged)
+        held = hi - lo
+        run = lo[:, None] + torch.arange(HOP_LINK_PAGES, device=hashes.device)  # [T, HOP_LINK_PAGES]
+        hit = (held[:, None] <= HOP_LINK_PAGES) & (run < hi[:, None])
+        pages = self.keys[run.clamp(max=max(self.keys.numel() - 1, 0))] & ((1 << PAGE_BITS) - 1)
+        idf = torch.log(torch.tensor(judged + 1.0, device=hashes.device) / (held.float() + 0.5))
+        return pages[hit], hashes[:, None].expand_as(hit)[hit], idf[:, None].expand_as(hit)[hit]
+
+    def _near_links(self, page_ids: torch.Tensor, pages: torch.Tensor, links: torch.Tensor) -> torch.Tensor:
+        """The distinct n-grams within `hop_span` tokens of an occurrence of a `links` n-gram in the text around
+        `pages` (each page with its two neighbours: a statement cut by a page end stays whole)."""
+        P, span = self.page_size, self.hop_span
+        pages = pages.unique()
+        positions = (pages[:, None] - 1) * P + torch.arange(3 * P, device=pages.device)  # [F, 3P]
+        inside = (positions >= 0) & (positions < page_ids.numel())
+        ids = page_ids.to(pages.device)[positions.clamp(0, max(page_ids.numel() - 1, 0))]
+        hashes = gram_hashes(ids, self.ngram)
+        valid = inside.unfold(1, self.ngram, 1).all(dim=2)
+        at_link = valid & torch.isin(hashes, links)
+        near = F.max_pool1d(at_link.float()[:, None], 2 * span + 1, stride=1, padding=span)[:, 0] > 0
+        return hashes[near & valid].unique()
+
+    @property
+    def hop_span(self) -> int:
+        """Tokens each side of a link whose n-grams the next hop follows: a statement's length, not a page's."""
+        return max(self.page_size // 4, self.ngram)
+
+
 SENTINEL = torch.iinfo(torch.long).max  # an unused key slot of DeviceLexicalIndex: sorts after every key
 
 
@@ -213,16 +348,17 @@ class DeviceLexicalIndex(LexicalIndex):
     """A LexicalIndex in fixed buffers, for the device decode step (device_decode.py): room for the keys of
     `capacity` pages plus one page more, unused slots holding SENTINEL (sorted last). Adding a page merges its keys
     into the buffer (`_merged`, the last page's slots, always unused, dropped); scoring reads it as LexicalIndex
-    does, over `capacity` pages (a page at or after a query's page scores 0), applying the prompt's near misses.
-    Both are fixed-shape device work: a CUDA graph can replay them."""
+    does, over `capacity` pages (a page at or after a query's page scores 0), applying the prompt's near misses and
+    hop scores. Both are fixed-shape device work: a CUDA graph can replay them."""
 
     def __init__(self, index: LexicalIndex, capacity: int):
         """From `index` (the prefill's: its pages are already indexed), with room up to `capacity` pages."""
         super().__init__(index.ngram, index.max_pages, index.page_size, index.query_tokens, index.keys.device,
-                         index.near_miss_margin)
+                         index.near_miss_margin, index.hops)
         _check_page_count(capacity)
-        # the prompt's near misses in a fixed buffer (pages decoding adds are none)
+        # the prompt's near misses and hop scores in fixed buffers (pages decoding adds are neither)
         self.near_misses = F.pad(index.near_misses[:capacity], (0, capacity - min(index.near_misses.numel(), capacity)))
+        self.hop_scores = F.pad(index.hop_scores[:capacity], (0, capacity - min(index.hop_scores.numel(), capacity)))
         self.per_page = self.page_size - self.ngram + 1
         keys = torch.full(((capacity + 1) * self.per_page,), SENTINEL, dtype=torch.long, device=index.keys.device)
         keys[: index.keys.numel()] = index.keys
@@ -282,3 +418,65 @@ def reference_near_misses(token_ids: list[int], start: int, query_page: int, n: 
     passage = [max(rarest[max(j - 1, 0): j + 2]) for j in range(n)]
     return [j < outside and rarest[j] > 0 and abs(j - best) > 1 and passage[j] < passage[best] - margin
             for j in range(n)]
+
+
+def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[float], judged: int, near: list[bool],
+                         page_size: int, ngram: int, hops: int) -> list[float]:
+    """The hop scores of one question `window` (`LexicalIndex.scores` with hops) in plain Python sets, for tests,
+    given its direct scores of the n pages (which decide the best passage) and its near misses before the walk."""
+    P, n = page_size, len(direct)
+    page_grams = [{tuple(page_ids[j * P + i: j * P + i + ngram]) for i in range(P - ngram + 1)} for j in range(n)]
+
+    def links(terms):  # (page, n-gram, idf) of the judged pages holding a link among terms
+        found = []
+        for gram in terms:
+            holders = [j for j in range(judged) if gram in page_grams[j]]
+            if len(holders) <= HOP_LINK_PAGES:
+                found += [(j, gram, math.log((judged + 1) / (len(holders) + 0.5))) for j in holders]
+        return found
+
+    scores = [0.0] * n
+    if not hops or not judged:
+        return scores
+    best = max(range(judged), key=lambda j: (direct[j], -j))  # the first of the highest
+    left, right = best, best
+    while left > 0 and direct[left - 1] > 0:
+        left -= 1
+    while right + 1 < judged and direct[right + 1] > 0:
+        right += 1
+    passage = set(range(left, right + 1))
+    seen = {tuple(window[i: i + ngram]) for i in range(len(window) - ngram + 1)}
+    held_by_passage = {gram for j, gram, _ in links(seen) if j in passage}
+    lacking = [(j, gram) for j, gram, _ in links(seen) if j not in passage and gram not in held_by_passage]
+    focused = 0 < len({j for j, _ in lacking}) <= HOP_LINK_PAGES
+    frontier = [(j, gram) for j, gram in (lacking if focused else
+                                          [(j, gram) for j, gram, _ in links(seen) if j in passage])
+                if not near[j]]
+    reached = {j for j, _ in frontier}
+    cap = max((direct[j] for j in reached), default=0.0)
+    span = max(P // 4, ngram)
+    for _ in range(hops):
+        frontier_before = frontier
+        grams, terms = {gram for _, gram in frontier}, set()
+        for j in {j for j, _ in frontier}:
+            text = page_ids[max((j - 1) * P, 0): (j + 2) * P]
+            at = [tuple(text[i: i + ngram]) for i in range(len(text) - ngram + 1)]
+            hits = [i for i, gram in enumerate(at) if gram in grams]
+            terms |= {gram for i, gram in enumerate(at) if any(abs(i - k) <= span for k in hits)}
+        terms -= seen
+        seen |= terms
+        frontier = [(j, gram, idf) for j, gram, idf in links(terms) if j not in reached]
+        linked, count = {}, {}
+        for j, _, idf in frontier:
+            linked[j] = linked.get(j, 0.0) + idf
+            count[j] = count.get(j, 0) + 1
+        starts = {j for j, _ in frontier_before}
+        apart = [v for j, v in linked.items() if all(abs(j - k) > 1 for k in starts)]
+        strong = {j for j in linked if linked[j] >= max(apart or linked.values()) / 2 - 1e-4
+                  and sum(count.get(k, 0) for k in (j - 1, j, j + 1)) >= HOP_MIN_LINKS}
+        for j in strong:
+            scores[j] = min(linked[j], cap)
+        cap = max((scores[j] for j in strong), default=cap)
+        reached |= strong
+        frontier = [(j, gram) for j, gram, _ in frontier if j in strong]
+    return scores

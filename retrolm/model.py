@@ -206,6 +206,11 @@ class RetroLM(nn.Module):
                                    "scores, which are off (lexical_weight=0): pass lexical_weight > 0 with it, or "
                                    "lexical_near_miss_margin=None.")
             config.lexical_near_miss_margin = None  # the checkpoint's margin judges the lexical scores turned off
+        if config.lexical_hops and not config.lexical_weight:
+            if "lexical_hops" in knobs:
+                raise RetroLMError(f"lexical_hops={config.lexical_hops} follows lexical page scores, which are off "
+                                   "(lexical_weight=0): pass lexical_weight > 0 with it, or lexical_hops=0.")
+            config.lexical_hops = 0  # the checkpoint's hops follow the lexical scores turned off
         retriever = None
         if config.scorer == "trained":
             retriever = PageRetriever(config.retriever, _inner_model(base_model).config.hidden_size, config.page_size)

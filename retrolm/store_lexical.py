@@ -7,7 +7,8 @@ of the store counting as an earlier page (N and df count stored pages). The ques
 
 With `lexical_near_miss_margin` set, the question judges near misses among all stored pages as a window judges the
 pages before it (lexical.py; a page's neighbours there are its store rows, which at a document's end are the next
-document's first page); a near miss scores NEAR_MISS_SCORE.
+document's first page); a near miss scores NEAR_MISS_SCORE. With `lexical_hops`, the pages the question reaches hop by
+hop score as within one input (their text read from the stored pages, which the index then keeps).
 
 The combined top k is found exactly from two short lists: the key index's top k + m (m: the near misses), and the
 pages sharing at least one counted n-gram with the question (lexical score != 0; at most `lexical_max_pages` per
@@ -30,22 +31,28 @@ class StoreLexicalIndex:
         """token_ids: doc id -> its stored token ids [pages * page_size] (pages padded whole), in store order."""
         P = config.page_size
         self.rows: list[tuple[str, int]] = []
+        self.page_ids = torch.zeros(0, dtype=torch.int32)  # every stored page's token ids, for hops (else empty)
         self.index = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, P,
-                                  config.lexical_query_pages * P, near_miss_margin=config.lexical_near_miss_margin)
+                                  config.lexical_query_pages * P, near_miss_margin=config.lexical_near_miss_margin,
+                                  hops=config.lexical_hops)
         self.extend(token_ids)
 
     def extend(self, token_ids: dict[str, torch.Tensor]) -> None:
         """Index documents added after those indexed (same form as __init__'s). Document frequencies are counted
         when a question is scored, so the pages indexed before need no change."""
         if token_ids:
-            self.index.append(torch.cat([ids.long() for ids in token_ids.values()]))  # may refuse: rows after
+            stored = torch.cat([ids.long() for ids in token_ids.values()])
+            self.index.append(stored)  # may refuse: rows after
+            if self.index.hops:
+                self.page_ids = torch.cat([self.page_ids, stored.int()])
             self.rows += rows_of({doc_id: ids.numel() // self.index.page_size for doc_id, ids in token_ids.items()})
 
     def scores(self, question_ids: torch.Tensor) -> dict[tuple[str, int], float]:
         """(document, page) -> lexical score != 0 (a near miss: NEAR_MISS_SCORE), for the question prompt's ids [T]."""
         n = len(self.rows)
         ids = question_ids.cpu().long()
-        row = self.index.scores(ids, torch.tensor([ids.numel()]), torch.tensor([n]), n, decide=True, judged=n)[0]
+        row = self.index.scores(ids, torch.tensor([ids.numel()]), torch.tensor([n]), n, decide=True, judged=n,
+                                page_ids=self.page_ids)[0]
         hits = row.nonzero().flatten().tolist()
         return {self.rows[i]: float(row[i]) for i in hits}
 

@@ -466,3 +466,36 @@ def test_static_step_keeps_the_prompts_near_misses_as_eager_does(tiny_dirs, scor
     eager, device = _pair(tiny_dirs["llama"], **knobs, lexical_near_miss_margin=0.0)
     plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs)
     _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths=(45, 100, 160), logged_at_least=1)
+
+
+def _chain_prompt(length: int, seed: int) -> torch.Tensor:
+    """[1, length] ids: filler of 4 symbols with a chain of statements "9 NAME VALUE" / "9 NAME NAME-before"
+    (names of 6 unique tokens) spread through it, and near its end a question naming the value."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 4, (length,), generator=gen)
+    names = [list(range(40 + 6 * k, 46 + 6 * k)) for k in range(4)]
+    statements = [[9, *names[0], 90, 91]] + [[9, *names[k], *names[k - 1]] for k in range(1, 4)]
+    for k, statement in enumerate(statements):
+        at = length * (k + 1) // 6
+        ids[at:at + len(statement)] = torch.tensor(statement)
+    ids[-20:-17] = torch.tensor([5, 90, 91])  # inside the prompt's last window (the one before its last page)
+    return ids[None]
+
+
+@pytest.mark.parametrize("scorer_knobs", [LEXICAL, ATTENTION_LEXICAL], ids=["trained", "attention"])
+def test_static_step_keeps_the_prompts_hop_scores_as_eager_does(tiny_dirs, scorer_knobs):
+    """With hops (chain prompts, unigram links; pages of 16: a hop span of 4 tokens reaches three of a name's),
+    the device step adds the prompt's hop scores as eager decoding does; without them some selection differs."""
+    knobs = dict(scorer_knobs, refresh_on="aeiou", lexical_query_pages=2, lexical_ngram=1, page_size=16)
+    eager, device = _pair(tiny_dirs["llama"], **knobs, lexical_hops=3)
+    plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs)
+    differs = False
+    for length, seed in ((200, 0), (260, 1), (330, 2)):
+        ids = _chain_prompt(length, seed)
+        expected, expected_retrievals = _generate(eager, ids, do_sample=False)
+        got, got_retrievals = _generate(device, ids, do_sample=False)
+        assert device.last_timings["decode_mode"] == "static"
+        assert torch.equal(got, expected) and got_retrievals == expected_retrievals and got_retrievals
+        assert eager.last_cache.lexical.hop_scores.any()  # the walk reached a page
+        differs |= _generate(plain, ids, do_sample=False)[1] != got_retrievals
+    assert differs

@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM, RetroLMConfig
 from retrolm.errors import RetroLMError
-from retrolm.lexical import NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, reference_near_misses, reference_scores
+from retrolm.lexical import (NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, reference_hop_scores,
+                             reference_near_misses, reference_scores)
 
 
 def _random_case(seed: int):
@@ -166,6 +167,113 @@ def test_an_answer_keeps_the_prompts_near_misses():
     assert torch.equal(on_device[: n + 2], kept) and not on_device[n + 2:].any()
 
 
+def _chain_case(seed: int, P: int | None = None):
+    """Random filler with chains of statements "set NAME VALUE" / "set NAME NAME-before" (names of random length,
+    sometimes cut by a page end), a decoy chain, then a question naming the first chain's value: links of every
+    hop, shared filler n-grams, and pages reached more than one way."""
+    rng = random.Random(seed)
+    P = P or rng.choice([16, 32, 64])
+    ngram = rng.randint(2, 3)
+    fresh = iter(rng.sample(range(1000, 60_000), 20_000))
+    name = lambda: [next(fresh) for _ in range(rng.randint(ngram + 2, ngram + 4))]  # noqa: E731  (3+ n-grams)
+    value, set_ = name(), [7]
+    chains = []
+    for _ in range(2):
+        names = [name() for _ in range(rng.randint(2, 6))]
+        chains.append([set_ + names[0] + (value if not chains else name())] +
+                      [set_ + names[j] + names[j - 1] for j in range(1, len(names))])
+    statements = [s for chain in chains for s in chain]
+    ids = []
+    for statement in statements:  # in order per chain, interleaved with filler from a small vocabulary
+        ids += [rng.randrange(40) for _ in range(rng.randint(0, 3 * P))] + statement
+    ids += [rng.randrange(40) for _ in range(rng.randint(2 * P, 4 * P))]
+    question = [rng.randrange(40) for _ in range(rng.randint(0, P))] + value + [rng.randrange(40) for _ in range(3)]
+    ids += question
+    return ids, P, ngram
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_hop_scores_equal_the_set_reference(seed):
+    """The kept hop scores of the prompt's last window are the set reference's (near misses judged or not, and on
+    `_phrase_case` texts too), a near miss they reach is none, and that window's scores are the plain ones plus
+    them."""
+    rng = random.Random(seed)
+    if seed % 2:
+        ids, P, ngram = _chain_case(seed)
+        max_pages, query_tokens, n = 1000, rng.choice([P, 2 * P]), len(ids) // P
+        starts, query_pages = [len(ids)], [n]
+    else:
+        ids, P, ngram, max_pages, starts, query_pages, n, query_tokens = _phrase_case(seed)
+    hops, margin = rng.randint(1, 6), rng.choice([None, 0.7])
+    index = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin, hops=hops)
+    index.update(torch.tensor(ids), n)
+    got = index.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n, decide=True)
+    start = starts[-1]
+    judged = min(max(max(start - query_tokens, 0) // P - 1, 0), query_pages[-1], n)
+    walkless = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin)
+    walkless.update(torch.tensor(ids), n)
+    walkless.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n, decide=True)
+    near = walkless.near_misses.tolist() if margin is not None else [False] * n
+    plain_index = LexicalIndex(ngram, max_pages, P, query_tokens)
+    plain_index.update(torch.tensor(ids), n)
+    direct = plain_index.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n)[-1]
+    expected = reference_hop_scores(ids, ids[max(start - query_tokens, 0): start], direct.tolist(), judged, near, P,
+                                    ngram, hops)
+    torch.testing.assert_close(index.hop_scores, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    # a near miss a walk reaches is none
+    assert index.near_misses.tolist() == [miss and not score for miss, score in zip(near, expected)]
+    plain = torch.tensor(reference_scores(ids, starts, query_pages, n, P, ngram, max_pages, query_tokens)[-1])
+    kept = [j for j in range(n) if not index.near_misses[j]]
+    torch.testing.assert_close(got[-1, kept], (plain + index.hop_scores)[kept], rtol=1e-4, atol=1e-4)
+
+
+def test_hops_reach_a_chain_one_statement_per_hop():
+    """A chain of statements, each naming the one before it, after a first one holding the asked value: the
+    question's window matches only the first; each hop reaches the next statement's page, and nothing else."""
+    P, gen = 32, torch.Generator().manual_seed(0)  # hop_span 8: a statement
+    filler = lambda pages: torch.randint(0, 4, (pages * P,), generator=gen).tolist()  # noqa: E731  (common)
+    names = [[100 + 5 * k + i for i in range(5)] for k in range(5)]  # a name shares three 3-grams
+    statements = [[9] + names[0] + [90, 91, 92]] + [[9] + names[k] + names[k - 1] for k in range(1, 5)]
+    ids, pages = filler(1), []
+    for statement in statements:  # each statement in its own page, then three filler pages
+        pages.append(len(ids) // P)
+        ids += statement + [0] * (P - len(statement)) + filler(3)
+    ids += filler(2) + [5, 6, 90, 91, 92, 7] + filler(1)[:2]  # the question, naming the value
+    n = len(ids) // P
+    reached = []
+    for hops in range(5):
+        index = LexicalIndex(3, 64, P, 2 * P, hops=hops)
+        index.update(torch.tensor(ids), n)
+        row = index.scores(torch.tensor(ids), torch.tensor([len(ids)]), torch.tensor([n]), n, decide=True)[0]
+        assert row[pages[0]] > 0  # the direct match
+        reached.append(index.hop_scores.nonzero().flatten().tolist())
+    assert reached == [pages[1:k + 1] for k in range(5)]
+
+
+def test_an_answer_keeps_the_prompts_hop_scores():
+    """Steps after the prompt add the prompt's hop scores, whatever the answer's words; a device index too."""
+    for seed in range(40):  # the first chain case whose walk reaches a page
+        ids, P, ngram = _chain_case(seed, P=64)
+        n = len(ids) // P
+        index = LexicalIndex(ngram, 1000, P, 2 * P, hops=4)
+        index.update(torch.tensor(ids), n)
+        index.scores(torch.tensor(ids), torch.tensor([len(ids)]), torch.tensor([n]), n, decide=True)
+        if index.hop_scores.any():
+            break
+    assert index.hop_scores.any()
+    answer = ids + [3] * (3 * P)
+    index.update(torch.tensor(answer), n + 2)
+    step = (torch.tensor(answer), torch.tensor([len(answer) - 1]), torch.tensor([n + 2]), n + 2)
+    plain = LexicalIndex(ngram, 1000, P, 2 * P)
+    plain.update(torch.tensor(answer), n + 2)
+    expected = plain.scores(*step)[0]
+    expected[:n] += index.hop_scores
+    torch.testing.assert_close(index.scores(*step)[0], expected)
+    device = DeviceLexicalIndex(index, n + 4)
+    on_device = device.scores(step[0], step[1], step[2], n + 4)[0]
+    torch.testing.assert_close(on_device[: n + 2], expected)
+
+
 def _model(tiny_dirs, **knobs):
     return RetroLM.from_pretrained(tiny_dirs["llama"], page_size=8, init_retriever=True, decode_mode="eager",
                                    attention_backend="reference", **knobs)
@@ -244,6 +352,8 @@ def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs, scor
     ({"lexical_near_miss_margin": "0.7"}, "lexical_near_miss_margin must be a number >= 0, or null"),
     ({"lexical_near_miss_margin": False}, "lexical_near_miss_margin must be a number >= 0, or null"),
     ({"lexical_near_miss_margin": float("inf")}, "lexical_near_miss_margin must be a number >= 0, or null"),
+    ({"lexical_hops": -1}, "lexical_hops must be an integer >= 0"),
+    ({"lexical_hops": 1.5}, "lexical_hops must be an integer >= 0"),
 ])
 def test_bad_lexical_knobs_are_refused(knobs, words):
     with pytest.raises(RetroLMError) as error:
@@ -283,6 +393,16 @@ def test_a_near_miss_margin_needs_lexical_scores():
         RetroLM.from_pretrained(lexical_weight=0.0, lexical_near_miss_margin=0.5)
 
 
+def test_hops_need_lexical_scores():
+    """The default model's hops follow its lexical scores: turning them off drops them; asking for hops without
+    them is refused."""
+    assert RetroLM.from_pretrained().config.lexical_hops == 4
+    assert RetroLM.from_pretrained(lexical_weight=0.0).config.lexical_hops == 0
+    assert RetroLM.from_pretrained(scorer="attention").config.lexical_hops == 0
+    with pytest.raises(RetroLMError, match="lexical_hops=2 follows lexical page scores, which are off"):
+        RetroLM.from_pretrained(lexical_weight=0.0, lexical_hops=2)
+
+
 def test_the_benchmark_scripts_take_the_lexical_knobs():
     from eval.cli import method_options, parser
 
@@ -292,18 +412,26 @@ def test_the_benchmark_scripts_take_the_lexical_knobs():
     for value, knob in (("0.5", 0.5), ("off", None)):  # "off": the checkpoint's margin turned off
         args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-near-miss-margin", value])
         assert method_options(args).retrolm == {"lexical_near_miss_margin": knob}
+    args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-hops", "0"])
+    assert method_options(args).retrolm == {"lexical_hops": 0}
 
 
 def test_heldout_prose_names_its_scorers():
     from bench.heldout_prose import scorer_knobs
 
     assert scorer_knobs("trained+lexical", 10.0, 2) == {"scorer": "trained", "lexical_weight": 10.0,
-                                                        "lexical_query_pages": 2, "lexical_near_miss_margin": None}
+                                                        "lexical_query_pages": 2, "lexical_near_miss_margin": None,
+                                                        "lexical_hops": 0}
     assert scorer_knobs("trained", 10.0) == {"scorer": "trained", "lexical_weight": 0.0}
     assert scorer_knobs("attention+lexical", 1.0, 2) == {"scorer": "attention", "lexical_weight": 1.0,
-                                                         "lexical_query_pages": 2, "lexical_near_miss_margin": None}
+                                                         "lexical_query_pages": 2, "lexical_near_miss_margin": None,
+                                                         "lexical_hops": 0}
     assert scorer_knobs("trained+lexical+near_miss", 10.0, 2, 0.5) == {
-        "scorer": "trained", "lexical_weight": 10.0, "lexical_query_pages": 2, "lexical_near_miss_margin": 0.5}
+        "scorer": "trained", "lexical_weight": 10.0, "lexical_query_pages": 2, "lexical_near_miss_margin": 0.5,
+        "lexical_hops": 0}
+    assert scorer_knobs("trained+lexical+near_miss+hops", 10.0, 2, 0.7, 3) == {
+        "scorer": "trained", "lexical_weight": 10.0, "lexical_query_pages": 2, "lexical_near_miss_margin": 0.7,
+        "lexical_hops": 3}
     with pytest.raises(SystemExit, match="unknown scorer"):
         scorer_knobs("lexical", 10.0)
 

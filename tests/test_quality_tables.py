@@ -92,10 +92,15 @@ def test_default_methods_measure_only_distinct_variants(tmp_path):
     RetroLMConfig(lexical_weight=10.0, lexical_near_miss_margin=0.7).save(str(shipped))
     methods = default_methods(str(shipped), None)
     assert "retrolm_no_near_miss" in methods and "retrolm_near_miss" not in methods
+    assert "retrolm_hops" in methods and "retrolm_no_hops" not in methods, "no hops followed"
+    RetroLMConfig(lexical_weight=10.0, lexical_hops=4).save(str(shipped))
+    assert "retrolm_no_hops" in default_methods(str(shipped), None)
+    assert "retrolm_hops" not in default_methods(str(shipped), None)
     RetroLMConfig().save(str(shipped))
     methods = default_methods(str(shipped), None)
     assert "retrolm_lexical" in methods and "retrolm_no_lexical" not in methods
     assert "retrolm_near_miss" not in methods and "retrolm_no_near_miss" not in methods, "nothing to judge"
+    assert "retrolm_hops" not in methods and "retrolm_no_hops" not in methods, "nothing to follow"
 
 
 def test_page_granularity_fills_the_same_window_at_every_page_size():

@@ -14,8 +14,9 @@ from retrolm.training.needle_recall import build_sample, reference_topics
 
 @pytest.fixture(scope="module")
 def model():
-    # the embedded default model (a trained retriever); the offline rule is the plain lexical one, no near misses
-    return RetroLM.from_pretrained(scorer="trained", lexical_near_miss_margin=None)
+    # the embedded default model (a trained retriever); the offline rule is the plain lexical one: no near misses,
+    # no hops
+    return RetroLM.from_pretrained(scorer="trained", lexical_near_miss_margin=None, lexical_hops=0)
 
 
 def test_the_offline_last_query_chooses_the_pages_generate_retrieves(model):

@@ -14,7 +14,7 @@ from retrolm.collection import (attention_scaling, question_layer_queries, quest
 from retrolm.store_search import summed_shares
 from retrolm.demo import ADJECTIVES, NOUNS
 from retrolm.errors import RetroLMError
-from retrolm.lexical import NEAR_MISS_SCORE, reference_near_misses, reference_scores
+from retrolm.lexical import NEAR_MISS_SCORE, reference_hop_scores, reference_near_misses, reference_scores
 from retrolm.page_store import MANIFEST, PageStore
 from retrolm.store_lexical import StoreLexicalIndex, combined_top
 
@@ -231,6 +231,37 @@ def test_documents_added_later_are_appended_to_the_lexical_index(tiny_dirs, tmp_
     check(False, index)
 
 
+def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
+    """With lexical_hops, a store's page scores are the plain ones plus the set reference's hop scores over the
+    stored pages' text (documents of words from a small made-up vocabulary: words link a few pages), on stores of
+    several seeds, some page reached by a hop in some of them."""
+    reached = 0
+    for seed in range(6):
+        rng = random.Random(seed)
+        hops = rng.randint(1, 4)
+        knobs = dict(init_retriever=True, page_size=8, lexical_weight=1.0, lexical_ngram=3)
+        model = RetroLM.from_pretrained(tiny_dirs["llama"], lexical_hops=hops, **knobs)
+        store = PageStore.open(str(tmp_path / f"store{seed}"), model, create=True)
+        vocabulary = ["".join(rng.choice(string.ascii_lowercase) for _ in range(4)) for _ in range(200)]
+        docs = {f"d{i}": rng.choices(vocabulary, k=rng.randint(20, 50)) for i in range(4)}
+        store.add({doc_id: " ".join(words) for doc_id, words in docs.items()}, progress=False)
+        question_ids = model.tokenizer(" ".join(rng.choices(vocabulary, k=4)), return_tensors="pt").input_ids[0]
+        plain = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in store.documents()},
+                                  RetroLM.from_pretrained(tiny_dirs["llama"], **knobs).config)
+        index, _ = store_lexical_index(store, model.config)
+        rows = index.rows
+        tokens = torch.cat([store.token_ids(doc_id) for doc_id in store.documents()]).tolist()
+        direct = [plain.scores(question_ids).get(row, 0.0) for row in rows]
+        window = question_ids[-min(2 * 8, question_ids.numel()):].tolist()
+        expected = reference_hop_scores(tokens, window, direct, len(rows), [False] * len(rows), 8, 3, hops)
+        got = index.scores(question_ids)
+        assert len(index.page_ids) == len(tokens)
+        torch.testing.assert_close(torch.tensor([got.get(row, 0.0) for row in rows]),
+                                   torch.tensor(direct) + torch.tensor(expected), rtol=1e-5, atol=1e-5)
+        reached += sum(score > 0 for score in expected)
+    assert reached
+
+
 def test_a_store_records_the_lexical_knobs_its_encoding_used(tmp_path):
     """Lexical scores change which pages a long document's encoding attends: a store built without them is refused
     to a model with them and the other way round; a store written before the knobs existed reads as built without
@@ -247,7 +278,7 @@ def test_a_store_records_the_lexical_knobs_its_encoding_used(tmp_path):
     path = os.path.join(str(tmp_path / "without"), MANIFEST)
     manifest = json.load(open(path))
     for knob in ("lexical_weight", "lexical_ngram", "lexical_max_pages", "lexical_query_pages",
-                 "lexical_near_miss_margin"):
+                 "lexical_near_miss_margin", "lexical_hops"):
         del manifest["identity"]["retrolm"][knob]
     json.dump(manifest, open(path, "w"))
     assert len(PageStore.open(str(tmp_path / "without"), without)) == 1
