@@ -5,11 +5,13 @@
 #   or not: retrolm_(no_)hops), every length, SAMPLES per cell: assets/quality.* are this table;
 # - held-out prose end to end (bench/heldout_prose.py, scorers trained+lexical+near_miss with and without hops; the
 #   plain ones were measured on 2026-12-05, bench/results/lexical/) on the test formats and on the sealed ones,
-#   1x / 16x / 64x.
+#   1x / 16x / 64x;
+# - held-out chains (bench/heldout_chain.py: chains of five statements in formats of our own, in the language
+#   reference), with and without hops, 1x / 16x / 64x.
 #   bash bench/lexical_gpu.sh          # $OUT gets lexical_gpu.tgz (tables, JSON, plots, logs) and the tables
-# METHODS (default: every distinct one), SAMPLES (default 25), HELDOUT_SAMPLES (default 40), DEVICE (default
-# cuda), FACTORS (default 1,4,16,64) and HELDOUT_FACTORS (default 1,16,64) let a CPU check the script end to end
-# with small numbers. Everything stops at DEADLINE seconds (default 540) and what was written is packed.
+# METHODS (default: every distinct one), SAMPLES (default 25), HELDOUT_SAMPLES (default 40), CHAIN_SAMPLES (default
+# 30), DEVICE (default cuda), FACTORS (default 1,4,16,64) and HELDOUT_FACTORS (default 1,16,64) let a CPU check the
+# script end to end with small numbers. Everything stops at DEADLINE seconds (default 540) and what was written is packed.
 set -uo pipefail
 source bench/device_env.sh
 DEADLINE=${DEADLINE:-540}
@@ -27,6 +29,8 @@ for needles in test sealed; do
         --factors "${HELDOUT_FACTORS:-1,16,64}" --samples "${HELDOUT_SAMPLES:-40}" --device "$DEVICE" \
         --out "$RESULTS/heldout" > "$RESULTS/heldout_$needles.log" 2>&1 &
 done
+timeout "$DEADLINE" python3 bench/heldout_chain.py --factors "${HELDOUT_FACTORS:-1,16,64}" \
+    --samples "${CHAIN_SAMPLES:-30}" --device "$DEVICE" --out "$RESULTS/heldout" > "$RESULTS/heldout_chain.log" 2>&1 &
 wait
 pkill -f "eval.ruler" 2>/dev/null  # timeout stops the grid's parent only: its eval processes would run on
 if [ ! -f "$RESULTS/quality/quality.md" ]; then  # cut at DEADLINE: tabulate the cells that finished

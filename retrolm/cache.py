@@ -180,6 +180,10 @@ class PagedKVCache(Cache):
         self.selection_log: list[tuple[int, torch.Tensor | list[torch.Tensor]]] = []
         self.plan = None  # AttentionPlan of the forward in flight
         self.lexical = None  # lexical.LexicalIndex of the complete pages, made by the planner when lexical_weight > 0
+        # which chunk of a prompt RetroLM.encode is encoding: "last" (it ends with the question, whose lexical
+        # judgement the answer's steps apply), "earlier", or None outside encode (a forward of several tokens is
+        # then taken as a whole prompt, one token as an answer's step)
+        self.prompt_chunk: str | None = None
 
     def retrievals(self) -> list[tuple[int, list[int]]]:
         """(position, pages) of each decode-time retrieval, pages in ascending order. Under the attention scorer

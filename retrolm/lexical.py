@@ -21,20 +21,21 @@ pages repeats much of the query window, and together they fill the page budget, 
 picks one. What tells the asked fact apart is its rare part (the key) that only it repeats. So a window also
 judges the pages outside it: the rarity of an n-gram is log((O + 1) / (held + 0.5)), over the O pages before the
 page before the window (that page is taken as the question's own beginning) and the `held` of them holding it; a
-page's rarity is that of its rarest held window n-gram, and its passage's rarity the highest of it and its two
-neighbours' (a fact cut by a page end). The best page is the outside page with the highest lexical score. A page
-that holds some window n-gram, lies more than one page from the best, and whose passage's rarity is more than
-`near_miss_margin` below the best's passage's is a near miss: its lexical score becomes NEAR_MISS_SCORE, below
+page's rarity is that of its rarest held window n-gram (a fact cut by a page end still holds its key's n-grams in
+its two pages, those across the cut included: see below). The best page is the outside page with the highest
+lexical score. A page that holds some window n-gram, lies more than one page from the best, and whose rarity is
+more than `near_miss_margin` below the best's is a near miss: its lexical score becomes NEAR_MISS_SCORE, below
 every page's, so the retriever cannot bring it back (it still comes in as a retrieved page's neighbour). Facts
 that all hold the asked key (several values for one key) are equally rare and stay. A prompt's windows decide
-for themselves (`scores(..., decide=True)`); the last one's decision is kept (`near_misses`) and applied while
-the answer is generated, since the answer's own words (a first value written) would otherwise make the other
-values' pages look like near misses.
+for themselves (`scores(..., decide=True)`); the prompt's question, the window ending where the prompt ends (it
+may end inside the last page, past every window of the prompt's groups), is judged too (`judge_question`), and
+that decision is kept (`near_misses`) and applied while the answer is generated, since the answer's own words (a
+first value written) would otherwise make the other values' pages look like near misses.
 
 Hops (`hops`, off when 0). Some answers are chains: "VAR B = VAR A" several statements after "VAR A = 12345", and
 the question names only the value, so only the first statement shares anything with it; refreshing the query with
 each name the answer writes cannot walk the chain when the model does not write the names in the chain's order. So
-the last window of a prompt (the question) also follows links: n-grams held by at most HOP_LINK_PAGES judged pages
+the prompt's question (`judge_question`) also follows links: n-grams held by at most HOP_LINK_PAGES judged pages
 (a name set in one statement and used in the next; a phrase every fact repeats is held by more). The walk starts
 from the pages holding the question's links that the best passage (the run of consecutive matching pages around
 the best page) lacks, when those are at most HOP_LINK_PAGES pages: the best match is then an echo of the question
@@ -49,14 +50,17 @@ is no more relevant than the page that led to it). A near miss starts no walk, b
 (the next statement of a chain may repeat the question's common words, and it names the key's variable). Like
 near misses, this is decided on the prompt and kept while the answer is written.
 
-`LexicalIndex` keeps, for the complete pages, one sorted int64 key per (n-gram, page): the n-gram's hash in the
-high bits, the page in the low `PAGE_BITS`. The pages before m that hold an n-gram are then one contiguous run
-of keys, found by two binary searches; scoring is fixed-shape tensor work (searchsorted, gather, scatter_add).
-Reference: `reference_scores` and `reference_near_misses` (plain Python sets), which tests compare it with.
+A page holds the n-grams that end in it, those begun on the page before included: a name cut by a page end is
+still one of the text's n-grams, held by the page that completes it. `LexicalIndex` keeps, for the complete pages,
+one sorted int64 key per (n-gram, page): the n-gram's hash in the high bits, the page in the low `PAGE_BITS`. The
+pages before m that hold an n-gram are then one contiguous run of keys, found by two binary searches; scoring is
+fixed-shape tensor work (searchsorted, gather, scatter_add). Reference: `reference_scores`, `reference_near_misses`
+and `reference_hop_scores` (plain Python sets), which tests compare it with.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -147,18 +151,30 @@ class LexicalIndex:
 
     def update(self, token_ids: torch.Tensor, complete_pages: int) -> None:
         """Index the pages from `self.pages` up to `complete_pages` of token_ids [>= complete_pages * P]."""
-        if complete_pages > self.pages:
-            self.append(token_ids[self.pages * self.page_size: complete_pages * self.page_size])
-
-    def append(self, page_ids: torch.Tensor) -> None:
-        """Index the whole pages of page_ids [pages * P] as the pages after those indexed."""
         P, first = self.page_size, self.pages
+        if complete_pages > first:
+            before = token_ids[first * P - self.ngram + 1: first * P] if first else None
+            self.append(token_ids[first * P: complete_pages * P], before)
+
+    def append(self, page_ids: torch.Tensor, before: torch.Tensor | None = None,
+               opens: torch.Tensor | None = None) -> None:
+        """Index the whole pages of page_ids [pages * P] as the pages after those indexed. A page holds the n-grams
+        that end in it, those begun on the page before included (a name cut by a page end is still indexed once):
+        `before` is the ngram - 1 tokens before page_ids (None: page_ids begin a text); `opens` [pages] bool marks
+        pages that begin a text (a store's documents), whose first n-grams would join two texts."""
+        P, first, n = self.page_size, self.pages, self.ngram
         complete_pages = first + page_ids.numel() // P
         _check_page_count(complete_pages)
         ids = page_ids.view(complete_pages - first, P).to(self.keys.device)
-        hashes, keep = _first_occurrences(gram_hashes(ids, self.ngram),
-                                          torch.ones(ids.shape[0], P - self.ngram + 1, dtype=torch.bool,
-                                                     device=ids.device))
+        tails = ids[:, P - n + 1:]  # [pages, n - 1]: what each page's next page's first n-grams begin with
+        previous = torch.cat([torch.zeros_like(tails[:1]) if before is None else before.to(ids)[None], tails[:-1]])
+        opened = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        if opens is not None:
+            opened |= opens.to(ids.device)
+        opened[0] |= before is None
+        begun_before = torch.arange(P, device=ids.device) < n - 1  # [P] n-grams holding the page before's tokens
+        hashes, keep = _first_occurrences(gram_hashes(torch.cat([previous, ids], dim=1), n),
+                                          ~(opened[:, None] & begun_before[None, :]))
         page = torch.arange(first, complete_pages, device=ids.device)[:, None].expand_as(hashes)
         new = ((hashes << PAGE_BITS) | page)[keep].sort().values
         self.keys = _merged(self.keys, new)
@@ -185,40 +201,57 @@ class LexicalIndex:
         return _Matches(base, keep, lo, use, idf, hit, pages.clamp(max=n - 1), before)
 
     def scores(self, token_ids: torch.Tensor, starts: torch.Tensor, query_pages: torch.Tensor, n: int,
-               decide: bool = False, judged: int | None = None, page_ids: torch.Tensor | None = None) -> torch.Tensor:
+               decide: bool = False) -> torch.Tensor:
         """Lexical scores [G, n] of pages 0..n-1 for the windows of the `query_tokens` tokens of token_ids before
         `starts` [G] (fewer at the sequence's start), each scored against the pages before its query page
         `query_pages` [G]; pages at or after it score 0. Needs `update` to have indexed n pages.
-        With `near_miss_margin` set, near misses score NEAR_MISS_SCORE; with `hops`, the pages the last window's
-        question reaches hop by hop add their hop scores (module docstring). decide=True (a prompt's windows)
-        judges them and keeps the last window's judgement (`near_misses`, `hop_scores`); decide=False (an answer's
-        steps) applies the kept one. page_ids: the indexed pages' token ids, which hops read (default token_ids)."""
-        if n > self.pages:
-            raise ValueError(f"lexical index holds {self.pages} pages, {n} asked for")
-        out = torch.zeros(starts.shape[0], n, device=self.keys.device)
-        matched = bool(self.keys.numel() and starts.shape[0])
-        if matched:
-            m = self._matches(token_ids, starts, query_pages, n)
-            out.scatter_add_(1, m.pages.flatten(1), (m.idf[:, :, None] * m.hit).flatten(1))
+        With `near_miss_margin` set, near misses score NEAR_MISS_SCORE: decide=True (a prompt's windows) judges
+        each window's own; decide=False (an answer's steps) applies the prompt question's judgement, and with
+        `hops` adds its hop scores (`judge_question`; module docstring)."""
+        out, m = self._direct(token_ids, starts, query_pages, n)
         if self.near_miss_margin is None and not self.hops:
             return out
         if decide:
             near = torch.zeros_like(out, dtype=torch.bool)
-            hop_scores = torch.zeros(n, device=out.device)
-            if matched:
-                outside = self._judged(m, starts.to(out.device), judged)
-                if self.near_miss_margin is not None:
-                    near = self._near_misses(m, out, outside)
-                hop_scores = self._hop_scores(m, out[-1], outside, near[-1],
-                                              token_ids if page_ids is None else page_ids)
-                out[-1] += hop_scores
-                near[-1] &= hop_scores == 0  # a page a walk reaches names what the key's page names
-            if starts.shape[0]:
-                self.near_misses, self.hop_scores = near[-1], hop_scores
+            if self.near_miss_margin is not None and m is not None:
+                near = self._near_misses(m, out, self._judged(m, starts.to(out.device), None))
         else:
             near = F.pad(self.near_misses[:n], (0, n - self.near_misses[:n].numel()))[None]
             out = out + F.pad(self.hop_scores[:n], (0, n - self.hop_scores[:n].numel()))[None]
         return torch.where(near, NEAR_MISS_SCORE, out)
+
+    def judge_question(self, token_ids: torch.Tensor, end: int, query_page: int, n: int, judged: int | None = None,
+                       page_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Judge a prompt's question, the window of the `query_tokens` tokens of token_ids before `end`, against the
+        pages before `query_page`: its near misses, and the pages it reaches hop by hop with their hop scores, are
+        kept (`near_misses`, `hop_scores`) for the answer's steps (`scores(..., decide=False)`). Returns the
+        question's scores [n] with both applied. judged: how many pages it judges (default: those before the
+        question's own beginning; a store: all); page_ids: the indexed pages' token ids, which hops read (default
+        token_ids)."""
+        starts = torch.tensor([end], device=token_ids.device)
+        query_pages = torch.tensor([query_page], device=token_ids.device)
+        out, m = self._direct(token_ids, starts, query_pages, n)
+        near = torch.zeros(n, dtype=torch.bool, device=out.device)
+        hop_scores = torch.zeros(n, device=out.device)
+        if m is not None:
+            outside = self._judged(m, starts.to(out.device), judged)
+            if self.near_miss_margin is not None:
+                near = self._near_misses(m, out, outside)[0]
+            hop_scores = self._hop_scores(m, out[0], outside, near, token_ids if page_ids is None else page_ids)
+            near &= hop_scores == 0  # a page a walk reaches names what the key's page names
+        self.near_misses, self.hop_scores = near, hop_scores
+        return torch.where(near, NEAR_MISS_SCORE, out[0] + hop_scores)
+
+    def _direct(self, token_ids: torch.Tensor, starts: torch.Tensor, query_pages: torch.Tensor,
+                n: int) -> tuple[torch.Tensor, _Matches | None]:
+        """The plain lexical scores [G, n] of `scores`, and the matches they come from (None: nothing to match)."""
+        if n > self.pages:
+            raise ValueError(f"lexical index holds {self.pages} pages, {n} asked for")
+        out = torch.zeros(starts.shape[0], n, device=self.keys.device)
+        if not (self.keys.numel() and starts.shape[0]):
+            return out, None
+        m = self._matches(token_ids, starts, query_pages, n)
+        return out.scatter_add_(1, m.pages.flatten(1), (m.idf[:, :, None] * m.hit).flatten(1)), m
 
     def _judged(self, m: _Matches, starts: torch.Tensor, judged: int | None) -> torch.Tensor:
         """[G, 1] how many pages each window judges: those before the question's own beginning (the page before the
@@ -238,18 +271,15 @@ class LexicalIndex:
         outside_hit = m.hit & (m.pages < outside[:, :, None])
         rarest = torch.zeros_like(scores).scatter_reduce_(
             1, m.pages.flatten(1), (rarity[:, :, None] * outside_hit).flatten(1), "amax")  # [G, n]
-        padded = F.pad(rarest, (1, 1))
-        passage = torch.maximum(torch.maximum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
         candidate = page[None, :] < outside
         best = torch.where(candidate, scores, -math.inf).argmax(dim=1, keepdim=True)  # [G, 1]
-        anchor = passage.gather(1, best)
+        anchor = rarest.gather(1, best)
         return (candidate & (rarest > 0) & ((page[None, :] - best).abs() > 1)
-                & (passage < anchor - self.near_miss_margin))
+                & (rarest < anchor - self.near_miss_margin))
 
     def _hop_scores(self, m: _Matches, direct: torch.Tensor, outside: torch.Tensor, near: torch.Tensor,
                     page_ids: torch.Tensor) -> torch.Tensor:
-        """[n] the hop scores of the last window's question, whose direct scores are `direct` [n] (module
-        docstring)."""
+        """[n] the hop scores of a question whose direct scores are `direct` [n] (module docstring)."""
         n = near.numel()
         scores = torch.zeros(n, device=self.keys.device)
         judged = int(outside[-1])
@@ -359,27 +389,38 @@ class DeviceLexicalIndex(LexicalIndex):
         # the prompt's near misses and hop scores in fixed buffers (pages decoding adds are neither)
         self.near_misses = F.pad(index.near_misses[:capacity], (0, capacity - min(index.near_misses.numel(), capacity)))
         self.hop_scores = F.pad(index.hop_scores[:capacity], (0, capacity - min(index.hop_scores.numel(), capacity)))
-        self.per_page = self.page_size - self.ngram + 1
+        self.per_page = self.page_size  # the n-grams that end in a page (LexicalIndex.append)
         keys = torch.full(((capacity + 1) * self.per_page,), SENTINEL, dtype=torch.long, device=index.keys.device)
         keys[: index.keys.numel()] = index.keys
         self.keys, self.pages = keys, capacity
 
     def add_page(self, token_ids: torch.Tensor, page: torch.Tensor, add: torch.Tensor) -> None:
         """Index page `page` [1] of token_ids where `add` [1] (a bool on the device); else leave the index as is."""
-        P = self.page_size
-        ids = token_ids[page * P + torch.arange(P, device=token_ids.device)][None]  # [1, P]
-        hashes, keep = _first_occurrences(gram_hashes(ids, self.ngram),
-                                          torch.ones(1, self.per_page, dtype=torch.bool, device=ids.device))
+        P, n = self.page_size, self.ngram
+        positions = page * P + torch.arange(1 - n, P, device=token_ids.device)  # the page and the n - 1 tokens before
+        ids = token_ids[positions.clamp(min=0)][None]  # [1, P + n - 1]
+        hashes, keep = _first_occurrences(gram_hashes(ids, n), (positions[:P] >= 0)[None])
         new = torch.where(keep & add, (hashes << PAGE_BITS) | page, SENTINEL)[0].sort().values
         self.keys.copy_(_merged(self.keys[: -self.per_page], new))
 
 
+def reference_page_grams(token_ids: list[int], n: int, page_size: int, ngram: int,
+                         opens: Collection[int] = ()) -> list[set[tuple[int, ...]]]:
+    """The n-grams each of pages 0..n-1 holds (`LexicalIndex.append`) as sets, for tests: those ending in it, begun
+    on the page before unless the page begins a text (page 0 and the pages `opens`)."""
+    P = page_size
+    return [{tuple(token_ids[i: i + ngram])
+             for i in range(j * P - (0 if j == 0 or j in opens else ngram - 1), (j + 1) * P - ngram + 1)}
+            for j in range(n)]
+
+
 def reference_scores(token_ids: list[int], starts: list[int], query_pages: list[int], n: int, page_size: int,
-                     ngram: int, max_pages: int, query_tokens: int | None = None) -> list[list[float]]:
+                     ngram: int, max_pages: int, query_tokens: int | None = None,
+                     opens: Collection[int] = ()) -> list[list[float]]:
     """`LexicalIndex.scores` in plain Python sets, for tests: the same rule, no hashing."""
     P = page_size
     W = P if query_tokens is None else query_tokens
-    page_grams = [{tuple(token_ids[j * P + i: j * P + i + ngram]) for i in range(P - ngram + 1)} for j in range(n)]
+    page_grams = reference_page_grams(token_ids, n, P, ngram, opens)
     rows = []
     for start, m in zip(starts, query_pages):
         window = token_ids[max(start - W, 0): start]
@@ -398,12 +439,12 @@ def reference_scores(token_ids: list[int], starts: list[int], query_pages: list[
 
 def reference_near_misses(token_ids: list[int], start: int, query_page: int, n: int, page_size: int, ngram: int,
                           max_pages: int, query_tokens: int, margin: float, best: int,
-                          judged: int | None = None) -> list[bool]:
+                          judged: int | None = None, opens: Collection[int] = ()) -> list[bool]:
     """The near misses of one window (`LexicalIndex.scores` with near_miss_margin, and its `judged`) in plain Python
     sets, for tests, given the best page (the caller picks it among the judged pages of highest score, which float
     sums may order differently)."""
     P = page_size
-    page_grams = [{tuple(token_ids[j * P + i: j * P + i + ngram]) for i in range(P - ngram + 1)} for j in range(n)]
+    page_grams = reference_page_grams(token_ids, n, P, ngram, opens)
     window = token_ids[max(start - query_tokens, 0): start]
     query = {tuple(window[i: i + ngram]) for i in range(len(window) - ngram + 1)}
     earlier = page_grams[:min(query_page, n)]
@@ -415,17 +456,17 @@ def reference_near_misses(token_ids: list[int], start: int, query_page: int, n: 
         for gram in counted & page_grams[j]:
             held = sum(gram in grams for grams in page_grams[:outside])
             rarest[j] = max(rarest[j], math.log((outside + 1) / (held + 0.5)))
-    passage = [max(rarest[max(j - 1, 0): j + 2]) for j in range(n)]
-    return [j < outside and rarest[j] > 0 and abs(j - best) > 1 and passage[j] < passage[best] - margin
+    return [j < outside and rarest[j] > 0 and abs(j - best) > 1 and rarest[j] < rarest[best] - margin
             for j in range(n)]
 
 
 def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[float], judged: int, near: list[bool],
-                         page_size: int, ngram: int, hops: int) -> list[float]:
-    """The hop scores of one question `window` (`LexicalIndex.scores` with hops) in plain Python sets, for tests,
-    given its direct scores of the n pages (which decide the best passage) and its near misses before the walk."""
+                         page_size: int, ngram: int, hops: int, opens: Collection[int] = ()) -> list[float]:
+    """The hop scores of one question `window` (`LexicalIndex.judge_question` with hops) in plain Python sets, for
+    tests, given its direct scores of the n pages (which decide the best passage) and its near misses before the
+    walk."""
     P, n = page_size, len(direct)
-    page_grams = [{tuple(page_ids[j * P + i: j * P + i + ngram]) for i in range(P - ngram + 1)} for j in range(n)]
+    page_grams = reference_page_grams(page_ids, n, P, ngram, opens)
 
     def links(terms):  # (page, n-gram, idf) of the judged pages holding a link among terms
         found = []

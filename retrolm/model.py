@@ -356,13 +356,17 @@ class RetroLM(nn.Module):
         cache_name = cache_argument(self.base_model)
         pieces = []
         with self._hooks.expect_paged():
-            for start in tqdm(starts, desc="encoding pages", unit="chunk", disable=not show):
-                end = min(start + chunk, total)
-                keep = max(0, end - max(start, keep_from))
-                out = self.base_model(input_ids=input_ids[:, start:end], use_cache=True,
-                                      logits_to_keep=keep if keep else 1, **{cache_name: cache})
-                if keep:
-                    pieces.append(out.logits[:, -keep:])
+            try:
+                for start in tqdm(starts, desc="encoding pages", unit="chunk", disable=not show):
+                    end = min(start + chunk, total)
+                    keep = max(0, end - max(start, keep_from))
+                    cache.prompt_chunk = "last" if end == total else "earlier"
+                    out = self.base_model(input_ids=input_ids[:, start:end], use_cache=True,
+                                          logits_to_keep=keep if keep else 1, **{cache_name: cache})
+                    if keep:
+                        pieces.append(out.logits[:, -keep:])
+            finally:
+                cache.prompt_chunk = None
         return cache, torch.cat(pieces, dim=1) if pieces else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,

@@ -186,8 +186,8 @@ def _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table=None
         reuses = _would_reuse(plan)
         plan.refresh_now = reuses and _triggered(new_ids, refresh_table)
         if config.lexical_weight and (not reuses or plan.refresh_now):  # the layers score afresh
-            plan.lexical = config.lexical_weight * lexical_index(cache, config).scores(
-                cache.token_ids, group_starts, query_pages, cache.num_complete_pages, decide=t1 - t0 > 1)
+            plan.lexical = config.lexical_weight * _lexical_scores(cache, config, group_starts, query_pages,
+                                                                  cache.num_complete_pages, t0)
         if t0 % P != 0 and t1 - t0 == 1 and int(last_page) > 0:  # a decode step mid-page: log what it retrieves
             plan.log_selection = []
             cache.selection_log.append((t0, plan.log_selection))
@@ -209,6 +209,17 @@ def _to_slots(plan: AttentionPlan, cache: PagedKVCache) -> AttentionPlan:
     plan.slot_rows = slots.slot_rows(torch.arange(start, end, device=needed.device), P)
     cache.prefetch(plan)
     return plan
+
+
+def _lexical_scores(cache: PagedKVCache, config: RetroLMConfig, group_starts: torch.Tensor, query_pages: torch.Tensor,
+                    n: int, t0: int) -> torch.Tensor:
+    """The lexical scores [G, n] of the groups of a forward encoding tokens t0.. up to the cache's end. A forward
+    that ends a prompt first judges its question, the window before the prompt's end (lexical.py), whose judgement
+    the answer's steps apply; the prompt's groups judge their own windows."""
+    index, t1 = lexical_index(cache, config), cache.num_tokens
+    if cache.prompt_chunk == "last" or (cache.prompt_chunk is None and t1 - t0 > 1):
+        index.judge_question(cache.token_ids, t1, n, n)
+    return index.scores(cache.token_ids, group_starts, query_pages, n, decide=t1 - t0 > 1)
 
 
 def lexical_index(cache: PagedKVCache, config: RetroLMConfig) -> LexicalIndex:
@@ -252,8 +263,8 @@ def _select(cache, retriever, embed, config, query_pages, group_starts, t0, trig
             queries[mid] = mid_queries.to(queries.device)
         scores = score_pages(queries, cache.bookmark_keys[:n])
         if config.lexical_weight:
-            scores = scores + config.lexical_weight * lexical_index(cache, config).scores(
-                cache.token_ids, group_starts, query_pages, n, decide=cache.num_tokens - t0 > 1).to(scores.device)
+            scores = scores + config.lexical_weight * _lexical_scores(cache, config, group_starts, query_pages, n,
+                                                                      t0).to(scores.device)
     attended = select_pages(scores, query_pages, config.top_k, config.sink_pages, config.local_pages,
                             neighbors=config.neighbor_offsets)
 

@@ -42,7 +42,10 @@ class StoreLexicalIndex:
         when a question is scored, so the pages indexed before need no change."""
         if token_ids:
             stored = torch.cat([ids.long() for ids in token_ids.values()])
-            self.index.append(stored)  # may refuse: rows after
+            pages = torch.tensor([ids.numel() // self.index.page_size for ids in token_ids.values()])
+            opens = torch.zeros(int(pages.sum()), dtype=torch.bool)
+            opens[pages.cumsum(0)[:-1]] = True  # each document's first page: no n-gram joins two documents
+            self.index.append(stored, opens=opens)  # may refuse: rows after
             if self.index.hops:
                 self.page_ids = torch.cat([self.page_ids, stored.int()])
             self.rows += rows_of({doc_id: ids.numel() // self.index.page_size for doc_id, ids in token_ids.items()})
@@ -51,8 +54,7 @@ class StoreLexicalIndex:
         """(document, page) -> lexical score != 0 (a near miss: NEAR_MISS_SCORE), for the question prompt's ids [T]."""
         n = len(self.rows)
         ids = question_ids.cpu().long()
-        row = self.index.scores(ids, torch.tensor([ids.numel()]), torch.tensor([n]), n, decide=True, judged=n,
-                                page_ids=self.page_ids)[0]
+        row = self.index.judge_question(ids, ids.numel(), n, n, judged=n, page_ids=self.page_ids)
         hits = row.nonzero().flatten().tolist()
         return {self.rows[i]: float(row[i]) for i in hits}
 

@@ -81,8 +81,8 @@ def test_generate_with_lexical_scores_retrieves_the_page_the_question_names(tmp_
 
 def test_generate_keeps_other_keys_facts_of_the_same_shape_out(tmp_path, capsys):
     """Facts of one shape under six keys in held-out prose: without near misses the question's shared words bring
-    the other keys' facts in; the default model's near misses keep some of them out (not all: a neighbouring prose
-    page's chance rare match lifts a fact's passage, docs/status.md), and the asked fact stays."""
+    the other keys' facts in (five of them); the default model's near misses keep all but one of them out, and the
+    asked fact stays."""
     import re
 
     from pydoc_data.topics import topics
@@ -103,4 +103,4 @@ def test_generate_keeps_other_keys_facts_of_the_same_shape_out(tmp_path, capsys)
         pages = {int(page) for page in re.findall(r"page\s+(\d+)\s+tokens", listed)}
         assert fact_pages["amber orchard"] in pages
         others[margin] = [key for key in keys if key != "amber orchard" and fact_pages[key] in pages]
-    assert len(others["off"]) >= 4 and len(others["0.7"]) < len(others["off"])
+    assert len(others["off"]) >= 4 and len(others["0.7"]) <= 1

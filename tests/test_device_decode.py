@@ -8,6 +8,7 @@ import contextlib
 
 import pytest
 import torch
+from lexical_toys import chain_prompt
 from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM
@@ -75,7 +76,7 @@ def _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths, log
     shared n-grams), and the model without lexical scores (`plain`) retrieves otherwise on some prompt."""
     differs = False
     for length in lengths:
-        ids = torch.randint(0, 6, (1, length))
+        ids = torch.randint(0, 6, (1, length), generator=torch.Generator().manual_seed(length))
         expected, expected_retrievals = _generate(eager, ids, do_sample=False)
         got, got_retrievals = _generate(device, ids, do_sample=False)
         assert device.last_timings["decode_mode"] == "static"
@@ -465,21 +466,7 @@ def test_static_step_keeps_the_prompts_near_misses_as_eager_does(tiny_dirs, scor
     knobs = dict(scorer_knobs, refresh_on="aeiou", lexical_query_pages=2)
     eager, device = _pair(tiny_dirs["llama"], **knobs, lexical_near_miss_margin=0.0)
     plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs)
-    _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths=(45, 100, 160), logged_at_least=1)
-
-
-def _chain_prompt(length: int, seed: int) -> torch.Tensor:
-    """[1, length] ids: filler of 4 symbols with a chain of statements "9 NAME VALUE" / "9 NAME NAME-before"
-    (names of 6 unique tokens) spread through it, and near its end a question naming the value."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 4, (length,), generator=gen)
-    names = [list(range(40 + 6 * k, 46 + 6 * k)) for k in range(4)]
-    statements = [[9, *names[0], 90, 91]] + [[9, *names[k], *names[k - 1]] for k in range(1, 4)]
-    for k, statement in enumerate(statements):
-        at = length * (k + 1) // 6
-        ids[at:at + len(statement)] = torch.tensor(statement)
-    ids[-20:-17] = torch.tensor([5, 90, 91])  # inside the prompt's last window (the one before its last page)
-    return ids[None]
+    _assert_lexical_static_decodes_like_eager(eager, device, plain, lengths=(45, 120, 180), logged_at_least=1)
 
 
 @pytest.mark.parametrize("scorer_knobs", [LEXICAL, ATTENTION_LEXICAL], ids=["trained", "attention"])
@@ -491,7 +478,7 @@ def test_static_step_keeps_the_prompts_hop_scores_as_eager_does(tiny_dirs, score
     plain = RetroLM.from_pretrained(tiny_dirs["llama"], decode_mode="static", **knobs)
     differs = False
     for length, seed in ((200, 0), (260, 1), (330, 2)):
-        ids = _chain_prompt(length, seed)
+        ids = chain_prompt(length, seed)
         expected, expected_retrievals = _generate(eager, ids, do_sample=False)
         got, got_retrievals = _generate(device, ids, do_sample=False)
         assert device.last_timings["decode_mode"] == "static"

@@ -3,12 +3,13 @@ import random
 
 import pytest
 import torch
+from lexical_toys import chain_prompt
 from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM, RetroLMConfig
 from retrolm.errors import RetroLMError
-from retrolm.lexical import (NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, reference_hop_scores,
-                             reference_near_misses, reference_scores)
+from retrolm.lexical import (NEAR_MISS_SCORE, PAGE_BITS, SENTINEL, DeviceLexicalIndex, LexicalIndex, gram_hashes,
+                             reference_hop_scores, reference_near_misses, reference_page_grams, reference_scores)
 
 
 def _random_case(seed: int):
@@ -63,6 +64,67 @@ def test_a_pages_score_ignores_the_text_after_its_query_page():
     assert torch.equal(a, b[:, :10]) and not b[:, 10:].any()
 
 
+def _held(index: LexicalIndex) -> set[tuple[int, int]]:
+    """(page, n-gram hash) of every key of an index."""
+    keys = index.keys[index.keys != SENTINEL]
+    return set(zip((keys & ((1 << PAGE_BITS) - 1)).tolist(), (keys >> PAGE_BITS).tolist()))
+
+
+def _hashed(page_grams: list[set[tuple[int, ...]]]) -> set[tuple[int, int]]:
+    return {(j, int(gram_hashes(torch.tensor(gram), len(gram))))
+            for j, grams in enumerate(page_grams) for gram in grams}
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_page_holds_the_ngrams_that_end_in_it(seed):
+    """Indexed in steps, at once, or as texts that each begin a page (`opens`), a page holds the set reference's
+    n-grams: those ending in it, begun on the page before unless it begins a text."""
+    ids, P, ngram, max_pages, _, _, n, query_tokens = _random_case(seed)
+    rng = random.Random(seed)
+    steps = LexicalIndex(ngram, max_pages, P, query_tokens)
+    for done in sorted(rng.sample(range(n + 1), k=min(3, n + 1))) + [n]:
+        steps.update(torch.tensor(ids), done)
+    assert _held(steps) == _hashed(reference_page_grams(ids, n, P, ngram))
+    opens = sorted(rng.sample(range(1, n), k=min(2, n - 1))) if n > 1 else []
+    texts = LexicalIndex(ngram, max_pages, P, query_tokens)
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[opens] = True
+    texts.append(torch.tensor(ids[:n * P]), opens=flags)
+    assert _held(texts) == _hashed(reference_page_grams(ids, n, P, ngram, opens))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_device_index_adds_a_page_as_the_index_appends_it(seed):
+    """DeviceLexicalIndex.add_page (the device decode step's) indexes a page as LexicalIndex does, and a step that
+    adds none (`add` false) changes nothing."""
+    ids, P, ngram, max_pages, _, _, n, query_tokens = _random_case(seed)
+    first = n // 2
+    prompt, whole = LexicalIndex(ngram, max_pages, P, query_tokens), LexicalIndex(ngram, max_pages, P, query_tokens)
+    prompt.update(torch.tensor(ids), first)
+    whole.update(torch.tensor(ids), n)
+    device = DeviceLexicalIndex(prompt, n + 2)
+    for page in range(first, n):
+        before = device.keys.clone()
+        device.add_page(torch.tensor(ids), torch.tensor([page]), torch.tensor([False]))
+        assert torch.equal(device.keys, before)
+        device.add_page(torch.tensor(ids), torch.tensor([page]), torch.tensor([True]))
+    assert _held(device) == _held(whole)
+
+
+def test_a_name_cut_by_a_page_end_is_found():
+    """A name whose every n-gram crosses a page end is held by the page that completes it: the question naming it
+    scores that page."""
+    P, ngram = 8, 4
+    filler = [1, 2] * (3 * P)
+    ids = filler[:2 * P + 5] + [50, 51, 52, 53, 54] + filler[:2 * P - 10] + list(range(100, 100 + P))  # name: 21-25
+    ids += [60, 61, 62, 50, 51, 52, 53, 54, 63]  # the question: only the name is shared
+    n = len(ids) // P
+    index = LexicalIndex(ngram, 64, P, 2 * P)
+    index.update(torch.tensor(ids), n)
+    row = index.scores(torch.tensor(ids), torch.tensor([len(ids)]), torch.tensor([n]), n)[0]
+    assert row[3] > 0 and (row[:3] == 0).all()  # pages 4-5 hold the window itself
+
+
 def test_the_page_repeating_the_querys_rare_text_scores_highest():
     P = 16
     filler = [1, 2, 3, 4] * 4  # the same text on every page: its n-grams are in all of them
@@ -113,8 +175,9 @@ def test_near_misses_equal_the_set_reference_on_random_sequences(seed):
                                                  best) for best in bests)
         kept = [j for j in range(n) if not near[j]]
         torch.testing.assert_close(got[row, kept], torch.tensor(plain[row])[kept], rtol=1e-5, atol=1e-5)
-    if n:
-        assert torch.equal(index.near_misses, got[-1] == NEAR_MISS_SCORE)  # the last window's judgement is kept
+    if n:  # the question judged where the last window ends is that window, judged alike, and kept
+        question = index.judge_question(torch.tensor(ids), starts[-1], query_pages[-1], n)
+        assert torch.equal(question, got[-1]) and torch.equal(index.near_misses, got[-1] == NEAR_MISS_SCORE)
 
 
 def _same_shape_facts(P: int = 8):
@@ -155,7 +218,7 @@ def test_an_answer_keeps_the_prompts_near_misses():
     P, n = 8, len(ids) // 8
     index = LexicalIndex(3, 64, P, 2 * P, near_miss_margin=0.7)
     index.update(torch.tensor(ids), n)
-    index.scores(torch.tensor(ids), torch.tensor([n * P]), torch.tensor([n]), n, decide=True)
+    index.judge_question(torch.tensor(ids), n * P, n, n)
     answer = ids + ids[(asked[0] + 1) * P:(asked[0] + 1) * P + 5] + ids[others[0] * P:others[0] * P + 8] + [7] * 11
     index.update(torch.tensor(answer), n + 2)
     step = (torch.tensor(answer), torch.tensor([len(answer) - 1]), torch.tensor([n + 2]), n + 2)
@@ -194,7 +257,7 @@ def _chain_case(seed: int, P: int | None = None):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_hop_scores_equal_the_set_reference(seed):
-    """The kept hop scores of the prompt's last window are the set reference's (near misses judged or not, and on
+    """The kept hop scores of the prompt's question are the set reference's (near misses judged or not, and on
     `_phrase_case` texts too), a near miss they reach is none, and that window's scores are the plain ones plus
     them."""
     rng = random.Random(seed)
@@ -207,12 +270,12 @@ def test_hop_scores_equal_the_set_reference(seed):
     hops, margin = rng.randint(1, 6), rng.choice([None, 0.7])
     index = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin, hops=hops)
     index.update(torch.tensor(ids), n)
-    got = index.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n, decide=True)
+    got = index.judge_question(torch.tensor(ids), starts[-1], query_pages[-1], n)
     start = starts[-1]
     judged = min(max(max(start - query_tokens, 0) // P - 1, 0), query_pages[-1], n)
     walkless = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin)
     walkless.update(torch.tensor(ids), n)
-    walkless.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n, decide=True)
+    walkless.judge_question(torch.tensor(ids), starts[-1], query_pages[-1], n)
     near = walkless.near_misses.tolist() if margin is not None else [False] * n
     plain_index = LexicalIndex(ngram, max_pages, P, query_tokens)
     plain_index.update(torch.tensor(ids), n)
@@ -224,7 +287,7 @@ def test_hop_scores_equal_the_set_reference(seed):
     assert index.near_misses.tolist() == [miss and not score for miss, score in zip(near, expected)]
     plain = torch.tensor(reference_scores(ids, starts, query_pages, n, P, ngram, max_pages, query_tokens)[-1])
     kept = [j for j in range(n) if not index.near_misses[j]]
-    torch.testing.assert_close(got[-1, kept], (plain + index.hop_scores)[kept], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[kept], (plain + index.hop_scores)[kept], rtol=1e-4, atol=1e-4)
 
 
 def test_hops_reach_a_chain_one_statement_per_hop():
@@ -244,7 +307,7 @@ def test_hops_reach_a_chain_one_statement_per_hop():
     for hops in range(5):
         index = LexicalIndex(3, 64, P, 2 * P, hops=hops)
         index.update(torch.tensor(ids), n)
-        row = index.scores(torch.tensor(ids), torch.tensor([len(ids)]), torch.tensor([n]), n, decide=True)[0]
+        row = index.judge_question(torch.tensor(ids), len(ids), n, n)
         assert row[pages[0]] > 0  # the direct match
         reached.append(index.hop_scores.nonzero().flatten().tolist())
     assert reached == [pages[1:k + 1] for k in range(5)]
@@ -257,7 +320,7 @@ def test_an_answer_keeps_the_prompts_hop_scores():
         n = len(ids) // P
         index = LexicalIndex(ngram, 1000, P, 2 * P, hops=4)
         index.update(torch.tensor(ids), n)
-        index.scores(torch.tensor(ids), torch.tensor([len(ids)]), torch.tensor([n]), n, decide=True)
+        index.judge_question(torch.tensor(ids), len(ids), n, n)
         if index.hop_scores.any():
             break
     assert index.hop_scores.any()
@@ -339,6 +402,44 @@ def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs, scor
         with torch.no_grad():
             logits.append(model(input_ids=ids).logits)
     assert (logits[0] - logits[1]).abs().max() <= 1e-4 and (logits[0] - logits[2]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("scorer", ["trained", "attention"])
+def test_prefill_chunking_does_not_change_the_pages_hops_reach(tiny_dirs, scorer):
+    """Only the prompt's last window (its question) walks: a chunk ending earlier adds no hop scores to its last
+    window, so chain prompts encode the same in chunks of one page, four or all. (Filler of 30 symbols: with 4,
+    filler pages tie on lexical scores and the training-free scorer's shares, equal but for rounding, order them.)"""
+    for length, seed in ((200, 0), (330, 2)):
+        ids = chain_prompt(length, seed, symbols=30)
+        logits, hop_scores = [], []
+        for chunk in (1, 4, 64):
+            model = RetroLM.from_pretrained(tiny_dirs["llama"], init_retriever=True, attention_backend="reference",
+                                            top_k=2, lexical_weight=50.0, lexical_ngram=1, lexical_query_pages=2,
+                                            lexical_hops=3, page_size=16, prefill_chunk_pages=chunk, scorer=scorer)
+            with torch.no_grad():
+                cache, out = model.encode(ids)
+            logits.append(out)
+            hop_scores.append(cache.lexical.hop_scores)
+        assert hop_scores[0].any() and all(torch.equal(hop_scores[0], h) for h in hop_scores[1:])
+        assert all((logits[0] - other).abs().max() <= 1e-4 for other in logits[1:])
+
+
+@pytest.mark.parametrize("scorer", ["trained", "attention"])
+def test_the_question_is_judged_where_the_prompt_ends(tiny_dirs, scorer):
+    """A question inside the prompt's last page lies past every window of the prompt's groups: the judgement the
+    answer applies is that of the window ending where the prompt ends, so its walk starts from the value it names."""
+    ids = chain_prompt(16 * 15 + 10, seed=0, question_at=5)  # the value in the last page's tokens 5-7 of 10
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], init_retriever=True, attention_backend="reference", top_k=2,
+                                    lexical_weight=50.0, lexical_ngram=1, lexical_query_pages=2, lexical_hops=3,
+                                    lexical_near_miss_margin=0.7, page_size=16, scorer=scorer)
+    model.generate(input_ids=ids, max_new_tokens=1, do_sample=False, eos_token_id=None)
+    kept = model.last_cache.lexical
+    end = ids.shape[1] - 1  # generate encodes all but the last prompt token first
+    fresh = LexicalIndex(1, model.config.lexical_max_pages, 16, 32, near_miss_margin=0.7, hops=3)
+    fresh.update(ids[0], end // 16)
+    fresh.judge_question(ids[0], end, end // 16, end // 16)
+    assert fresh.hop_scores.any()
+    assert torch.equal(kept.hop_scores, fresh.hop_scores) and torch.equal(kept.near_misses, fresh.near_misses)
 
 
 @pytest.mark.parametrize("knobs, words", [

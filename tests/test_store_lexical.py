@@ -14,7 +14,8 @@ from retrolm.collection import (attention_scaling, question_layer_queries, quest
 from retrolm.store_search import summed_shares
 from retrolm.demo import ADJECTIVES, NOUNS
 from retrolm.errors import RetroLMError
-from retrolm.lexical import NEAR_MISS_SCORE, reference_hop_scores, reference_near_misses, reference_scores
+from retrolm.lexical import (NEAR_MISS_SCORE, PAGE_BITS, gram_hashes, reference_hop_scores, reference_near_misses,
+                             reference_page_grams, reference_scores)
 from retrolm.page_store import MANIFEST, PageStore
 from retrolm.store_lexical import StoreLexicalIndex, combined_top
 
@@ -23,6 +24,11 @@ def _words(rng: random.Random, count: int, made_up: float = 0.0) -> str:
     """Word salad; a `made_up` share of random letter strings gives pages rare n-grams."""
     return " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(5)) if rng.random() < made_up
                     else rng.choice(NOUNS + ADJECTIVES) for _ in range(count))
+
+
+def _document_starts(rows: list[tuple[str, int]]) -> list[int]:
+    """The store rows that begin a document: no indexed n-gram joins it to the document before."""
+    return [i for i, (_, page) in enumerate(rows) if page == 0]
 
 
 def _reference_scores(store: PageStore, pages_index, model, question_ids: torch.Tensor) -> dict:
@@ -35,7 +41,8 @@ def _reference_scores(store: PageStore, pages_index, model, question_ids: torch.
     tokens = torch.cat([store.token_ids(doc_id) for doc_id in store.documents()]).tolist()
     window = min(config.lexical_query_pages * config.page_size, question_ids.numel())
     lexical = reference_scores(tokens + question_ids.tolist(), [len(tokens) + question_ids.numel()], [len(rows)],
-                               len(rows), config.page_size, config.lexical_ngram, config.lexical_max_pages, window)[0]
+                               len(rows), config.page_size, config.lexical_ngram, config.lexical_max_pages, window,
+                               _document_starts(rows))[0]
     combined = (keys @ query).tolist()
     return {row: score + config.lexical_weight * lex for row, score, lex in zip(rows, combined, lexical)}
 
@@ -52,11 +59,11 @@ def _reference_rankings(store: PageStore, pages_index, model, question_ids: torc
     window = min(config.lexical_query_pages * config.page_size, question_ids.numel())
     args = (tokens, len(tokens), len(rows), len(rows), config.page_size, config.lexical_ngram, config.lexical_max_pages,
             window, config.lexical_near_miss_margin)
-    lexical = reference_scores(tokens, [len(tokens)], [len(rows)], len(rows), *args[4:8])[0]
+    lexical = reference_scores(tokens, [len(tokens)], [len(rows)], len(rows), *args[4:8], _document_starts(rows))[0]
     bests = [j for j in range(len(rows)) if lexical[j] >= max(lexical) - 1e-4]
     rankings = []
     for best in bests:
-        near = reference_near_misses(*args, best=best, judged=len(rows))
+        near = reference_near_misses(*args, best=best, judged=len(rows), opens=_document_starts(rows))
         rankings.append({row: score + (config.lexical_weight * (NEAR_MISS_SCORE - lex) if miss else 0.0)
                          for (row, score), lex, miss in zip(every.items(), lexical, near)})
     return rankings
@@ -234,7 +241,8 @@ def test_documents_added_later_are_appended_to_the_lexical_index(tiny_dirs, tmp_
 def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
     """With lexical_hops, a store's page scores are the plain ones plus the set reference's hop scores over the
     stored pages' text (documents of words from a small made-up vocabulary: words link a few pages), on stores of
-    several seeds, some page reached by a hop in some of them."""
+    several seeds, some page reached by a hop in some of them; the index holds the n-grams ending in each page, none
+    joining two documents."""
     reached = 0
     for seed in range(6):
         rng = random.Random(seed)
@@ -253,9 +261,14 @@ def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
         tokens = torch.cat([store.token_ids(doc_id) for doc_id in store.documents()]).tolist()
         direct = [plain.scores(question_ids).get(row, 0.0) for row in rows]
         window = question_ids[-min(2 * 8, question_ids.numel()):].tolist()
-        expected = reference_hop_scores(tokens, window, direct, len(rows), [False] * len(rows), 8, 3, hops)
+        expected = reference_hop_scores(tokens, window, direct, len(rows), [False] * len(rows), 8, 3, hops,
+                                        _document_starts(rows))
         got = index.scores(question_ids)
         assert len(index.page_ids) == len(tokens)
+        keys = index.index.keys
+        held = set(zip((keys & ((1 << PAGE_BITS) - 1)).tolist(), (keys >> PAGE_BITS).tolist()))
+        grams = reference_page_grams(tokens, len(rows), 8, 3, _document_starts(rows))
+        assert held == {(j, int(gram_hashes(torch.tensor(g), 3))) for j, page in enumerate(grams) for g in page}
         torch.testing.assert_close(torch.tensor([got.get(row, 0.0) for row in rows]),
                                    torch.tensor(direct) + torch.tensor(expected), rtol=1e-5, atol=1e-5)
         reached += sum(score > 0 for score in expected)
