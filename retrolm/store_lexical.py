@@ -42,13 +42,13 @@ class StoreLexicalIndex:
         when a question is scored, so the pages indexed before need no change."""
         if token_ids:
             stored = torch.cat([ids.long() for ids in token_ids.values()])
-            pages = torch.tensor([ids.numel() // self.index.page_size for ids in token_ids.values()])
-            opens = torch.zeros(int(pages.sum()), dtype=torch.bool)
-            opens[pages.cumsum(0)[:-1]] = True  # each document's first page: no n-gram joins two documents
+            pages = {doc_id: ids.numel() // self.index.page_size for doc_id, ids in token_ids.items()}
+            opens = torch.zeros(sum(pages.values()), dtype=torch.bool)
+            opens[torch.tensor(list(pages.values())).cumsum(0)[:-1]] = True  # no n-gram joins two documents
             self.index.append(stored, opens=opens)  # may refuse: rows after
             if self.index.hops:
                 self.page_ids = torch.cat([self.page_ids, stored.int()])
-            self.rows += rows_of({doc_id: ids.numel() // self.index.page_size for doc_id, ids in token_ids.items()})
+            self.rows += rows_of(pages)
 
     def scores(self, question_ids: torch.Tensor) -> dict[tuple[str, int], float]:
         """(document, page) -> lexical score != 0 (a near miss: NEAR_MISS_SCORE), for the question prompt's ids [T]."""

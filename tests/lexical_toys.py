@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from retrolm.lexical import PAGE_BITS, SENTINEL, LexicalIndex, gram_hashes
+
 
 def chain_prompt(length: int, seed: int, symbols: int = 4, question_at: int = 20) -> torch.Tensor:
     """[1, length] ids: filler of `symbols` symbols (at most 40) with a chain of statements "9 NAME VALUE" /
@@ -17,3 +19,15 @@ def chain_prompt(length: int, seed: int, symbols: int = 4, question_at: int = 20
         ids[at:at + len(statement)] = torch.tensor(statement)
     ids[length - question_at:length - question_at + 3] = torch.tensor([5, 90, 91])
     return ids[None]
+
+
+def held(index: LexicalIndex) -> set[tuple[int, int]]:
+    """(page, n-gram hash) of every key of an index."""
+    keys = index.keys[index.keys != SENTINEL]
+    return set(zip((keys & ((1 << PAGE_BITS) - 1)).tolist(), (keys >> PAGE_BITS).tolist()))
+
+
+def hashed(page_grams: list[set[tuple[int, ...]]]) -> set[tuple[int, int]]:
+    """(page, n-gram hash) of reference_page_grams' sets, to compare with `held`."""
+    return {(j, int(gram_hashes(torch.tensor(gram), len(gram))))
+            for j, grams in enumerate(page_grams) for gram in grams}

@@ -3,13 +3,13 @@ import random
 
 import pytest
 import torch
-from lexical_toys import chain_prompt
+from lexical_toys import chain_prompt, hashed, held
 from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM, RetroLMConfig
 from retrolm.errors import RetroLMError
-from retrolm.lexical import (NEAR_MISS_SCORE, PAGE_BITS, SENTINEL, DeviceLexicalIndex, LexicalIndex, gram_hashes,
-                             reference_hop_scores, reference_near_misses, reference_page_grams, reference_scores)
+from retrolm.lexical import (NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, reference_hop_scores,
+                             reference_near_misses, reference_page_grams, reference_scores)
 
 
 def _random_case(seed: int):
@@ -64,17 +64,6 @@ def test_a_pages_score_ignores_the_text_after_its_query_page():
     assert torch.equal(a, b[:, :10]) and not b[:, 10:].any()
 
 
-def _held(index: LexicalIndex) -> set[tuple[int, int]]:
-    """(page, n-gram hash) of every key of an index."""
-    keys = index.keys[index.keys != SENTINEL]
-    return set(zip((keys & ((1 << PAGE_BITS) - 1)).tolist(), (keys >> PAGE_BITS).tolist()))
-
-
-def _hashed(page_grams: list[set[tuple[int, ...]]]) -> set[tuple[int, int]]:
-    return {(j, int(gram_hashes(torch.tensor(gram), len(gram))))
-            for j, grams in enumerate(page_grams) for gram in grams}
-
-
 @pytest.mark.parametrize("seed", range(30))
 def test_a_page_holds_the_ngrams_that_end_in_it(seed):
     """Indexed in steps, at once, or as texts that each begin a page (`opens`), a page holds the set reference's
@@ -84,13 +73,13 @@ def test_a_page_holds_the_ngrams_that_end_in_it(seed):
     steps = LexicalIndex(ngram, max_pages, P, query_tokens)
     for done in sorted(rng.sample(range(n + 1), k=min(3, n + 1))) + [n]:
         steps.update(torch.tensor(ids), done)
-    assert _held(steps) == _hashed(reference_page_grams(ids, n, P, ngram))
+    assert held(steps) == hashed(reference_page_grams(ids, n, P, ngram))
     opens = sorted(rng.sample(range(1, n), k=min(2, n - 1))) if n > 1 else []
     texts = LexicalIndex(ngram, max_pages, P, query_tokens)
     flags = torch.zeros(n, dtype=torch.bool)
     flags[opens] = True
     texts.append(torch.tensor(ids[:n * P]), opens=flags)
-    assert _held(texts) == _hashed(reference_page_grams(ids, n, P, ngram, opens))
+    assert held(texts) == hashed(reference_page_grams(ids, n, P, ngram, opens))
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -108,7 +97,7 @@ def test_a_device_index_adds_a_page_as_the_index_appends_it(seed):
         device.add_page(torch.tensor(ids), torch.tensor([page]), torch.tensor([False]))
         assert torch.equal(device.keys, before)
         device.add_page(torch.tensor(ids), torch.tensor([page]), torch.tensor([True]))
-    assert _held(device) == _held(whole)
+    assert held(device) == held(whole)
 
 
 def test_a_name_cut_by_a_page_end_is_found():

@@ -7,6 +7,7 @@ import string
 
 import pytest
 import torch
+from lexical_toys import hashed, held
 
 from retrolm import RetroLM
 from retrolm.collection import (attention_scaling, question_layer_queries, question_query, search_pages, store_index,
@@ -14,8 +15,8 @@ from retrolm.collection import (attention_scaling, question_layer_queries, quest
 from retrolm.store_search import summed_shares
 from retrolm.demo import ADJECTIVES, NOUNS
 from retrolm.errors import RetroLMError
-from retrolm.lexical import (NEAR_MISS_SCORE, PAGE_BITS, gram_hashes, reference_hop_scores, reference_near_misses,
-                             reference_page_grams, reference_scores)
+from retrolm.lexical import (NEAR_MISS_SCORE, reference_hop_scores, reference_near_misses, reference_page_grams,
+                             reference_scores)
 from retrolm.page_store import MANIFEST, PageStore
 from retrolm.store_lexical import StoreLexicalIndex, combined_top
 
@@ -265,10 +266,7 @@ def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
                                         _document_starts(rows))
         got = index.scores(question_ids)
         assert len(index.page_ids) == len(tokens)
-        keys = index.index.keys
-        held = set(zip((keys & ((1 << PAGE_BITS) - 1)).tolist(), (keys >> PAGE_BITS).tolist()))
-        grams = reference_page_grams(tokens, len(rows), 8, 3, _document_starts(rows))
-        assert held == {(j, int(gram_hashes(torch.tensor(g), 3))) for j, page in enumerate(grams) for g in page}
+        assert held(index.index) == hashed(reference_page_grams(tokens, len(rows), 8, 3, _document_starts(rows)))
         torch.testing.assert_close(torch.tensor([got.get(row, 0.0) for row in rows]),
                                    torch.tensor(direct) + torch.tensor(expected), rtol=1e-5, atol=1e-5)
         reached += sum(score > 0 for score in expected)
