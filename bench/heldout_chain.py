@@ -15,7 +15,11 @@ For each context length (a multiple of the model's window) and page scorer (benc
 sample reports, at the first answer token:
 - chain recall: the share of the chain's statements whose name's pages are all among those retrieved;
 - names written: the share of the chain's names the answer writes (the LM's limit as much as retrieval's).
-Writes heldout_chain.json and .md under --out.
+--worked-example opens each prompt with a worked example, as RULER vt's one-shot prompt does: a chain of the same
+format about another value, its question and its answer listing the names. It repeats the question's wording, not
+its value: the echo that lexical page scores must not rank above the asked chain (retrolm/lexical.py). The samples'
+chains and haystacks are the same with and without it.
+Writes heldout_chain.json and .md (heldout_chain_example.* with --worked-example) under --out.
 """
 from __future__ import annotations
 
@@ -75,6 +79,17 @@ def make_chain(rng: random.Random, form: int, length: int) -> Chain:
     return Chain(statements, names, f"Which signals mean {value}?", "Those signals are the")
 
 
+def worked_example(rng: random.Random, chain: Chain, form: int) -> str:
+    """A worked example for `chain`'s question: a chain of format `form` with other names and another value, then
+    its question and its answer, names in chain order."""
+    while True:
+        example = make_chain(rng, form, len(chain.names))
+        if not set(example.names) & set(chain.names) and example.question != chain.question:
+            break
+    return ("An example of the task:\n" + "\n".join(example.statements)
+            + f"\nQuestion: {example.question}\nAnswer: {example.answer_start} {', '.join(example.names)}.\n\n")
+
+
 @dataclass
 class ChainSample:
     ids: torch.Tensor  # [1, T]: haystack with the chain, then the question and the answer's start
@@ -82,10 +97,11 @@ class ChainSample:
 
 
 def build_chain_sample(tokenizer, rng: random.Random, target_tokens: int, topics: list[str],
-                       chain: Chain) -> ChainSample:
-    """`chain`'s statements at sorted random depths of a haystack, the prompt about `target_tokens` tokens long."""
+                       chain: Chain, example: str = "") -> ChainSample:
+    """`chain`'s statements at sorted random depths of a haystack after `example` (a worked example, or none), the
+    prompt about `target_tokens` tokens long."""
     tail = f"\n\nAnswer the question using the text above.\nQuestion: {chain.question}\nAnswer: {chain.answer_start}"
-    chars = max(200, target_tokens - len(tokenizer(" ".join(chain.statements) + tail,
+    chars = max(200, target_tokens - len(tokenizer(example + " ".join(chain.statements) + tail,
                                                    add_special_tokens=False).input_ids))
     text = haystack(rng, chars, topics)
     line_ends = (text.find("\n", int(len(text) * rng.uniform(0.05, 0.95))) for _ in chain.statements)
@@ -93,9 +109,10 @@ def build_chain_sample(tokenizer, rng: random.Random, target_tokens: int, topics
     for at, statement in zip(sorted(len(text) if end < 0 else end + 1 for end in line_ends), chain.statements):
         pieces += [text[last:at], statement + "\n"]
         last = at
-    text = "".join(pieces) + text[last:] + tail
+    text = example + "".join(pieces) + text[last:] + tail
     ids = tokenizer(text, return_tensors="pt").input_ids
-    spans, searched = [], 0
+    spans = []
+    searched = len(example)
     for statement, name in zip(chain.statements, chain.names):
         at = text.index(statement, searched)
         searched = at + len(statement)
@@ -107,13 +124,15 @@ def build_chain_sample(tokenizer, rng: random.Random, target_tokens: int, topics
 
 @torch.no_grad()
 def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, topics: list[str],
-             chain_length: int) -> dict:
+             chain_length: int, with_example: bool = False) -> dict:
     P = model.config.page_size
     rows = []
     for i in range(samples):
         rng = random.Random(seed * 1_000_003 + factor * 1009 + i)  # the same chains and haystacks for every scorer
         chain = make_chain(rng, i % FORMATS, chain_length)
-        sample = build_chain_sample(model.tokenizer, rng, factor * window, topics, chain)
+        example = (worked_example(random.Random(f"example {seed} {factor} {i}"), chain, i % FORMATS)
+                   if with_example else "")  # its own generator: the chain and haystack stay those without it
+        sample = build_chain_sample(model.tokenizer, rng, factor * window, topics, chain, example)
         ids = sample.ids.to(model.device)
         out = model.generate(input_ids=ids, max_new_tokens=24 * chain_length, do_sample=False)
         answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
@@ -137,6 +156,8 @@ def main() -> None:
     parser.add_argument("--factors", default="16,64", help="context lengths as multiples of the window")
     parser.add_argument("--samples", type=int, default=20, help="samples per cell (formats take turns)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--worked-example", action="store_true",
+                        help="open each prompt with a worked example of the format about another value")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
@@ -152,7 +173,8 @@ def main() -> None:
         started = time.perf_counter()
         scores[scorer] = {}
         for factor in factors:
-            cell = run_cell(model, factor, window, args.samples, args.seed, topics, args.chain_length)
+            cell = run_cell(model, factor, window, args.samples, args.seed, topics, args.chain_length,
+                            args.worked_example)
             scores[scorer][f"{factor}x"] = {k: cell[k] for k in ("chain recall", "names written")}
             details[f"{scorer}@{factor}x"] = cell["rows"]
             print(f"{scorer} {factor}x: chain recall {cell['chain recall']:5.1f}  names written "
@@ -160,17 +182,21 @@ def main() -> None:
         seconds[scorer] = round(time.perf_counter() - started, 1)
     record = {"model": args.model or default_model_path(), "window": window, "factors": factors,
               "samples": args.samples, "chain_length": args.chain_length, "seed": args.seed, "device": args.device,
+              "worked_example": args.worked_example,
               "environment": environment(), "haystack": "pydoc_data.topics (Python language reference), held out",
               "scores": scores, "seconds": seconds, "samples_detail": details}
-    write_json(os.path.join(args.out, "heldout_chain.json"), record)
+    name = "heldout_chain_example" if args.worked_example else "heldout_chain"
+    write_json(os.path.join(args.out, f"{name}.json"), record)
     table = [{"scorer": s, "metric": m, **{f"{f}x": f"{scores[s][f'{f}x'][m]:.0f}" for f in factors}}
              for s in scores for m in ("chain recall", "names written")]
     text = (f"# Held-out chains ({args.samples} samples per cell, chains of {args.chain_length}, {args.device})\n\n"
             "Haystacks: Python's language reference (`pydoc_data.topics`), not in training. Chains: three formats "
             "of our own (bench/heldout_chain.py), not in training. Chain recall: % of the chain's statements "
-            "retrieved for the first answer token; names written: % of the chain's names in the answer.\n\n"
+            "retrieved for the first answer token; names written: % of the chain's names in the answer."
+            + (" Each prompt opens with a worked example: a chain of the same format about another value, its "
+               "question and answer." if args.worked_example else "") + "\n\n"
             + markdown_table(table, ["scorer", "metric"] + [f"{f}x" for f in factors]))
-    write_text(os.path.join(args.out, "heldout_chain.md"), text)
+    write_text(os.path.join(args.out, f"{name}.md"), text)
     print(text)
 
 

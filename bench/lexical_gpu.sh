@@ -7,7 +7,7 @@
 #   plain ones were measured on 2026-12-05, bench/results/lexical/) on the test formats and on the sealed ones,
 #   1x / 16x / 64x;
 # - held-out chains (bench/heldout_chain.py: chains of five statements in formats of our own, in the language
-#   reference), with and without hops, 1x / 16x / 64x.
+#   reference), with and without hops, 1x / 16x / 64x, without and with a worked example opening the prompt.
 #   bash bench/lexical_gpu.sh          # $OUT gets lexical_gpu.tgz (tables, JSON, plots, logs) and the tables
 # METHODS (default: every distinct one), SAMPLES (default 25), HELDOUT_SAMPLES (default 40), CHAIN_SAMPLES (default
 # 30), DEVICE (default cuda), FACTORS (default 1,4,16,64) and HELDOUT_FACTORS (default 1,16,64) let a CPU check the
@@ -29,8 +29,11 @@ for needles in test sealed; do
         --factors "${HELDOUT_FACTORS:-1,16,64}" --samples "${HELDOUT_SAMPLES:-40}" --device "$DEVICE" \
         --out "$RESULTS/heldout" > "$RESULTS/heldout_$needles.log" 2>&1 &
 done
-timeout "$DEADLINE" python3 bench/heldout_chain.py --factors "${HELDOUT_FACTORS:-1,16,64}" \
-    --samples "${CHAIN_SAMPLES:-30}" --device "$DEVICE" --out "$RESULTS/heldout" > "$RESULTS/heldout_chain.log" 2>&1 &
+for example in "" --worked-example; do
+    timeout "$DEADLINE" python3 bench/heldout_chain.py --factors "${HELDOUT_FACTORS:-1,16,64}" $example \
+        --samples "${CHAIN_SAMPLES:-30}" --device "$DEVICE" --out "$RESULTS/heldout" \
+        > "$RESULTS/heldout_chain${example:+_example}.log" 2>&1 &
+done
 wait
 pkill -f "eval.ruler" 2>/dev/null  # timeout stops the grid's parent only: its eval processes would run on
 if [ ! -f "$RESULTS/quality/quality.md" ]; then  # cut at DEADLINE: tabulate the cells that finished

@@ -16,6 +16,9 @@ full is the LM's reading, not retrieval.
 needs lexical_weight > 0): retrieval made perfect, to measure what the LM reads from them; `--oracle exclusive`
 also keeps the distractors' pages out (a retriever that tells keys apart): each distractor sentence's pages, and the
 page before it (RetroLM brings a retrieved page's next page along). Oracle runs decode eagerly.
+Where the first answer token's pages go is counted too (`first_pages`, mean pages per sample): the asked needles'
+pages, the page after one (a retrieved page brings its successor), distractors' pages, the instructions before the
+context (vt's one-shot example is there), the question after it, and other context pages.
 Writes ruler_pages.json and .md under --out.
 """
 from __future__ import annotations
@@ -87,6 +90,20 @@ def oracle(pages: set[int], excluded: set[int]):
         LexicalIndex.scores = real
 
 
+PAGE_KINDS = ("asked", "after_asked", "distractor", "instructions", "question", "other")
+
+
+def page_kinds(pages, asked: set[int], distractors: set[int], context_pages: range) -> dict[str, int]:
+    """How many of `pages` are of each PAGE_KINDS kind (the first that fits, in that order)."""
+    counts = dict.fromkeys(PAGE_KINDS, 0)
+    for page in pages:
+        kind = ("asked" if page in asked else "after_asked" if page - 1 in asked
+                else "distractor" if page in distractors else "instructions" if page < context_pages.start
+                else "question" if page >= context_pages.stop else "other")
+        counts[kind] += 1
+    return counts
+
+
 def run_sample(method, sample, task: str, perfect: str | None = None) -> dict:
     """One sample's score and needle retrieval; `perfect`: None, or "asked" / "exclusive" (see `oracle`)."""
     prompt = sample.prompt
@@ -112,11 +129,14 @@ def run_sample(method, sample, task: str, perfect: str | None = None) -> dict:
         raise SystemExit("no decode-time retrieval was logged: the prompt fits without retrieval (raise --factors)")
     first = set(retrievals[0][1])
     any_step = set().union(*(set(pages) for _, pages in retrievals))
+    context_pages = range(method.count_tokens(prompt.before) // page,
+                          method.count_tokens(text[:offset + len(prompt.context)]) // page + 1)
     metric = metrics.string_match_all if TASKS[task].metric == "all" else metrics.string_match_part
     return {"id": sample.id, "score": 100 * metric(pred, sample.answers), "pred": pred, "answers": sample.answers,
             "asked_found_first": sum(p <= first for p in pages_of), "asked": len(pages_of),
             "asked_found_any": sum(p <= any_step for p in pages_of),
-            "distractors_first": sum(p <= first for p in distractor_pages), "distractors": len(distractor_pages)}
+            "distractors_first": sum(p <= first for p in distractor_pages), "distractors": len(distractor_pages),
+            "first_pages": page_kinds(first, asked_pages, set().union(*distractor_pages), context_pages)}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -133,7 +153,8 @@ def summarize(rows: list[dict]) -> dict:
             "score_all_asked_no_distractor": mean([r["score"] for r in full if r["distractors_first"] == 0]),
             "n_all_asked_no_distractor": sum(r["distractors_first"] == 0 for r in full),
             "score_all_asked_with_distractor": mean([r["score"] for r in full if r["distractors_first"] > 0]),
-            "n_all_asked_with_distractor": sum(r["distractors_first"] > 0 for r in full)}
+            "n_all_asked_with_distractor": sum(r["distractors_first"] > 0 for r in full),
+            "first_pages": " / ".join(str(mean([r["first_pages"][kind] for r in rows])) for kind in PAGE_KINDS)}
 
 
 def main() -> None:
@@ -165,7 +186,7 @@ def main() -> None:
     lines = []
     columns = ["task", "length", "samples", "score", "asked_recall_first", "all_asked_first", "asked_recall_any",
                "distractors_attended", "distractors", "score_all_asked_no_distractor", "n_all_asked_no_distractor",
-               "score_all_asked_with_distractor", "n_all_asked_with_distractor"]
+               "score_all_asked_with_distractor", "n_all_asked_with_distractor", "first_pages"]
 
     def write() -> None:  # after every cell, so a run stopped by a time limit keeps the cells it finished
         write_json(os.path.join(args.out, f"{args.name}.json"), record)
@@ -177,7 +198,8 @@ def main() -> None:
                    "of samples whose every asked needle's pages were attended then; asked_recall_any: % of asked needles attended at some answer token; distractors_attended: "
                    "mean distractor needles attended at the first answer token (of `distractors`); score_all_asked_*: "
                    "RULER's score over the samples with every asked needle attended, without / with a distractor "
-                   "beside it (n_*: how many samples).\n")
+                   "beside it (n_*: how many samples); first_pages: mean pages attended at the first answer "
+                   f"token per sample that are {' / '.join(PAGE_KINDS)} (bench/ruler_pages.py).\n")
 
     for task in args.tasks.split(","):
         generator = Generator(task, method.count_tokens)

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from bench.heldout_chain import FORMATS, build_chain_sample, make_chain
+from bench.heldout_chain import FORMATS, build_chain_sample, make_chain, worked_example
 from retrolm.tiny import byte_tokenizer
 from retrolm.training.needle_recall import reference_topics
 from train import corpus
@@ -40,6 +40,24 @@ def test_the_sample_locates_every_name_in_chain_order():
         for (first, last), name in zip(sample.name_tokens, chain.names):
             assert tokenizer.decode(ids[first:last + 1]) == name
         assert [first for first, _ in sample.name_tokens] == sorted(first for first, _ in sample.name_tokens)
+
+
+def test_a_worked_example_echoes_the_question_about_another_value():
+    """The worked example repeats the question's wording and the answer's start, about another value and other
+    names; the sample's names are still located in its own chain, after the example."""
+    tokenizer, topics = byte_tokenizer(), reference_topics()
+    for seed in range(12):
+        rng = random.Random(seed)
+        chain = make_chain(rng, seed % FORMATS, 5)
+        example = worked_example(random.Random(seed + 100), chain, seed % FORMATS)
+        wording = chain.question.rsplit(" ", 2 if seed % FORMATS == 1 else 1)[0]  # the question less its value
+        assert wording in example and chain.answer_start in example and chain.question not in example
+        assert not [name for name in chain.names if name in example]
+        sample = build_chain_sample(tokenizer, rng, 4000, topics, chain, example)
+        text = tokenizer.decode(sample.ids[0].tolist())
+        assert text.startswith(example) and abs(sample.ids.shape[1] - 4000) < 200
+        for (first, last), name in zip(sample.name_tokens, chain.names):
+            assert first >= len(example) and tokenizer.decode(sample.ids[0, first:last + 1].tolist()) == name
 
 
 def test_the_formats_are_in_no_training_document():

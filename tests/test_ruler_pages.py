@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import ruler_pages
-from bench.ruler_pages import needle_spans, oracle, token_pages
+from bench.ruler_pages import PAGE_KINDS, needle_spans, oracle, page_kinds, token_pages
 from eval.ruler import to_sample
 from eval.ruler_tasks import TASKS, Generator
 from retrolm.lexical import LexicalIndex
@@ -70,6 +70,8 @@ def test_an_exclusive_oracle_run_attends_the_asked_needle_and_no_distractor(tmp_
     cell = json.loads((tmp_path / "run.json").read_text())["cells"]["niah_multikey_1/4x"]
     assert cell["samples"] == 2 and cell["all_asked_first"] == 100.0 and cell["distractors_attended"] == 0.0
     assert cell["distractors"] == 3.0 and "oracle retrieval: exclusive" in (tmp_path / "run.md").read_text()
+    for row in cell["rows"]:  # the forced needle's pages are counted as asked ones, no distractor's
+        assert row["first_pages"]["asked"] >= 1 and row["first_pages"]["distractor"] == 0
     assert json.loads((tmp_path / "run.json").read_text())["knobs"] == {"decode_mode": "eager"}
 
 
@@ -79,3 +81,9 @@ def test_an_oracle_refuses_a_captured_decode_step(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="decode_mode=eager"):
         ruler_pages.main()
     assert not list(tmp_path.iterdir())
+
+
+def test_page_kinds_counts_each_page_once_by_the_first_kind_that_fits():
+    counts = page_kinds([0, 2, 5, 6, 7, 9, 12, 20], asked={5, 9}, distractors={6, 12}, context_pages=range(3, 15))
+    assert counts == {"asked": 2, "after_asked": 1, "distractor": 1, "instructions": 2, "question": 1, "other": 1}
+    assert list(counts) == list(PAGE_KINDS)
