@@ -17,8 +17,8 @@ sample reports, at the first answer token:
 - names written: the share of the chain's names the answer writes (the LM's limit as much as retrieval's).
 --worked-example opens each prompt with a worked example, as RULER vt's one-shot prompt does: a chain of the same
 format about another value, its question and its answer listing the names. It repeats the question's wording, not
-its value: the echo that lexical page scores must not rank above the asked chain (retrolm/lexical.py). The samples'
-chains and haystacks are the same with and without it.
+its value: an echo of the question that page selection must not rank above the asked chain (docs/decisions.md,
+the rejected echo rule). The samples' chains and haystacks are the same with and without it.
 Writes heldout_chain.json and .md (heldout_chain_example.* with --worked-example) under --out.
 """
 from __future__ import annotations
