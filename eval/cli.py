@@ -13,7 +13,7 @@ from .methods import LLM_EMBEDDER, METHODS, MethodOptions, build_method
 RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mode", "max_context_tokens",
                  "attention_backend", "refresh_interval", "prefill_chunk_pages", "neighbor_pages", "neighbor_direction",
                  "refresh_on", "lexical_weight", "lexical_ngram", "lexical_max_pages",
-                 "lexical_query_pages", "lexical_near_miss_margin", "lexical_hops")
+                 "lexical_query_pages", "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span")
 STRING_KNOBS = ("position_mode", "attention_backend", "neighbor_direction")
 FLOAT_KNOBS = ("lexical_weight",)
 OPTIONAL_FLOAT_KNOBS = ("lexical_near_miss_margin",)  # a number, or OFF for None

@@ -51,7 +51,8 @@ def _generate(args) -> int:
         raise RetroLMError(f"input file {args.input!r} is empty; pass a file with the text to read.")
     knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k),
                                ("offload_device_pages", args.offload_device_pages),
-                               ("lexical_weight", args.lexical_weight), ("lexical_hops", args.lexical_hops))
+                               ("lexical_weight", args.lexical_weight), ("lexical_hops", args.lexical_hops),
+                               ("lexical_hop_span", args.lexical_hop_span))
              if v is not None}
     margin = args.lexical_near_miss_margin
     if margin is not None:
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="also retrieve the pages linked hop by hop to the pages a question matches (a chain of "
                           "statements, each naming the one before), this many hops deep (retrolm/lexical.py); 0: "
                           "off; default: the model's own")
+    gen.add_argument("--lexical-hop-span", type=int, default=None,
+                     help="how many tokens each side of a link a hop looks for the next name (a statement's length; "
+                          "retrolm/lexical.py); default: the model's own, a quarter page if it sets none")
     gen.add_argument("--offload-kv", action="store_true",
                      help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
                           "fit the GPU, e.g. 1M tokens; needs a trained retriever)")

@@ -170,7 +170,7 @@ def store_lexical_index(store: PageStore, config) -> tuple[StoreLexicalIndex, bo
     other change (a document deleted or replaced moves rows) it is built again; (index, changed now)."""
     files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
     knobs = (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages,
-             config.lexical_near_miss_margin, config.lexical_hops)
+             config.lexical_near_miss_margin, config.lexical_hops, config.lexical_hop_span)
     if store.lexical_index is not None and store.lexical_index[0][1] == knobs:
         (indexed, _), index = store.lexical_index
         if indexed == files:

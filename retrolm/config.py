@@ -92,6 +92,9 @@ class RetroLMConfig:
     # variable assignments), this many hops deep; they score as if the question held those n-grams. 0: off. Needs
     # lexical_weight > 0.
     lexical_hops: int = 0
+    # Tokens each side of a link whose n-grams a hop follows to the next link: a statement's length, which depends
+    # on the tokenizer (a byte-level model's statement is ~30-60 tokens, a BPE model's ~10-20). None: a quarter page.
+    lexical_hop_span: int | None = None
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
     position_mode: str = "contiguous"  # "contiguous": attended pages re-packed at positions 0..; "original"
@@ -139,6 +142,9 @@ class RetroLMConfig:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise RetroLMError(f"lexical_weight must be a number >= 0 (0 turns lexical page scores off), got "
                                f"{weight!r}.")
+        span = self.lexical_hop_span
+        if span is not None:
+            _check_int("", "lexical_hop_span", span, 1)
         margin = self.lexical_near_miss_margin
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
                                    or not math.isfinite(margin) or margin < 0):

@@ -41,14 +41,16 @@ from the pages holding the question's links that the best passage (the run of co
 the best page) lacks, when those are at most HOP_LINK_PAGES pages: the best match is then an echo of the question
 (a worked example asking the same thing of another value), and they hold the part it lacks, the asked key. Else it
 starts from the best passage (links it lacks spread over many pages are chance matches of prose). Each
-hop follows the new links (n-grams the query has not had) within `hop_span` tokens of a link, in the text around
-the pages reached (the statement, not the whole page). A hop keeps the pages sharing HOP_MIN_LINKS links or more
+hop follows the new links (n-grams the query has not had) within `hop_span` tokens of a link (`lexical_hop_span`,
+a quarter page unless set: a statement's length), in the text around the pages reached (the statement, not the
+whole page). A hop keeps the pages sharing HOP_MIN_LINKS links or more
 (with their neighbours: a statement cut by a page end) whose idf sums to at least half the hop's best: the next
 statement shares a whole name, prose pages and numbers share a chance n-gram or two. Each adds that idf, as if
-the question held those links, but no more than the pages the hop started from score (a page found through a link
-is no more relevant than the page that led to it). A near miss starts no walk, but one a walk reaches is none
-(the next statement of a chain may repeat the question's common words, and it names the key's variable). Like
-near misses, this is decided on the prompt and kept while the answer is written.
+the question held those links, but its score (with what it repeats of the question itself) rises no higher than
+the pages the hop started from score (a page found through a link is no more relevant than the page that led to
+it). A near miss starts no walk, but one a walk reaches is none (the next statement of a chain may repeat the
+question's common words, and it names the key's variable). Like near misses, this is decided on the prompt and
+kept while the answer is written.
 
 A page holds the n-grams that end in it, those begun on the page before included: a name cut by a page end is
 still one of the text's n-grams, held by the page that completes it. `LexicalIndex` keeps, for the complete pages,
@@ -134,10 +136,11 @@ class LexicalIndex:
     """The n-grams of every complete page of one sequence, for `scores` (see the module docstring)."""
 
     def __init__(self, ngram: int, max_pages: int, page_size: int, query_tokens: int | None = None, device=None,
-                 near_miss_margin: float | None = None, hops: int = 0):
+                 near_miss_margin: float | None = None, hops: int = 0, hop_span: int | None = None):
         """query_tokens: how many tokens before a query's start it scores with (default page_size);
         near_miss_margin: None (off) or the rarity margin of near misses; hops: how many hops a prompt's question
-        follows (module docstring)."""
+        follows, hop_span: how far from a link a hop looks for the next (default a quarter page; module
+        docstring)."""
         query_tokens = page_size if query_tokens is None else query_tokens
         if ngram > page_size:
             raise ValueError(f"lexical n-grams of {ngram} tokens do not fit in pages of {page_size}")
@@ -146,7 +149,7 @@ class LexicalIndex:
         self.pages = 0  # pages indexed: 0 .. pages - 1
         self.near_miss_margin = near_miss_margin
         self.near_misses = torch.zeros(0, dtype=torch.bool, device=device)  # [pages judged] the last prompt window's
-        self.hops = hops
+        self.hops, self._hop_span = hops, hop_span
         self.hop_scores = torch.zeros(0, device=device)  # [pages judged] the last prompt window's hop pages' scores
 
     def update(self, token_ids: torch.Tensor, complete_pages: int) -> None:
@@ -237,8 +240,9 @@ class LexicalIndex:
             outside = self._judged(m, starts.to(out.device), judged)
             if self.near_miss_margin is not None:
                 near = self._near_misses(m, out, outside)[0]
-            hop_scores = self._hop_scores(m, out[0], outside, near, token_ids if page_ids is None else page_ids)
-            near &= hop_scores == 0  # a page a walk reaches names what the key's page names
+            hop_scores, reached = self._hop_scores(m, out[0], outside, near,
+                                                   token_ids if page_ids is None else page_ids)
+            near &= ~reached  # a page a walk reaches names what the key's page names
         self.near_misses, self.hop_scores = near, hop_scores
         return torch.where(near, NEAR_MISS_SCORE, out[0] + hop_scores)
 
@@ -278,13 +282,15 @@ class LexicalIndex:
                 & (rarest < anchor - self.near_miss_margin))
 
     def _hop_scores(self, m: _Matches, direct: torch.Tensor, outside: torch.Tensor, near: torch.Tensor,
-                    page_ids: torch.Tensor) -> torch.Tensor:
-        """[n] the hop scores of a question whose direct scores are `direct` [n] (module docstring)."""
+                    page_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([n] the hop scores, [n] bool the pages the walk reached) of a question whose direct scores are `direct`
+        [n] (module docstring)."""
         n = near.numel()
         scores = torch.zeros(n, device=self.keys.device)
+        reached = torch.zeros(n, dtype=torch.bool, device=scores.device)
         judged = int(outside[-1])
         if not self.hops or judged == 0:
-            return scores
+            return scores, reached
         seen = (m.base[-1][m.distinct[-1]] >> PAGE_BITS).unique()  # the question's n-grams
         pages, grams, _ = self._linked(seen, judged)
         passage = self._best_passage(direct[:judged])
@@ -292,7 +298,6 @@ class LexicalIndex:
         focused = 0 < pages[lacking].unique().numel() <= HOP_LINK_PAGES  # in one place: the key, not chance
         keep = ~near[pages] & (lacking if focused else passage[pages])
         pages, grams = pages[keep], grams[keep]
-        reached = torch.zeros(n, dtype=torch.bool, device=scores.device)
         reached[pages] = True
         cap = direct[pages].max() if pages.numel() else None  # no page scores above the pages that led to it
         for _ in range(self.hops):
@@ -310,11 +315,14 @@ class LexicalIndex:
             strong = self._strong(pages, idf, linked, start)
             pages, grams = pages[strong], grams[strong]
             hop = torch.zeros_like(scores)
-            hop[pages] = linked[pages].clamp(max=cap)
+            # capped on the page's whole score: a page that also repeats some of the question's words must not
+            # outrank the page that led to it
+            hop[pages] = torch.minimum(linked[pages], (cap - direct[pages]).clamp(min=0))
             scores += hop
-            cap = hop[pages].max() if pages.numel() else cap
+            if pages.numel():
+                cap = torch.minimum(cap, (direct + hop)[pages].max())
             reached[pages] = True
-        return scores
+        return scores, reached
 
     @staticmethod
     def _strong(pages: torch.Tensor, idf: torch.Tensor, linked: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -368,7 +376,7 @@ class LexicalIndex:
     @property
     def hop_span(self) -> int:
         """Tokens each side of a link whose n-grams the next hop follows: a statement's length, not a page's."""
-        return max(self.page_size // 4, self.ngram)
+        return max(self.page_size // 4 if self._hop_span is None else self._hop_span, self.ngram)
 
 
 SENTINEL = torch.iinfo(torch.long).max  # an unused key slot of DeviceLexicalIndex: sorts after every key
@@ -384,7 +392,7 @@ class DeviceLexicalIndex(LexicalIndex):
     def __init__(self, index: LexicalIndex, capacity: int):
         """From `index` (the prefill's: its pages are already indexed), with room up to `capacity` pages."""
         super().__init__(index.ngram, index.max_pages, index.page_size, index.query_tokens, index.keys.device,
-                         index.near_miss_margin, index.hops)
+                         index.near_miss_margin, index.hops, index._hop_span)
         _check_page_count(capacity)
         # the prompt's near misses and hop scores in fixed buffers (pages decoding adds are neither)
         self.near_misses = F.pad(index.near_misses[:capacity], (0, capacity - min(index.near_misses.numel(), capacity)))
@@ -461,10 +469,11 @@ def reference_near_misses(token_ids: list[int], start: int, query_page: int, n: 
 
 
 def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[float], judged: int, near: list[bool],
-                         page_size: int, ngram: int, hops: int, opens: Collection[int] = ()) -> list[float]:
-    """The hop scores of one question `window` (`LexicalIndex.judge_question` with hops) in plain Python sets, for
-    tests, given its direct scores of the n pages (which decide the best passage) and its near misses before the
-    walk."""
+                         page_size: int, ngram: int, hops: int, opens: Collection[int] = (),
+                         hop_span: int | None = None) -> tuple[list[float], list[bool]]:
+    """The hop scores of one question `window` (`LexicalIndex.judge_question` with hops) and the pages its walk
+    reached, in plain Python sets, for tests, given its direct scores of the n pages (which decide the best passage)
+    and its near misses before the walk."""
     P, n = page_size, len(direct)
     page_grams = reference_page_grams(page_ids, n, P, ngram, opens)
 
@@ -478,7 +487,7 @@ def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[fl
 
     scores = [0.0] * n
     if not hops or not judged:
-        return scores
+        return scores, [False] * n
     best = max(range(judged), key=lambda j: (direct[j], -j))  # the first of the highest
     left, right = best, best
     while left > 0 and direct[left - 1] > 0:
@@ -495,7 +504,7 @@ def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[fl
                 if not near[j]]
     reached = {j for j, _ in frontier}
     cap = max((direct[j] for j in reached), default=0.0)
-    span = max(P // 4, ngram)
+    span = max(P // 4 if hop_span is None else hop_span, ngram)
     for _ in range(hops):
         frontier_before = frontier
         grams, terms = {gram for _, gram in frontier}, set()
@@ -516,8 +525,8 @@ def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[fl
         strong = {j for j in linked if linked[j] >= max(apart or linked.values()) / 2 - 1e-4
                   and sum(count.get(k, 0) for k in (j - 1, j, j + 1)) >= HOP_MIN_LINKS}
         for j in strong:
-            scores[j] = min(linked[j], cap)
-        cap = max((scores[j] for j in strong), default=cap)
+            scores[j] = min(linked[j], max(cap - direct[j], 0.0))
+        cap = min(cap, max((direct[j] + scores[j] for j in strong), default=cap))
         reached |= strong
         frontier = [(j, gram) for j, gram, _ in frontier if j in strong]
-    return scores
+    return scores, [j in reached for j in range(n)]

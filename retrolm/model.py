@@ -211,6 +211,11 @@ class RetroLM(nn.Module):
                 raise RetroLMError(f"lexical_hops={config.lexical_hops} follows lexical page scores, which are off "
                                    "(lexical_weight=0): pass lexical_weight > 0 with it, or lexical_hops=0.")
             config.lexical_hops = 0  # the checkpoint's hops follow the lexical scores turned off
+        if config.lexical_hop_span is not None and not config.lexical_hops:
+            if "lexical_hop_span" in knobs:
+                raise RetroLMError(f"lexical_hop_span={config.lexical_hop_span} sets how far hops look, and hops are "
+                                   "off (lexical_hops=0): pass lexical_hops > 0 with it, or lexical_hop_span=None.")
+            config.lexical_hop_span = None  # the checkpoint's span belongs to the hops turned off
         retriever = None
         if config.scorer == "trained":
             retriever = PageRetriever(config.retriever, _inner_model(base_model).config.hidden_size, config.page_size)

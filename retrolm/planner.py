@@ -228,7 +228,8 @@ def lexical_index(cache: PagedKVCache, config: RetroLMConfig) -> LexicalIndex:
     if cache.lexical is None:
         cache.lexical = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, config.page_size,
                                      config.lexical_query_pages * config.page_size, cache.token_ids.device,
-                                     config.lexical_near_miss_margin, config.lexical_hops)
+                                     config.lexical_near_miss_margin, config.lexical_hops,
+                                     config.lexical_hop_span)
     cache.lexical.update(cache.token_ids, cache.num_complete_pages)
     return cache.lexical
 

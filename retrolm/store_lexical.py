@@ -34,7 +34,7 @@ class StoreLexicalIndex:
         self.page_ids = torch.zeros(0, dtype=torch.int32)  # every stored page's token ids, for hops (else empty)
         self.index = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, P,
                                   config.lexical_query_pages * P, near_miss_margin=config.lexical_near_miss_margin,
-                                  hops=config.lexical_hops)
+                                  hops=config.lexical_hops, hop_span=config.lexical_hop_span)
         self.extend(token_ids)
 
     def extend(self, token_ids: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,5 @@
 """Lexical page scores (retrolm/lexical.py): the fixed-shape index against plain Python sets; the knob end to end."""
+import math
 import random
 
 import pytest
@@ -256,8 +257,8 @@ def test_hop_scores_equal_the_set_reference(seed):
         starts, query_pages = [len(ids)], [n]
     else:
         ids, P, ngram, max_pages, starts, query_pages, n, query_tokens = _phrase_case(seed)
-    hops, margin = rng.randint(1, 6), rng.choice([None, 0.7])
-    index = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin, hops=hops)
+    hops, margin, span = rng.randint(1, 6), rng.choice([None, 0.7]), rng.choice([None, 1, P // 2, P])
+    index = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin, hops=hops, hop_span=span)
     index.update(torch.tensor(ids), n)
     got = index.judge_question(torch.tensor(ids), starts[-1], query_pages[-1], n)
     start = starts[-1]
@@ -269,11 +270,11 @@ def test_hop_scores_equal_the_set_reference(seed):
     plain_index = LexicalIndex(ngram, max_pages, P, query_tokens)
     plain_index.update(torch.tensor(ids), n)
     direct = plain_index.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n)[-1]
-    expected = reference_hop_scores(ids, ids[max(start - query_tokens, 0): start], direct.tolist(), judged, near, P,
-                                    ngram, hops)
+    expected, reached = reference_hop_scores(ids, ids[max(start - query_tokens, 0): start], direct.tolist(), judged,
+                                             near, P, ngram, hops, hop_span=span)
     torch.testing.assert_close(index.hop_scores, torch.tensor(expected), rtol=1e-5, atol=1e-5)
     # a near miss a walk reaches is none
-    assert index.near_misses.tolist() == [miss and not score for miss, score in zip(near, expected)]
+    assert index.near_misses.tolist() == [miss and not walked for miss, walked in zip(near, reached)]
     plain = torch.tensor(reference_scores(ids, starts, query_pages, n, P, ngram, max_pages, query_tokens)[-1])
     kept = [j for j in range(n) if not index.near_misses[j]]
     torch.testing.assert_close(got[kept], (plain + index.hop_scores)[kept], rtol=1e-4, atol=1e-4)
@@ -300,6 +301,36 @@ def test_hops_reach_a_chain_one_statement_per_hop():
         assert row[pages[0]] > 0  # the direct match
         reached.append(index.hop_scores.nonzero().flatten().tolist())
     assert reached == [pages[1:k + 1] for k in range(5)]
+
+
+def test_a_page_a_hop_reaches_scores_no_higher_than_the_page_that_led_to_it():
+    """A linked statement that also repeats a rarer word of the question would outrank the key's page with its hop
+    idf added to its own score: its whole score stops at the key's page's."""
+    P = 32
+    filler = lambda pages: [0] * (pages * P)  # noqa: E731  (held by every page: no evidence)
+    names = [[100 + 5 * k + i for i in range(5)] for k in range(3)]
+    words = [50, 51, 52, 53, 54, 55]
+    statements = [[9] + names[0] + [90, 91, 92, 93, 94], [9] + names[1] + names[0] + words, [9] + names[2] + names[1]]
+    ids, pages = filler(1), []
+    for _ in range(2):  # the words in two more pages: common words, not a link
+        ids += words + filler(1)[len(words):]
+    for statement in statements:
+        pages.append(len(ids) // P)
+        ids += statement + [0] * (P - len(statement)) + filler(3)
+    ids += filler(2) + [5] + words + [6, 90, 91, 92, 93, 94, 7] + filler(1)[:2]  # names the value, and the words
+    n = len(ids) // P
+    direct = LexicalIndex(3, 4, P, 2 * P)
+    direct.update(torch.tensor(ids), n)
+    plain = direct.judge_question(torch.tensor(ids), len(ids), n, n)
+    index = LexicalIndex(3, 4, P, 2 * P, hops=2)
+    index.update(torch.tensor(ids), n)
+    row = index.judge_question(torch.tensor(ids), len(ids), n, n)
+    key, echo, last = pages
+    judged = (len(ids) - 2 * P) // P - 1
+    link_idf = 3 * math.log((judged + 1) / 2.5)  # names[0]'s three n-grams, each held by two pages
+    assert index.hop_scores[echo] > 0 and 0 < plain[echo] < plain[key] < plain[echo] + link_idf
+    assert row[key] == plain[key] and row[echo] == pytest.approx(float(row[key]))
+    assert 0 < row[last] <= row[key]
 
 
 def test_an_answer_keeps_the_prompts_hop_scores():
@@ -444,6 +475,8 @@ def test_the_question_is_judged_where_the_prompt_ends(tiny_dirs, scorer):
     ({"lexical_near_miss_margin": float("inf")}, "lexical_near_miss_margin must be a number >= 0, or null"),
     ({"lexical_hops": -1}, "lexical_hops must be an integer >= 0"),
     ({"lexical_hops": 1.5}, "lexical_hops must be an integer >= 0"),
+    ({"lexical_hop_span": 0}, "lexical_hop_span must be an integer >= 1"),
+    ({"lexical_hop_span": 8.5}, "lexical_hop_span must be an integer >= 1"),
 ])
 def test_bad_lexical_knobs_are_refused(knobs, words):
     with pytest.raises(RetroLMError) as error:
@@ -493,6 +526,14 @@ def test_hops_need_lexical_scores():
         RetroLM.from_pretrained(lexical_weight=0.0, lexical_hops=2)
 
 
+def test_a_hop_span_needs_hops():
+    """A hop span set with hops off is refused when asked for, and dropped when it is the checkpoint's."""
+    assert RetroLM.from_pretrained(lexical_hop_span=8).config.lexical_hop_span == 8
+    assert RetroLM.from_pretrained(lexical_hops=0).config.lexical_hop_span is None
+    with pytest.raises(RetroLMError, match="lexical_hop_span=8 sets how far hops look, and hops are off"):
+        RetroLM.from_pretrained(lexical_hops=0, lexical_hop_span=8)
+
+
 def test_the_benchmark_scripts_take_the_lexical_knobs():
     from eval.cli import method_options, parser
 
@@ -504,6 +545,8 @@ def test_the_benchmark_scripts_take_the_lexical_knobs():
         assert method_options(args).retrolm == {"lexical_near_miss_margin": knob}
     args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-hops", "0"])
     assert method_options(args).retrolm == {"lexical_hops": 0}
+    args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-hop-span", "32"])
+    assert method_options(args).retrolm == {"lexical_hop_span": 32}
 
 
 def test_heldout_prose_names_its_scorers():

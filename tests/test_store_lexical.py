@@ -247,9 +247,9 @@ def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
     reached = 0
     for seed in range(6):
         rng = random.Random(seed)
-        hops = rng.randint(1, 4)
+        hops, span = rng.randint(1, 4), rng.choice([None, 4, 8])
         knobs = dict(init_retriever=True, page_size=8, lexical_weight=1.0, lexical_ngram=3)
-        model = RetroLM.from_pretrained(tiny_dirs["llama"], lexical_hops=hops, **knobs)
+        model = RetroLM.from_pretrained(tiny_dirs["llama"], lexical_hops=hops, lexical_hop_span=span, **knobs)
         store = PageStore.open(str(tmp_path / f"store{seed}"), model, create=True)
         vocabulary = ["".join(rng.choice(string.ascii_lowercase) for _ in range(4)) for _ in range(200)]
         docs = {f"d{i}": rng.choices(vocabulary, k=rng.randint(20, 50)) for i in range(4)}
@@ -262,8 +262,8 @@ def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
         tokens = torch.cat([store.token_ids(doc_id) for doc_id in store.documents()]).tolist()
         direct = [plain.scores(question_ids).get(row, 0.0) for row in rows]
         window = question_ids[-min(2 * 8, question_ids.numel()):].tolist()
-        expected = reference_hop_scores(tokens, window, direct, len(rows), [False] * len(rows), 8, 3, hops,
-                                        _document_starts(rows))
+        expected, _ = reference_hop_scores(tokens, window, direct, len(rows), [False] * len(rows), 8, 3, hops,
+                                           _document_starts(rows), hop_span=span)
         got = index.scores(question_ids)
         assert len(index.page_ids) == len(tokens)
         assert held(index.index) == hashed(reference_page_grams(tokens, len(rows), 8, 3, _document_starts(rows)))
@@ -289,7 +289,7 @@ def test_a_store_records_the_lexical_knobs_its_encoding_used(tmp_path):
     path = os.path.join(str(tmp_path / "without"), MANIFEST)
     manifest = json.load(open(path))
     for knob in ("lexical_weight", "lexical_ngram", "lexical_max_pages", "lexical_query_pages",
-                 "lexical_near_miss_margin", "lexical_hops"):
+                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span"):
         del manifest["identity"]["retrolm"][knob]
     json.dump(manifest, open(path, "w"))
     assert len(PageStore.open(str(tmp_path / "without"), without)) == 1
