@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM, RetroLMConfig
 from retrolm.errors import RetroLMError
-from retrolm.lexical import (NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, reference_hop_scores,
+from retrolm.lexical import (NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, gram_hashes, reference_hop_scores,
                              reference_near_misses, reference_page_grams, reference_scores)
 
 
@@ -577,3 +577,19 @@ def test_merging_sorted_keys_equals_sorting_them(seed):
     old = torch.randint(0, 50, (int(torch.randint(0, 30, (1,), generator=gen)),), generator=gen).sort().values
     new = torch.randint(0, 50, (int(torch.randint(0, 30, (1,), generator=gen)),), generator=gen).sort().values
     assert torch.equal(_merged(old, new), torch.cat([old, new]).sort().values)
+
+
+def test_the_sentence_probe_looks_only_inside_a_links_sentence():
+    """bench/hop_sentence_probe.py's look: the library's within one sentence, nothing past the sentence's end."""
+    from bench.hop_sentence_probe import sentence_near_links
+
+    P, stop = 32, 99
+    ids = [0] * P + [9, 10, 11, 12, 13, 14, stop, 20, 21, 22, 23, 24] + [0] * (3 * P - 12)
+    index = LexicalIndex(3, 64, P, P, hops=1, hop_span=16)
+    link = torch.tensor([int(h) for h in gram_hashes(torch.tensor([9, 10, 11]), 3)])
+    plain = set(index._near_links(torch.tensor(ids), torch.tensor([1]), link).tolist())
+    bounded = set(sentence_near_links(torch.tensor([stop]))(index, torch.tensor(ids), torch.tensor([1]), link).tolist())
+    after = {int(h) for h in gram_hashes(torch.tensor([20, 21, 22, 23, 24]), 3)}
+    within = {int(h) for h in gram_hashes(torch.tensor([9, 10, 11, 12, 13, 14]), 3)}
+    assert after <= plain and within <= plain
+    assert within <= bounded and not after & bounded
