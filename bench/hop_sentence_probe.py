@@ -16,7 +16,6 @@ import runpy
 import sys
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -39,20 +38,12 @@ def sentence_near_links(stops: torch.Tensor):
     def near_links(self, page_ids: torch.Tensor, pages: torch.Tensor, links: torch.Tensor) -> torch.Tensor:
         """`LexicalIndex._near_links`, the look kept inside the sentence of a link (an n-gram's sentence is its first
         token's; a stop token ends its sentence)."""
-        P, span = self.page_size, self.hop_span
-        pages = pages.unique()
-        positions = (pages[:, None] - 1) * P + torch.arange(3 * P, device=pages.device)
-        inside = (positions >= 0) & (positions < page_ids.numel())
-        ids = page_ids.to(pages.device)[positions.clamp(0, max(page_ids.numel() - 1, 0))]
-        hashes = lexical.gram_hashes(ids, self.ngram)
-        valid = inside.unfold(1, self.ngram, 1).all(dim=2)
-        at_link = valid & torch.isin(hashes, links)
+        ids, inside, hashes, at_link, near = self._look(page_ids, pages, links)
         stop = (torch.isin(ids, stops.to(ids.device)) & inside).long()
         sentence = (stop.cumsum(1) - stop)[:, : hashes.shape[1]]
         with_link = torch.zeros(ids.shape[0], ids.shape[1] + 1, dtype=torch.long, device=ids.device)
         with_link.scatter_reduce_(1, sentence, at_link.long(), "amax")
-        near = F.max_pool1d(at_link.float()[:, None], 2 * span + 1, stride=1, padding=span)[:, 0] > 0
-        return hashes[near & valid & (with_link.gather(1, sentence) > 0)].unique()
+        return hashes[near & (with_link.gather(1, sentence) > 0)].unique()
     return near_links
 
 

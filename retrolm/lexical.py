@@ -362,6 +362,13 @@ class LexicalIndex:
     def _near_links(self, page_ids: torch.Tensor, pages: torch.Tensor, links: torch.Tensor) -> torch.Tensor:
         """The distinct n-grams within `hop_span` tokens of an occurrence of a `links` n-gram in the text around
         `pages` (each page with its two neighbours: a statement cut by a page end stays whole)."""
+        _, _, hashes, _, near = self._look(page_ids, pages, links)
+        return hashes[near].unique()
+
+    def _look(self, page_ids: torch.Tensor, pages: torch.Tensor, links: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The text around `pages` that `_near_links` reads: (ids [F, 3P], inside [F, 3P]: a position in the text,
+        hashes [F, 3P - n + 1] of its n-grams, at_link: those that are `links` n-grams, near: the whole n-grams within
+        `hop_span` tokens of one)."""
         P, span = self.page_size, self.hop_span
         pages = pages.unique()
         positions = (pages[:, None] - 1) * P + torch.arange(3 * P, device=pages.device)  # [F, 3P]
@@ -371,7 +378,7 @@ class LexicalIndex:
         valid = inside.unfold(1, self.ngram, 1).all(dim=2)
         at_link = valid & torch.isin(hashes, links)
         near = F.max_pool1d(at_link.float()[:, None], 2 * span + 1, stride=1, padding=span)[:, 0] > 0
-        return hashes[near & valid].unique()
+        return ids, inside, hashes, at_link, near & valid
 
     @property
     def hop_span(self) -> int:
