@@ -118,7 +118,8 @@ def needle_rank(model, store, needle: set, fact) -> int:
     for the question (answer's first step, before neighbours join, lexical scores added when the model has them): how
     far a miss was from the page budget."""
     index, _ = store_index(store)
-    lexical = store_lexical_index(store, model.config)[0] if model.config.lexical_weight else None
+    lexical = (store_lexical_index(store, model.config, model._hop_stop_table())[0] if model.config.lexical_weight
+               else None)
     prompt = torch.tensor(ids_of(model, answer_template(fact).replace("{question}", question(fact))))
     ranked = search_pages(model, index, prompt, len(index), lexical=lexical)
     return 1 + next(i for i, (doc_id, page, _) in enumerate(ranked) if (doc_id, page) in needle)

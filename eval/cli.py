@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retrolm.cli import OFF, margin_argument
+from retrolm.cli import OFF, escaped_argument, margin_argument
 from retrolm.errors import RetroLMError
 
 from .errors import EvalError
@@ -12,16 +12,12 @@ from .methods import LLM_EMBEDDER, METHODS, MethodOptions, build_method
 
 RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mode", "max_context_tokens",
                  "attention_backend", "refresh_interval", "prefill_chunk_pages", "neighbor_pages", "neighbor_direction",
-                 "refresh_on", "lexical_weight", "lexical_ngram", "lexical_max_pages",
-                 "lexical_query_pages", "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span")
+                 "refresh_on", "lexical_weight", "lexical_ngram", "lexical_max_pages", "lexical_query_pages",
+                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span", "lexical_hop_stops")
 STRING_KNOBS = ("position_mode", "attention_backend", "neighbor_direction")
+ESCAPED_KNOBS = ("refresh_on", "lexical_hop_stops")  # characters, backslash escapes read
 FLOAT_KNOBS = ("lexical_weight",)
 OPTIONAL_FLOAT_KNOBS = ("lexical_near_miss_margin",)  # a number, or OFF for None
-
-
-def _escaped(text: str) -> str:
-    """A command-line string with backslash escapes read ("\\n" is a newline): --refresh-on ' \\n,'."""
-    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -52,7 +48,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:0, cpu")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     for knob in RETROLM_KNOBS:
-        kind = (str if knob in STRING_KNOBS else _escaped if knob == "refresh_on" else float if knob in FLOAT_KNOBS
+        kind = (str if knob in STRING_KNOBS else escaped_argument if knob in ESCAPED_KNOBS else float if knob in FLOAT_KNOBS
                 else margin_argument if knob in OPTIONAL_FLOAT_KNOBS else int)
         p.add_argument("--" + knob.replace("_", "-"), type=kind, default=None, help=f"RetroLMConfig.{knob}")
     return p

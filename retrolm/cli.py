@@ -18,6 +18,12 @@ from .inputs import DTYPE_NAMES
 OFF = "off"  # the command-line value of an optional knob turned off (None in the config)
 
 
+def escaped_argument(text: str) -> str:
+    """argparse type of a string of characters, backslash escapes read ("\\n" is a newline): --lexical-hop-stops
+    '.!?\\n'."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 def margin_argument(text: str) -> float | str:
     """argparse type of --lexical-near-miss-margin: a number >= 0, or OFF (the knob None: near misses not judged)."""
     if text.strip().lower() == OFF:
@@ -52,7 +58,8 @@ def _generate(args) -> int:
     knobs = {k: v for k, v in (("page_size", args.page_size), ("top_k", args.top_k),
                                ("offload_device_pages", args.offload_device_pages),
                                ("lexical_weight", args.lexical_weight), ("lexical_hops", args.lexical_hops),
-                               ("lexical_hop_span", args.lexical_hop_span))
+                               ("lexical_hop_span", args.lexical_hop_span),
+                               ("lexical_hop_stops", args.lexical_hop_stops))
              if v is not None}
     margin = args.lexical_near_miss_margin
     if margin is not None:
@@ -211,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--lexical-hop-span", type=int, default=None,
                      help="how many tokens each side of a link a hop looks for the next name (a statement's length; "
                           "retrolm/lexical.py); default: the model's own, a quarter page if it sets none")
+    gen.add_argument("--lexical-hop-stops", type=escaped_argument, default=None,
+                     help="characters that end a sentence, past which a hop does not look (backslash escapes read: "
+                          "'.!?\\n'; '': the span alone bounds it; retrolm/lexical.py); default: the model's own")
     gen.add_argument("--offload-kv", action="store_true",
                      help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
                           "fit the GPU, e.g. 1M tokens; needs a trained retriever)")

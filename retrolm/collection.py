@@ -164,13 +164,15 @@ def attention_scaling(model) -> float:
     return getattr(attention, "scaling", None) or attention.head_dim ** -0.5
 
 
-def store_lexical_index(store: PageStore, config) -> tuple[StoreLexicalIndex, bool]:
+def store_lexical_index(store: PageStore, config, hop_stops: torch.Tensor | None = None
+                        ) -> tuple[StoreLexicalIndex, bool]:
     """The store's lexical index (store_lexical.py) under `config`'s lexical knobs for its documents now, built from
     their token ids on first use; after documents were only added, the last index takes the new ones; after any
-    other change (a document deleted or replaced moves rows) it is built again; (index, changed now)."""
+    other change (a document deleted or replaced moves rows) it is built again; (index, changed now). hop_stops:
+    the model's table of config.lexical_hop_stops (RetroLM._hop_stop_table())."""
     files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
     knobs = (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages,
-             config.lexical_near_miss_margin, config.lexical_hops, config.lexical_hop_span)
+             config.lexical_near_miss_margin, config.lexical_hops, config.lexical_hop_span, config.lexical_hop_stops)
     if store.lexical_index is not None and store.lexical_index[0][1] == knobs:
         (indexed, _), index = store.lexical_index
         if indexed == files:
@@ -179,7 +181,7 @@ def store_lexical_index(store: PageStore, config) -> tuple[StoreLexicalIndex, bo
             index.extend({doc_id: store.token_ids(doc_id) for doc_id in list(files)[len(indexed):]})
             store.lexical_index = (files, knobs), index
             return index, True
-    index = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in files}, config)
+    index = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in files}, config, hop_stops)
     store.lexical_index = (files, knobs), index
     return index, True
 
@@ -276,7 +278,8 @@ def answer(model, question: str, store: PageStore | str, max_new_tokens: int = 6
     store = store if isinstance(store, PageStore) else PageStore.open(store, model)
     started = time.perf_counter()
     pages_index, built = store_index(store, index)
-    lexical, lexical_built = store_lexical_index(store, config) if config.lexical_weight else (None, False)
+    lexical, lexical_built = (store_lexical_index(store, config, model._hop_stop_table()) if config.lexical_weight
+                              else (None, False))
     indexed = time.perf_counter()
     question_ids = model.tokenizer(template.replace("{question}", question), return_tensors="pt",
                                    add_special_tokens=False).input_ids

@@ -95,6 +95,9 @@ class RetroLMConfig:
     # Tokens each side of a link whose n-grams a hop follows to the next link: a statement's length, which depends
     # on the tokenizer (a byte-level model's statement is ~30-60 tokens, a BPE model's ~10-20). None: a quarter page.
     lexical_hop_span: int | None = None
+    # Characters that end a sentence (e.g. ".!?\n"): a hop looks for the next name only inside the sentence of the
+    # link it follows, within lexical_hop_span, not in the text around the statement. "": the span alone bounds it.
+    lexical_hop_stops: str = ""
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
     position_mode: str = "contiguous"  # "contiguous": attended pages re-packed at positions 0..; "original"
@@ -167,6 +170,9 @@ class RetroLMConfig:
         if not isinstance(self.refresh_on, str):
             raise RetroLMError(f"refresh_on must be a string of trigger characters (e.g. \" \\n,\"; \"\" turns it "
                                f"off), got {type(self.refresh_on).__name__} {self.refresh_on!r}.")
+        if not isinstance(self.lexical_hop_stops, str):
+            raise RetroLMError(f"lexical_hop_stops must be a string of sentence-end characters (e.g. \".!?\\n\"; \"\" "
+                               f"for none), got {type(self.lexical_hop_stops).__name__} {self.lexical_hop_stops!r}.")
         if self.scorer not in SCORERS:
             raise RetroLMError(f"scorer must be one of {SCORERS}, got {self.scorer!r}.")
         if not isinstance(self.decode_compile, bool):

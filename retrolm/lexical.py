@@ -43,7 +43,9 @@ the best page) lacks, when those are at most HOP_LINK_PAGES pages: the best matc
 starts from the best passage (links it lacks spread over many pages are chance matches of prose). Each
 hop follows the new links (n-grams the query has not had) within `hop_span` tokens of a link (`lexical_hop_span`,
 a quarter page unless set: a statement's length), in the text around the pages reached (the statement, not the
-whole page). A hop keeps the pages sharing HOP_MIN_LINKS links or more
+whole page); with `hop_stops` (`lexical_hop_stops`: the ids of tokens holding a sentence end) only inside the
+link's own sentence, so that the look does not reach the text around the statement, whose chance links the walk
+would follow. A hop keeps the pages sharing HOP_MIN_LINKS links or more
 (with their neighbours: a statement cut by a page end) whose idf sums to at least half the hop's best: the next
 statement shares a whole name, prose pages and numbers share a chance n-gram or two. Each adds that idf, as if
 the question held those links, but its score (with what it repeats of the question itself) rises no higher than
@@ -108,6 +110,21 @@ def _merged(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _near_in_sentence(at: torch.Tensor, sentence: torch.Tensor, span: int) -> torch.Tensor:
+    """[F, L] bool: the positions within `span` of a True of `at` [F, L] in the same `sentence` [F, L] (numbered in
+    order along a row). A sentence is a run of positions, so only the nearest True on either side can share one's."""
+    L = at.shape[1]
+    position = torch.arange(L, device=at.device).expand_as(at)
+    far = L + span + 1
+    before = torch.where(at, position, -far).cummax(1).values
+    after = torch.where(at, position, L + far).flip(1).cummin(1).values.flip(1)
+
+    def joined(link: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        return (gap <= span) & (sentence.gather(1, link.clamp(0, L - 1)) == sentence)
+
+    return joined(before, position - before) | joined(after, after - position)
+
+
 def _check_page_count(pages: int) -> None:
     """A key holds its page in PAGE_BITS bits: more pages would collide."""
     if pages >= 1 << PAGE_BITS:
@@ -136,10 +153,12 @@ class LexicalIndex:
     """The n-grams of every complete page of one sequence, for `scores` (see the module docstring)."""
 
     def __init__(self, ngram: int, max_pages: int, page_size: int, query_tokens: int | None = None, device=None,
-                 near_miss_margin: float | None = None, hops: int = 0, hop_span: int | None = None):
+                 near_miss_margin: float | None = None, hops: int = 0, hop_span: int | None = None,
+                 hop_stops: torch.Tensor | None = None):
         """query_tokens: how many tokens before a query's start it scores with (default page_size);
         near_miss_margin: None (off) or the rarity margin of near misses; hops: how many hops a prompt's question
-        follows, hop_span: how far from a link a hop looks for the next (default a quarter page; module
+        follows, hop_span: how far from a link a hop looks for the next (default a quarter page), hop_stops: [V]
+        bool, the token ids that end a sentence, past which a hop does not look (None: none do; module
         docstring)."""
         query_tokens = page_size if query_tokens is None else query_tokens
         if ngram > page_size:
@@ -150,7 +169,19 @@ class LexicalIndex:
         self.near_miss_margin = near_miss_margin
         self.near_misses = torch.zeros(0, dtype=torch.bool, device=device)  # [pages judged] the last prompt window's
         self.hops, self._hop_span = hops, hop_span
+        self.hop_stops = None if hop_stops is None else hop_stops.to(device=self.keys.device, dtype=torch.bool)
         self.hop_scores = torch.zeros(0, device=device)  # [pages judged] the last prompt window's hop pages' scores
+
+    @classmethod
+    def from_config(cls, config, hop_stops: torch.Tensor | None = None, device=None) -> LexicalIndex:
+        """The index of a RetroLMConfig's lexical knobs. hop_stops: the [V] bool table of config.lexical_hop_stops
+        (`token_tables.character_table`), which hops need when the config sets stops."""
+        if config.lexical_hops and config.lexical_hop_stops and hop_stops is None:
+            raise RetroLMError(f"internal: lexical_hop_stops={config.lexical_hop_stops!r} needs its token table; "
+                               "pass the model's (RetroLM._hop_stop_table()).")
+        return cls(config.lexical_ngram, config.lexical_max_pages, config.page_size,
+                   config.lexical_query_pages * config.page_size, device, config.lexical_near_miss_margin,
+                   config.lexical_hops, config.lexical_hop_span, hop_stops if config.lexical_hops else None)
 
     def update(self, token_ids: torch.Tensor, complete_pages: int) -> None:
         """Index the pages from `self.pages` up to `complete_pages` of token_ids [>= complete_pages * P]."""
@@ -360,25 +391,27 @@ class LexicalIndex:
         return pages[hit], hashes[:, None].expand_as(hit)[hit], idf[:, None].expand_as(hit)[hit]
 
     def _near_links(self, page_ids: torch.Tensor, pages: torch.Tensor, links: torch.Tensor) -> torch.Tensor:
-        """The distinct n-grams within `hop_span` tokens of an occurrence of a `links` n-gram in the text around
-        `pages` (each page with its two neighbours: a statement cut by a page end stays whole)."""
-        _, _, hashes, _, near = self._look(page_ids, pages, links)
-        return hashes[near].unique()
-
-    def _look(self, page_ids: torch.Tensor, pages: torch.Tensor, links: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The text around `pages` that `_near_links` reads: (ids [F, 3P], inside [F, 3P]: a position in the text,
-        hashes [F, 3P - n + 1] of its n-grams, at_link: those that are `links` n-grams, near: the whole n-grams within
-        `hop_span` tokens of one)."""
-        P, span = self.page_size, self.hop_span
+        """The distinct n-grams within `hop_span` tokens of an occurrence of a `links` n-gram, in its sentence when
+        `hop_stops` is set (an n-gram's sentence is its first token's), in the text around `pages` (each page with
+        its two neighbours: a statement cut by a page end stays whole)."""
+        P, n = self.page_size, self.ngram
         pages = pages.unique()
         positions = (pages[:, None] - 1) * P + torch.arange(3 * P, device=pages.device)  # [F, 3P]
         inside = (positions >= 0) & (positions < page_ids.numel())
-        ids = page_ids.to(pages.device)[positions.clamp(0, max(page_ids.numel() - 1, 0))]
-        hashes = gram_hashes(ids, self.ngram)
-        valid = inside.unfold(1, self.ngram, 1).all(dim=2)
+        ids = page_ids.to(pages.device)[positions.clamp(0, max(page_ids.numel() - 1, 0))].long()
+        hashes = gram_hashes(ids, n)
+        valid = inside.unfold(1, n, 1).all(dim=2)
         at_link = valid & torch.isin(hashes, links)
-        near = F.max_pool1d(at_link.float()[:, None], 2 * span + 1, stride=1, padding=span)[:, 0] > 0
-        return ids, inside, hashes, at_link, near & valid
+        sentence = self._sentences(ids, inside)[:, : hashes.shape[1]]
+        return hashes[valid & _near_in_sentence(at_link, sentence, self.hop_span)].unique()
+
+    def _sentences(self, ids: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """[F, L] each position's sentence, numbered along its row: a token that `hop_stops` marks ends its sentence
+        (all one sentence without stops)."""
+        if self.hop_stops is None:
+            return torch.zeros_like(ids)
+        stop = (self.hop_stops[ids.clamp(0, self.hop_stops.numel() - 1)] & inside).long()
+        return stop.cumsum(1) - stop
 
     @property
     def hop_span(self) -> int:
@@ -399,7 +432,7 @@ class DeviceLexicalIndex(LexicalIndex):
     def __init__(self, index: LexicalIndex, capacity: int):
         """From `index` (the prefill's: its pages are already indexed), with room up to `capacity` pages."""
         super().__init__(index.ngram, index.max_pages, index.page_size, index.query_tokens, index.keys.device,
-                         index.near_miss_margin, index.hops, index._hop_span)
+                         index.near_miss_margin, index.hops, index._hop_span, index.hop_stops)
         _check_page_count(capacity)
         # the prompt's near misses and hop scores in fixed buffers (pages decoding adds are neither)
         self.near_misses = F.pad(index.near_misses[:capacity], (0, capacity - min(index.near_misses.numel(), capacity)))
@@ -477,10 +510,10 @@ def reference_near_misses(token_ids: list[int], start: int, query_page: int, n: 
 
 def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[float], judged: int, near: list[bool],
                          page_size: int, ngram: int, hops: int, opens: Collection[int] = (),
-                         hop_span: int | None = None) -> tuple[list[float], list[bool]]:
+                         hop_span: int | None = None, stops: Collection[int] = ()) -> tuple[list[float], list[bool]]:
     """The hop scores of one question `window` (`LexicalIndex.judge_question` with hops) and the pages its walk
     reached, in plain Python sets, for tests, given its direct scores of the n pages (which decide the best passage)
-    and its near misses before the walk."""
+    and its near misses before the walk; `stops`: the token ids that end a sentence (`hop_stops`)."""
     P, n = page_size, len(direct)
     page_grams = reference_page_grams(page_ids, n, P, ngram, opens)
 
@@ -518,8 +551,10 @@ def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[fl
         for j in {j for j, _ in frontier}:
             text = page_ids[max((j - 1) * P, 0): (j + 2) * P]
             at = [tuple(text[i: i + ngram]) for i in range(len(text) - ngram + 1)]
+            sentence = [sum(token in stops for token in text[:i]) for i in range(len(text))]
             hits = [i for i, gram in enumerate(at) if gram in grams]
-            terms |= {gram for i, gram in enumerate(at) if any(abs(i - k) <= span for k in hits)}
+            terms |= {gram for i, gram in enumerate(at)
+                      if any(abs(i - k) <= span and sentence[i] == sentence[k] for k in hits)}
         terms -= seen
         seen |= terms
         frontier = [(j, gram, idf) for j, gram, idf in links(terms) if j not in reached]

@@ -40,9 +40,10 @@ from .inputs import (check_attention_mask, check_generation, check_input_ids, ch
 from .logs import logger
 from .pager import add_bookmark_token
 from .resources import shipped_candidates
-from .planner import plan_forward, refresh_trigger_table
+from .planner import plan_forward
 from .retriever import PageRetriever
 from .rope import rope_inv_freq
+from .token_tables import character_table
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # RoPE variants whose rotation depends only on the position, so cached keys can be moved between positions
@@ -126,6 +127,7 @@ class RetroLM(nn.Module):
         self.base_model = base_model
         self.tokenizer = tokenizer
         self.bookmark_id = add_bookmark_token(tokenizer, config.bookmark_token)
+        self._character_tables: dict[tuple[str, str], torch.Tensor | None] = {}  # `_character_table`'s
         inv_freq = rope_inv_freq(inner)
         shape = inner.config
         head_dim = getattr(shape, "head_dim", None) or shape.hidden_size // shape.num_attention_heads
@@ -216,6 +218,12 @@ class RetroLM(nn.Module):
                 raise RetroLMError(f"lexical_hop_span={config.lexical_hop_span} sets how far hops look, and hops are "
                                    "off (lexical_hops=0): pass lexical_hops > 0 with it, or lexical_hop_span=None.")
             config.lexical_hop_span = None  # the checkpoint's span belongs to the hops turned off
+        if config.lexical_hop_stops and not config.lexical_hops:
+            if "lexical_hop_stops" in knobs:
+                raise RetroLMError(f"lexical_hop_stops={config.lexical_hop_stops!r} bounds what hops read, and hops "
+                                   "are off (lexical_hops=0): pass lexical_hops > 0 with it, or "
+                                   "lexical_hop_stops=''.")
+            config.lexical_hop_stops = ""  # the checkpoint's stops belong to the hops turned off
         retriever = None
         if config.scorer == "trained":
             retriever = PageRetriever(config.retriever, _inner_model(base_model).config.hidden_size, config.page_size)
@@ -314,19 +322,27 @@ class RetroLM(nn.Module):
             return device_decoder.plan_step()
         inner = _inner_model(self.base_model)
         plan = plan_forward(cache, input_ids[0], self.retriever, inner.get_input_embeddings(), self.config,
-                            rope_inv_freq(inner), self._refresh_table())
+                            rope_inv_freq(inner), self._refresh_table(), self._hop_stop_table())
         plan.backend = self._backend()
         return plan
 
     def _refresh_table(self) -> torch.Tensor | None:
-        """[V] bool on the device: the ids whose decode step refreshes retrieval (config.refresh_on), built once per
-        setting (the config may be changed between calls)."""
-        key = (self.config.refresh_on, str(self.device))
-        if getattr(self, "_refresh_table_for", (None, None))[0] != key:
+        """[V] bool on the device: the ids whose decode step refreshes retrieval (config.refresh_on)."""
+        return self._character_table(self.config.refresh_on)
+
+    def _hop_stop_table(self) -> torch.Tensor | None:
+        """[V] bool on the device: the ids that end a sentence for lexical hops (config.lexical_hop_stops; None when
+        hops are off or it sets none)."""
+        return self._character_table(self.config.lexical_hop_stops) if self.config.lexical_hops else None
+
+    def _character_table(self, characters: str) -> torch.Tensor | None:
+        """`token_tables.character_table` of this tokenizer, built once per setting and device (the config may be
+        changed between calls)."""
+        key = (characters, str(self.device))
+        if key not in self._character_tables:
             vocab = _inner_model(self.base_model).get_input_embeddings().num_embeddings
-            self._refresh_table_for = (key, refresh_trigger_table(self.tokenizer, self.config.refresh_on, vocab,
-                                                                  self.device))
-        return self._refresh_table_for[1]
+            self._character_tables[key] = character_table(self.tokenizer, characters, vocab, self.device)
+        return self._character_tables[key]
 
     def _backend(self) -> str:
         """The attention path of a forward: "triton" (decode and prefill kernels) on CUDA when Triton is there."""

@@ -77,26 +77,6 @@ def _window_bookmarks(cache, retriever, embed, ends, page_size):
     return window_bookmarks(cache.token_ids[: cache.num_tokens], retriever, embed, ends, page_size)
 
 
-def refresh_trigger_table(tokenizer, characters: str, vocab_size: int, device=None) -> torch.Tensor | None:
-    """[V] bool table: True for the ids whose text holds one of `characters` (None when there are none).
-
-    A token's text is read as it appears after another token (decoding it alone would drop the leading space
-    some tokenizers mark, e.g. sentencepiece's "_word"). Special tokens never trigger.
-    """
-    if not characters:
-        return None
-    size = max(vocab_size, len(tokenizer))
-    anchor = tokenizer("a", add_special_tokens=False).input_ids[:1]
-    prefix = tokenizer.decode(anchor)
-    texts = tokenizer.batch_decode([anchor + [i] for i in range(size)], skip_special_tokens=True)
-    special = set(tokenizer.all_special_ids)
-    table = torch.zeros(size, dtype=torch.bool)
-    for i, text in enumerate(texts):
-        text = text[len(prefix):] if text.startswith(prefix) else text
-        table[i] = i not in special and any(c in text for c in characters)
-    return table.to(device)
-
-
 def _triggered(new_ids: torch.Tensor, table: torch.Tensor | None) -> bool:
     """Whether the token a decode step reads is a refresh trigger.
 
@@ -117,16 +97,21 @@ def plan_forward(
     config: RetroLMConfig,
     inv_freq: torch.Tensor,
     refresh_table: torch.Tensor | None = None,
+    hop_stops: torch.Tensor | None = None,
 ) -> AttentionPlan:
     """Plan the forward that encodes `new_ids` [q] after the tokens already in `cache`; the plan is also set as
     `cache.plan`, which the cache's layers require for this forward's update. refresh_table: [V] bool on the
-    device, the ids whose decode step refreshes retrieval (`refresh_trigger_table`); None: none do."""
+    device, the ids whose decode step refreshes retrieval (`token_tables.character_table`); None: none do.
+    hop_stops: [V] bool, the ids that end a sentence for lexical hops (config.lexical_hop_stops' table; None: the
+    config sets none)."""
     end = cache.num_tokens + new_ids.shape[0]
     room = cache.slots.pages * config.page_size if cache.slots is not None else end
     if end > room:  # checked before the cache changes
         raise RetroLMError(f"an offloaded KV cache is reserved whole: this one holds {room} tokens, the forward "
                            f"writes up to {end}. Build it with RetroLM.new_cache(capacity_tokens) large enough for "
                            "prompt + new tokens.")
+    if config.lexical_weight and cache.lexical is None:
+        cache.lexical = LexicalIndex.from_config(config, hop_stops, cache.token_ids.device)
     plan = _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table)
     cache.plan = _to_slots(plan, cache) if cache.slots is not None else plan
     return cache.plan
@@ -216,20 +201,15 @@ def _lexical_scores(cache: PagedKVCache, config: RetroLMConfig, group_starts: to
     """The lexical scores [G, n] of the groups of a forward encoding tokens t0.. up to the cache's end. A forward
     that ends a prompt first judges its question, the window before the prompt's end (lexical.py), whose judgement
     the answer's steps apply; the prompt's groups judge their own windows."""
-    index, t1 = lexical_index(cache, config), cache.num_tokens
+    index, t1 = lexical_index(cache), cache.num_tokens
     if cache.prompt_chunk == "last" or (cache.prompt_chunk is None and t1 - t0 > 1):
         index.judge_question(cache.token_ids, t1, n, n)
     return index.scores(cache.token_ids, group_starts, query_pages, n, decide=t1 - t0 > 1)
 
 
-def lexical_index(cache: PagedKVCache, config: RetroLMConfig) -> LexicalIndex:
-    """The cache's lexical index (made at first use), brought up to the cache's complete pages (the device decode
-    step starts from it too)."""
-    if cache.lexical is None:
-        cache.lexical = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, config.page_size,
-                                     config.lexical_query_pages * config.page_size, cache.token_ids.device,
-                                     config.lexical_near_miss_margin, config.lexical_hops,
-                                     config.lexical_hop_span)
+def lexical_index(cache: PagedKVCache) -> LexicalIndex:
+    """The cache's lexical index (made by its first `plan_forward`), brought up to the cache's complete pages (the
+    device decode step starts from it too)."""
     cache.lexical.update(cache.token_ids, cache.num_complete_pages)
     return cache.lexical
 

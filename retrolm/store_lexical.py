@@ -27,14 +27,12 @@ from .store_search import rows_of
 class StoreLexicalIndex:
     """The n-grams of every page of a store (documents' token ids in store order), for `scores`."""
 
-    def __init__(self, token_ids: dict[str, torch.Tensor], config):
-        """token_ids: doc id -> its stored token ids [pages * page_size] (pages padded whole), in store order."""
-        P = config.page_size
+    def __init__(self, token_ids: dict[str, torch.Tensor], config, hop_stops: torch.Tensor | None = None):
+        """token_ids: doc id -> its stored token ids [pages * page_size] (pages padded whole), in store order;
+        hop_stops: the model's table of config.lexical_hop_stops (RetroLM._hop_stop_table())."""
         self.rows: list[tuple[str, int]] = []
         self.page_ids = torch.zeros(0, dtype=torch.int32)  # every stored page's token ids, for hops (else empty)
-        self.index = LexicalIndex(config.lexical_ngram, config.lexical_max_pages, P,
-                                  config.lexical_query_pages * P, near_miss_margin=config.lexical_near_miss_margin,
-                                  hops=config.lexical_hops, hop_span=config.lexical_hop_span)
+        self.index = LexicalIndex.from_config(config, hop_stops)
         self.extend(token_ids)
 
     def extend(self, token_ids: dict[str, torch.Tensor]) -> None:

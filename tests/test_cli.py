@@ -40,6 +40,17 @@ def test_generate_missing_input_is_one_clear_error(tiny_dirs, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_generate_passes_hop_stops_with_escapes_read(tiny_dirs, tmp_path, capsys):
+    """--lexical-hop-stops reaches the model with its backslash escapes read: asked with hops off, the model's one
+    clear error names the newline it was given."""
+    text = tmp_path / "doc.txt"
+    text.write_text("one two. three\n" * 20)
+    code = main(["generate", "--model", tiny_dirs["llama"], "--input", str(text), "--question", "q",
+                 "--lexical-hops", "0", "--lexical-hop-stops", "\\n", "--device", "cpu"])
+    assert code == 2
+    assert "lexical_hop_stops='\\n' bounds what hops read, and hops are off" in capsys.readouterr().err
+
+
 def test_haystack_hides_the_fact_once_where_it_says():
     tokenizer = byte_tokenizer()
     fact = Fact("quiet-river", "1234567", depth=0.3)

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from retrolm import RetroLM, RetroLMConfig
 from retrolm.errors import RetroLMError
-from retrolm.lexical import (NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, gram_hashes, reference_hop_scores,
-                             reference_near_misses, reference_page_grams, reference_scores)
+from retrolm.lexical import (NEAR_MISS_SCORE, DeviceLexicalIndex, LexicalIndex, _near_in_sentence, gram_hashes,
+                             reference_hop_scores, reference_near_misses, reference_page_grams, reference_scores)
 
 
 def _random_case(seed: int):
@@ -258,7 +258,11 @@ def test_hop_scores_equal_the_set_reference(seed):
     else:
         ids, P, ngram, max_pages, starts, query_pages, n, query_tokens = _phrase_case(seed)
     hops, margin, span = rng.randint(1, 6), rng.choice([None, 0.7]), rng.choice([None, 1, P // 2, P])
-    index = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin, hops=hops, hop_span=span)
+    stops = rng.choice([[], rng.sample(sorted(set(ids)), rng.randint(1, 6))])  # sentence ends, or none
+    table = torch.zeros(max(ids) + 1, dtype=torch.bool)
+    table[stops] = True
+    index = LexicalIndex(ngram, max_pages, P, query_tokens, near_miss_margin=margin, hops=hops, hop_span=span,
+                         hop_stops=table if stops else None)
     index.update(torch.tensor(ids), n)
     got = index.judge_question(torch.tensor(ids), starts[-1], query_pages[-1], n)
     start = starts[-1]
@@ -271,7 +275,7 @@ def test_hop_scores_equal_the_set_reference(seed):
     plain_index.update(torch.tensor(ids), n)
     direct = plain_index.scores(torch.tensor(ids), torch.tensor(starts), torch.tensor(query_pages), n)[-1]
     expected, reached = reference_hop_scores(ids, ids[max(start - query_tokens, 0): start], direct.tolist(), judged,
-                                             near, P, ngram, hops, hop_span=span)
+                                             near, P, ngram, hops, hop_span=span, stops=stops)
     torch.testing.assert_close(index.hop_scores, torch.tensor(expected), rtol=1e-5, atol=1e-5)
     # a near miss a walk reaches is none
     assert index.near_misses.tolist() == [miss and not walked for miss, walked in zip(near, reached)]
@@ -477,6 +481,8 @@ def test_the_question_is_judged_where_the_prompt_ends(tiny_dirs, scorer):
     ({"lexical_hops": 1.5}, "lexical_hops must be an integer >= 0"),
     ({"lexical_hop_span": 0}, "lexical_hop_span must be an integer >= 1"),
     ({"lexical_hop_span": 8.5}, "lexical_hop_span must be an integer >= 1"),
+    ({"lexical_hop_stops": None}, "lexical_hop_stops must be a string of sentence-end characters"),
+    ({"lexical_hop_stops": [".", "!"]}, "lexical_hop_stops must be a string of sentence-end characters"),
 ])
 def test_bad_lexical_knobs_are_refused(knobs, words):
     with pytest.raises(RetroLMError) as error:
@@ -534,6 +540,29 @@ def test_a_hop_span_needs_hops():
         RetroLM.from_pretrained(lexical_hops=0, lexical_hop_span=8)
 
 
+def test_hop_stops_need_hops():
+    """Sentence ends set with hops off are refused when asked for, and dropped when they are the checkpoint's."""
+    assert RetroLM.from_pretrained(lexical_hop_stops=".").config.lexical_hop_stops == "."
+    assert RetroLM.from_pretrained(lexical_hops=0).config.lexical_hop_stops == ""
+    with pytest.raises(RetroLMError, match="lexical_hop_stops='.' bounds what hops read, and hops are off"):
+        RetroLM.from_pretrained(lexical_hops=0, lexical_hop_stops=".")
+
+
+def test_a_prompts_hops_read_the_models_sentence_ends(tiny_dirs):
+    """The table of lexical_hop_stops reaches the prompt's lexical index and the device decode step's copy of it; an
+    index made from a config with stops and no table is refused (it would look past sentence ends without a word)."""
+    model = RetroLM.from_pretrained(tiny_dirs["llama"], init_retriever=True, page_size=8, lexical_weight=1.0,
+                                    lexical_ngram=3, lexical_hops=2, lexical_hop_stops=".\n")
+    ids = model.tokenizer("one two. three\nfour " * 12, return_tensors="pt").input_ids
+    model.generate(input_ids=ids, max_new_tokens=2, do_sample=False)
+    stops = model.last_cache.lexical.hop_stops
+    assert set(stops.nonzero().flatten().tolist()) == {model.tokenizer(c, add_special_tokens=False).input_ids[0]
+                                                        for c in ".\n"}
+    assert torch.equal(DeviceLexicalIndex(model.last_cache.lexical, 64).hop_stops, stops)
+    with pytest.raises(RetroLMError, match="needs its token table"):
+        LexicalIndex.from_config(model.config)
+
+
 def test_the_benchmark_scripts_take_the_lexical_knobs():
     from eval.cli import method_options, parser
 
@@ -547,6 +576,8 @@ def test_the_benchmark_scripts_take_the_lexical_knobs():
     assert method_options(args).retrolm == {"lexical_hops": 0}
     args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-hop-span", "32"])
     assert method_options(args).retrolm == {"lexical_hop_span": 32}
+    args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-hop-stops", ".!?\\n"])
+    assert method_options(args).retrolm == {"lexical_hop_stops": ".!?\n"}
 
 
 def test_heldout_prose_names_its_scorers():
@@ -579,17 +610,34 @@ def test_merging_sorted_keys_equals_sorting_them(seed):
     assert torch.equal(_merged(old, new), torch.cat([old, new]).sort().values)
 
 
-def test_the_sentence_probe_looks_only_inside_a_links_sentence():
-    """bench/hop_sentence_probe.py's look: the library's within one sentence, nothing past the sentence's end."""
-    from bench.hop_sentence_probe import sentence_near_links
-
+def test_a_hop_with_stops_looks_only_inside_a_links_sentence():
+    """With hop_stops, a hop's look keeps to the link's sentence: nothing past the sentence's end, all of it within
+    the span before it; without, the span alone bounds it."""
     P, stop = 32, 99
     ids = [0] * P + [9, 10, 11, 12, 13, 14, stop, 20, 21, 22, 23, 24] + [0] * (3 * P - 12)
-    index = LexicalIndex(3, 64, P, P, hops=1, hop_span=16)
     link = torch.tensor([int(h) for h in gram_hashes(torch.tensor([9, 10, 11]), 3)])
-    plain = set(index._near_links(torch.tensor(ids), torch.tensor([1]), link).tolist())
-    bounded = set(sentence_near_links(torch.tensor([stop]))(index, torch.tensor(ids), torch.tensor([1]), link).tolist())
+    table = torch.zeros(100, dtype=torch.bool)
+    table[stop] = True
+    looks = {}
+    for name, stops in (("plain", None), ("bounded", table)):
+        index = LexicalIndex(3, 64, P, P, hops=1, hop_span=16, hop_stops=stops)
+        looks[name] = set(index._near_links(torch.tensor(ids), torch.tensor([1]), link).tolist())
     after = {int(h) for h in gram_hashes(torch.tensor([20, 21, 22, 23, 24]), 3)}
     within = {int(h) for h in gram_hashes(torch.tensor([9, 10, 11, 12, 13, 14]), 3)}
-    assert after <= plain and within <= plain
-    assert within <= bounded and not after & bounded
+    assert after <= looks["plain"] and within <= looks["plain"]
+    assert within <= looks["bounded"] and not after & looks["bounded"]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_near_in_sentence_matches_a_scan(seed):
+    """`_near_in_sentence` (nearest link each side) against every pair of positions, on random rows, spans and
+    sentence ends."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, length = int(torch.randint(1, 5, (1,), generator=gen)), int(torch.randint(1, 60, (1,), generator=gen))
+    span = int(torch.randint(0, 20, (1,), generator=gen))
+    at = torch.rand(rows, length, generator=gen) < float(torch.rand(1, generator=gen)) * 0.3
+    stop = (torch.rand(rows, length, generator=gen) < 0.1).long()
+    sentence = stop.cumsum(1) - stop
+    expected = torch.tensor([[any(bool(at[r, k]) and abs(i - k) <= span and sentence[r, i] == sentence[r, k]
+                                  for k in range(length)) for i in range(length)] for r in range(rows)])
+    assert torch.equal(_near_in_sentence(at, sentence, span), expected)

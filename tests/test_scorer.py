@@ -257,30 +257,6 @@ def test_no_trigger_characters_means_interval_refreshes_only(tiny_dirs):
     assert cache.selection[2] == 58
 
 
-def test_refresh_trigger_table_reads_tokens_as_they_appear_mid_text(tiny_dirs):
-    """Byte tokens trigger on their own character; a sentencepiece-style "_word" (leading space, dropped when it is
-    decoded alone) triggers on a space; special tokens never do."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from retrolm.planner import refresh_trigger_table
-
-    byte = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
-    table = refresh_trigger_table(byte, " \n", 320)
-    assert table.shape == (320,)
-    assert set(table.nonzero().flatten().tolist()) == {byte(c, add_special_tokens=False).input_ids[0] for c in " \n"}
-    assert refresh_trigger_table(byte, "", 320) is None
-
-    vocab = {"<unk>": 0, "\u2581a": 1, "b": 2, "\u2581": 3, ",": 4, "\u2581b,": 5}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Metaspace()
-    raw.decoder = decoders.Metaspace()
-    sentencepiece_like = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
-    assert sentencepiece_like.decode([1]) == "a"  # alone, the leading space is gone
-    assert refresh_trigger_table(sentencepiece_like, " ", 6).nonzero().flatten().tolist() == [1, 3, 5]
-    assert refresh_trigger_table(sentencepiece_like, ",", 6).nonzero().flatten().tolist() == [4, 5]
-
-
 def test_decode_shortcut_needs_enough_candidates():
     from retrolm.scorer import _has_decode_shortcut
 

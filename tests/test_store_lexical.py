@@ -247,9 +247,10 @@ def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
     reached = 0
     for seed in range(6):
         rng = random.Random(seed)
-        hops, span = rng.randint(1, 4), rng.choice([None, 4, 8])
+        hops, span, stops = rng.randint(1, 4), rng.choice([None, 4, 8]), rng.choice(["", "ae"])
         knobs = dict(init_retriever=True, page_size=8, lexical_weight=1.0, lexical_ngram=3)
-        model = RetroLM.from_pretrained(tiny_dirs["llama"], lexical_hops=hops, lexical_hop_span=span, **knobs)
+        model = RetroLM.from_pretrained(tiny_dirs["llama"], lexical_hops=hops, lexical_hop_span=span,
+                                        lexical_hop_stops=stops, **knobs)
         store = PageStore.open(str(tmp_path / f"store{seed}"), model, create=True)
         vocabulary = ["".join(rng.choice(string.ascii_lowercase) for _ in range(4)) for _ in range(200)]
         docs = {f"d{i}": rng.choices(vocabulary, k=rng.randint(20, 50)) for i in range(4)}
@@ -257,13 +258,15 @@ def test_store_hop_scores_equal_the_set_reference(tiny_dirs, tmp_path):
         question_ids = model.tokenizer(" ".join(rng.choices(vocabulary, k=4)), return_tensors="pt").input_ids[0]
         plain = StoreLexicalIndex({doc_id: store.token_ids(doc_id) for doc_id in store.documents()},
                                   RetroLM.from_pretrained(tiny_dirs["llama"], **knobs).config)
-        index, _ = store_lexical_index(store, model.config)
+        index, _ = store_lexical_index(store, model.config, model._hop_stop_table())
         rows = index.rows
         tokens = torch.cat([store.token_ids(doc_id) for doc_id in store.documents()]).tolist()
         direct = [plain.scores(question_ids).get(row, 0.0) for row in rows]
         window = question_ids[-min(2 * 8, question_ids.numel()):].tolist()
         expected, _ = reference_hop_scores(tokens, window, direct, len(rows), [False] * len(rows), 8, 3, hops,
-                                           _document_starts(rows), hop_span=span)
+                                           _document_starts(rows), hop_span=span,
+                                           stops=[model.tokenizer(c, add_special_tokens=False).input_ids[0]
+                                                  for c in stops])
         got = index.scores(question_ids)
         assert len(index.page_ids) == len(tokens)
         assert held(index.index) == hashed(reference_page_grams(tokens, len(rows), 8, 3, _document_starts(rows)))
@@ -289,7 +292,7 @@ def test_a_store_records_the_lexical_knobs_its_encoding_used(tmp_path):
     path = os.path.join(str(tmp_path / "without"), MANIFEST)
     manifest = json.load(open(path))
     for knob in ("lexical_weight", "lexical_ngram", "lexical_max_pages", "lexical_query_pages",
-                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span"):
+                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span", "lexical_hop_stops"):
         del manifest["identity"]["retrolm"][knob]
     json.dump(manifest, open(path, "w"))
     assert len(PageStore.open(str(tmp_path / "without"), without)) == 1

@@ -117,7 +117,7 @@ class PostTrainObjective(_Objective):
             scratch = PagedKVCache(0, model.config.page_size, model.config.retriever.num_score_heads,
                                    model.config.retriever.score_dim, device=input_ids.device)
             plan = plan_forward(scratch, input_ids[0], model.retriever, inner.get_input_embeddings(), model.config,
-                                rope_inv_freq(inner))
+                                rope_inv_freq(inner), hop_stops=model._hop_stop_table())
         plan.backend = "reference" if model.config.attention_backend == "reference" else "sdpa"
         return plan
 
