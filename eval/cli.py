@@ -48,8 +48,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:0, cpu")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     for knob in RETROLM_KNOBS:
-        kind = (str if knob in STRING_KNOBS else escaped_argument if knob in ESCAPED_KNOBS else float if knob in FLOAT_KNOBS
-                else margin_argument if knob in OPTIONAL_FLOAT_KNOBS else int)
+        kind = (str if knob in STRING_KNOBS else escaped_argument if knob in ESCAPED_KNOBS
+                else float if knob in FLOAT_KNOBS else margin_argument if knob in OPTIONAL_FLOAT_KNOBS else int)
         p.add_argument("--" + knob.replace("_", "-"), type=kind, default=None, help=f"RetroLMConfig.{knob}")
     return p
 

@@ -104,7 +104,7 @@ class DeviceDecoder:
         )
         self.lexical = None
         if config.lexical_weight:  # lexical page scores (either scorer), from fixed buffers
-            self.lexical = DeviceLexicalIndex(lexical_index(cache), self.spare_page)
+            self.lexical = DeviceLexicalIndex(lexical_index(cache, config, model._hop_stop_table()), self.spare_page)
         self.scorer = None
         if config.scorer != "trained":  # every layer chooses its pages inside its attention (device_scorer.py)
             plan = self.plan

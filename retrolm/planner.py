@@ -110,8 +110,8 @@ def plan_forward(
         raise RetroLMError(f"an offloaded KV cache is reserved whole: this one holds {room} tokens, the forward "
                            f"writes up to {end}. Build it with RetroLM.new_cache(capacity_tokens) large enough for "
                            "prompt + new tokens.")
-    if config.lexical_weight and cache.lexical is None:
-        cache.lexical = LexicalIndex.from_config(config, hop_stops, cache.token_ids.device)
+    if config.lexical_weight:
+        lexical_index(cache, config, hop_stops)  # made now, with the model's table, if this is its first use
     plan = _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table)
     cache.plan = _to_slots(plan, cache) if cache.slots is not None else plan
     return cache.plan
@@ -201,15 +201,17 @@ def _lexical_scores(cache: PagedKVCache, config: RetroLMConfig, group_starts: to
     """The lexical scores [G, n] of the groups of a forward encoding tokens t0.. up to the cache's end. A forward
     that ends a prompt first judges its question, the window before the prompt's end (lexical.py), whose judgement
     the answer's steps apply; the prompt's groups judge their own windows."""
-    index, t1 = lexical_index(cache), cache.num_tokens
+    index, t1 = lexical_index(cache, config), cache.num_tokens
     if cache.prompt_chunk == "last" or (cache.prompt_chunk is None and t1 - t0 > 1):
         index.judge_question(cache.token_ids, t1, n, n)
     return index.scores(cache.token_ids, group_starts, query_pages, n, decide=t1 - t0 > 1)
 
 
-def lexical_index(cache: PagedKVCache) -> LexicalIndex:
-    """The cache's lexical index (made by its first `plan_forward`), brought up to the cache's complete pages (the
-    device decode step starts from it too)."""
+def lexical_index(cache: PagedKVCache, config: RetroLMConfig, hop_stops: torch.Tensor | None = None) -> LexicalIndex:
+    """The cache's lexical index, made at first use from `config` and the model's hop_stops table (`plan_forward`),
+    brought up to the cache's complete pages (the device decode step starts from it too)."""
+    if cache.lexical is None:
+        cache.lexical = LexicalIndex.from_config(config, hop_stops, cache.token_ids.device)
     cache.lexical.update(cache.token_ids, cache.num_complete_pages)
     return cache.lexical
 

@@ -459,6 +459,33 @@ def test_decoding_block_serves_a_manual_decode_loop(tiny_dirs, monkeypatch):
     assert len(steps) == 30  # the static loop's steps, and none of the eager loop's
 
 
+def test_lexical_scores_turned_on_after_the_prompt_decode_alike_in_both_paths(tiny_dirs):
+    """A prompt encoded with lexical scores off, then decoded with them on (hops and sentence ends too): the eager
+    and the device step each make the cache's lexical index at their first step, with the model's sentence-end
+    table, and write the same tokens (every step selects afresh: eager decoding would otherwise keep the prompt's
+    selection, made without lexical scores, for its first steps)."""
+    tokens = {}
+    for mode in ("eager", "static"):
+        model = RetroLM.from_pretrained(tiny_dirs["llama"], **{**TRAINED, "refresh_interval": 1})
+        torch.manual_seed(3)
+        ids = torch.randint(0, 256, (1, 50))
+        cache = model.new_cache(ids.shape[1] + 30)
+        with torch.no_grad():
+            cache, logits = model.encode(ids, cache, logits_to_keep=1)
+            assert cache.lexical is None
+            model.config.lexical_weight, model.config.lexical_ngram = 50.0, 2
+            model.config.lexical_hops, model.config.lexical_hop_stops = 2, "."
+            token, out = logits.argmax(-1), []
+            with model.decoding(cache, 30, mode):
+                for _ in range(30):
+                    token = model.base_model(input_ids=token, use_cache=True,
+                                             **{cache_argument(model.base_model): cache}).logits.argmax(-1)
+                    out.append(int(token))
+        tokens[mode] = out
+        assert torch.equal(cache.lexical.hop_stops, model._hop_stop_table())
+    assert tokens["static"] == tokens["eager"]
+
+
 @pytest.mark.parametrize("scorer_knobs", [LEXICAL, ATTENTION_LEXICAL], ids=["trained", "attention"])
 def test_static_step_keeps_the_prompts_near_misses_as_eager_does(tiny_dirs, scorer_knobs):
     """With near misses judged (margin 0: any page less rare than the best's passage), the device step applies the
