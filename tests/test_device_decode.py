@@ -433,28 +433,34 @@ def test_cuda_graph_decodes_like_eager_on_the_default_model():
     assert retrievals == expected_retrievals
 
 
+def _manual_decode(model, mode: str, steps: int = 30, between=None) -> tuple[list[int], object]:
+    """A hand-written greedy loop inside `model.decoding` after encoding 50 random tokens (seed 3): its tokens and
+    the cache. between(model, cache) runs after the prompt is encoded, before decoding."""
+    torch.manual_seed(3)
+    ids = torch.randint(0, 256, (1, 50))
+    cache = model.new_cache(ids.shape[1] + steps)
+    with torch.no_grad():
+        cache, logits = model.encode(ids, cache, logits_to_keep=1)
+        if between is not None:
+            between(model, cache)
+        token, out = logits.argmax(-1), []
+        with model.decoding(cache, steps, mode):
+            for _ in range(steps):
+                token = model.base_model(input_ids=token, use_cache=True,
+                                         **{cache_argument(model.base_model): cache}).logits.argmax(-1)
+                out.append(int(token))
+    assert cache.num_tokens == ids.shape[1] + steps
+    return out, cache
+
+
 def test_decoding_block_serves_a_manual_decode_loop(tiny_dirs, monkeypatch):
     """`RetroLM.decoding` (what bench/decode.py times) turns plain forwards on the paged cache into device-side
     steps: a hand-written greedy loop gives the eager loop's tokens."""
     steps = []
     device_step = DeviceDecoder._step
     monkeypatch.setattr(DeviceDecoder, "_step", lambda self, *rest: steps.append(1) or device_step(self, *rest))
-    tokens = {}
-    for mode in ("eager", "static"):
-        model = RetroLM.from_pretrained(tiny_dirs["llama"], **TRAINED)
-        torch.manual_seed(3)
-        ids = torch.randint(0, 256, (1, 50))
-        cache = model.new_cache(ids.shape[1] + 30)
-        with torch.no_grad():
-            cache, logits = model.encode(ids, cache, logits_to_keep=1)
-            token, out = logits.argmax(-1), []
-            with model.decoding(cache, 30, mode):
-                for _ in range(30):
-                    token = model.base_model(input_ids=token, use_cache=True,
-                                             **{cache_argument(model.base_model): cache}).logits.argmax(-1)
-                    out.append(int(token))
-        tokens[mode] = out
-        assert cache.num_tokens == ids.shape[1] + 30
+    tokens = {mode: _manual_decode(RetroLM.from_pretrained(tiny_dirs["llama"], **TRAINED), mode)[0]
+              for mode in ("eager", "static")}
     assert tokens["static"] == tokens["eager"]
     assert len(steps) == 30  # the static loop's steps, and none of the eager loop's
 
@@ -464,24 +470,15 @@ def test_lexical_scores_turned_on_after_the_prompt_decode_alike_in_both_paths(ti
     and the device step each make the cache's lexical index at their first step, with the model's sentence-end
     table, and write the same tokens (every step selects afresh: eager decoding would otherwise keep the prompt's
     selection, made without lexical scores, for its first steps)."""
+    def lexical_on(model, cache):
+        assert cache.lexical is None
+        model.config.lexical_weight, model.config.lexical_ngram = 50.0, 2
+        model.config.lexical_hops, model.config.lexical_hop_stops = 2, "."
+
     tokens = {}
     for mode in ("eager", "static"):
         model = RetroLM.from_pretrained(tiny_dirs["llama"], **{**TRAINED, "refresh_interval": 1})
-        torch.manual_seed(3)
-        ids = torch.randint(0, 256, (1, 50))
-        cache = model.new_cache(ids.shape[1] + 30)
-        with torch.no_grad():
-            cache, logits = model.encode(ids, cache, logits_to_keep=1)
-            assert cache.lexical is None
-            model.config.lexical_weight, model.config.lexical_ngram = 50.0, 2
-            model.config.lexical_hops, model.config.lexical_hop_stops = 2, "."
-            token, out = logits.argmax(-1), []
-            with model.decoding(cache, 30, mode):
-                for _ in range(30):
-                    token = model.base_model(input_ids=token, use_cache=True,
-                                             **{cache_argument(model.base_model): cache}).logits.argmax(-1)
-                    out.append(int(token))
-        tokens[mode] = out
+        tokens[mode], cache = _manual_decode(model, mode, between=lexical_on)
         assert torch.equal(cache.lexical.hop_stops, model._hop_stop_table())
     assert tokens["static"] == tokens["eager"]
 
