@@ -116,6 +116,27 @@ def check_architecture(hf_config) -> None:
             )
 
 
+# Knobs that mean something only with another one on: (knob, its off value, what it does, the knob it needs)
+DEPENDENT_KNOBS = (
+    ("lexical_near_miss_margin", None, "judges lexical page scores, which are off", "lexical_weight"),
+    ("lexical_hops", 0, "follows lexical page scores, which are off", "lexical_weight"),
+    ("lexical_hop_span", None, "sets how far hops look, and hops are off", "lexical_hops"),
+    ("lexical_hop_stops", "", "bounds what hops read, and hops are off", "lexical_hops"),
+)
+
+
+def _drop_dependent_knobs(config: RetroLMConfig, asked) -> None:
+    """A DEPENDENT_KNOBS knob set while the knob it needs is off: refused when asked for (`asked`: the knobs passed
+    to from_pretrained), turned off when it is the checkpoint's (it belongs to what was turned off)."""
+    for knob, off, what, needs in DEPENDENT_KNOBS:
+        value = getattr(config, knob)
+        if value != off and not getattr(config, needs):
+            if knob in asked:
+                raise RetroLMError(f"{knob}={value!r} {what} ({needs}=0): pass {needs} > 0 with it, or "
+                                   f"{knob}={off!r}.")
+            setattr(config, knob, off)
+
+
 class RetroLM(nn.Module):
     """A causal LM plus a page retriever. Use `from_pretrained` to build one."""
 
@@ -202,28 +223,7 @@ class RetroLM(nn.Module):
             why += (f"; the checkpoint's lexical_weight={config.lexical_weight} belongs to the trained scorer: off "
                     "(pass lexical_weight to use lexical scores with the training-free scorer)")
             config.lexical_weight = 0.0
-        if config.lexical_near_miss_margin is not None and not config.lexical_weight:
-            if "lexical_near_miss_margin" in knobs:
-                raise RetroLMError(f"lexical_near_miss_margin={config.lexical_near_miss_margin} judges lexical page "
-                                   "scores, which are off (lexical_weight=0): pass lexical_weight > 0 with it, or "
-                                   "lexical_near_miss_margin=None.")
-            config.lexical_near_miss_margin = None  # the checkpoint's margin judges the lexical scores turned off
-        if config.lexical_hops and not config.lexical_weight:
-            if "lexical_hops" in knobs:
-                raise RetroLMError(f"lexical_hops={config.lexical_hops} follows lexical page scores, which are off "
-                                   "(lexical_weight=0): pass lexical_weight > 0 with it, or lexical_hops=0.")
-            config.lexical_hops = 0  # the checkpoint's hops follow the lexical scores turned off
-        if config.lexical_hop_span is not None and not config.lexical_hops:
-            if "lexical_hop_span" in knobs:
-                raise RetroLMError(f"lexical_hop_span={config.lexical_hop_span} sets how far hops look, and hops are "
-                                   "off (lexical_hops=0): pass lexical_hops > 0 with it, or lexical_hop_span=None.")
-            config.lexical_hop_span = None  # the checkpoint's span belongs to the hops turned off
-        if config.lexical_hop_stops and not config.lexical_hops:
-            if "lexical_hop_stops" in knobs:
-                raise RetroLMError(f"lexical_hop_stops={config.lexical_hop_stops!r} bounds what hops read, and hops "
-                                   "are off (lexical_hops=0): pass lexical_hops > 0 with it, or "
-                                   "lexical_hop_stops=''.")
-            config.lexical_hop_stops = ""  # the checkpoint's stops belong to the hops turned off
+        _drop_dependent_knobs(config, knobs)
         retriever = None
         if config.scorer == "trained":
             retriever = PageRetriever(config.retriever, _inner_model(base_model).config.hidden_size, config.page_size)

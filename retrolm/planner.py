@@ -110,8 +110,8 @@ def plan_forward(
         raise RetroLMError(f"an offloaded KV cache is reserved whole: this one holds {room} tokens, the forward "
                            f"writes up to {end}. Build it with RetroLM.new_cache(capacity_tokens) large enough for "
                            "prompt + new tokens.")
-    if config.lexical_weight:
-        lexical_index(cache, config, hop_stops)  # made now, with the model's table, if this is its first use
+    if config.lexical_weight and cache.lexical is None:
+        lexical_index(cache, config, hop_stops)  # made with the model's table (later forwards only update it)
     plan = _plan(cache, new_ids, retriever, embed, config, inv_freq, refresh_table)
     cache.plan = _to_slots(plan, cache) if cache.slots is not None else plan
     return cache.plan
