@@ -30,6 +30,7 @@ import sys
 import time
 
 import torch
+from transformers import LogitsProcessorList
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -97,7 +98,9 @@ NEEDLE_KINDS = {"test": "five test formats",
 
 @torch.no_grad()
 def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, topics: list[str],
-             needles: str = "test") -> dict:
+             needles: str = "test", reader=None) -> dict:
+    """reader: None (the model's own answers), or a callable given each sample's cache that returns a
+    `transformers` LogitsProcessor to answer through (bench/copy_reader_ceiling.py)."""
     make, formats = NEEDLE_SETS[needles]
     P = model.config.page_size
     rows = []
@@ -106,7 +109,10 @@ def run_cell(model: RetroLM, factor: int, window: int, samples: int, seed: int, 
         needle = make(rng, i % formats)
         sample = build_sample(model.tokenizer, rng, factor * window, topics, needle)
         ids = sample.ids.to(model.device)
-        out = model.generate(input_ids=ids, max_new_tokens=len(needle.value) + 6, do_sample=False)
+        new_tokens = len(needle.value) + 6
+        cache = model.new_cache(ids.shape[1] + new_tokens)
+        processors = {"logits_processor": LogitsProcessorList([reader(cache)])} if reader else {}
+        out = model.generate_after(cache, ids, new_tokens, do_sample=False, **processors)
         answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         pages = answer_pages(model, ids.shape[1])
         needle_pages = value_pages(sample, P)
