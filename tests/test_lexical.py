@@ -432,7 +432,8 @@ def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs, scor
 def test_prefill_chunking_does_not_change_the_pages_hops_reach(tiny_dirs, scorer):
     """Only the prompt's last window (its question) walks: a chunk ending earlier adds no hop scores to its last
     window, so chain prompts encode the same in chunks of one page, four or all. (Filler of 30 symbols: with 4,
-    filler pages tie on lexical scores and the training-free scorer's shares, equal but for rounding, order them.)"""
+    filler pages tie exactly on lexical scores and on the training-free scorer's shares, and topk orders ties by
+    the width of the score matrix, which a chunk's end sets: docs/status.md.)"""
     for length, seed in ((200, 0), (330, 2)):
         ids = chain_prompt(length, seed, symbols=30)
         logits, hop_scores = [], []

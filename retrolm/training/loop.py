@@ -198,7 +198,13 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work():
-        run(stage, args.config, args.deepspeed, args.set)
+        try:
+            run(stage, args.config, args.deepspeed, args.set)
+        finally:
+            # one run per process here: leave the group now, while every object holding it is alive, rather than
+            # at interpreter exit (a launched rank once aborted there, "terminate called without an active
+            # exception", after its run had finished)
+            _leave_group()
 
     return exit_code(work)
 
@@ -235,14 +241,19 @@ def _init_distributed(deepspeed) -> torch.device:
     on_gpu = torch.cuda.is_available()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
-        # torch warns at exit about a group never destroyed; not earlier, since DeepSpeed keeps handles to it
-        # across runs in one process
-        atexit.register(dist.destroy_process_group)
+        # torch warns at exit about a group never destroyed; in-process runs (tests, notebooks) keep it until then,
+        # since DeepSpeed keeps handles to it across runs in one process; the command line leaves it after its run
+        atexit.register(_leave_group)
     if on_gpu:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _barrier() -> None:
