@@ -133,9 +133,7 @@ def select_pages(
     k = min(top_k, n)
     if k > 0:
         masked = scores.float().masked_fill(~candidates, float("-inf"))
-        # a stable sort, not topk: tied pages go in page order whatever N is (topk's order among ties depends on
-        # the width, so a prompt's chunking, which sets N, would change which tied page is attended)
-        top_scores, top_index = (x[:, :k] for x in masked.sort(dim=1, descending=True, stable=True))
+        top_scores, top_index = masked.topk(k, dim=1)
         if neighbors:
             pages, taken = with_neighbors(top_index, top_scores > float("-inf"), candidates, list(neighbors), top_k)
             hits = torch.zeros(groups, n, dtype=torch.long, device=device)

@@ -203,8 +203,7 @@ def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: tor
     if lexical is not None:
         share = share / (heads * width) + lexical
     candidates = (index >= sink) & (index < m - local)
-    # [k] best first; ties in page order, as select_pages (the reserved rows, so the width, follow the cache's size)
-    ranked = share.masked_fill(~candidates, float("-inf")).sort(descending=True, stable=True).indices[:k]
+    ranked = share.masked_fill(~candidates, float("-inf")).topk(k).indices  # [k] best first
     if plan.neighbors:
         pages, taken = with_neighbors(ranked[None], torch.ones_like(ranked[None], dtype=torch.bool),
                                       candidates[None], list(plan.neighbors), k)
