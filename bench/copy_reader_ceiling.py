@@ -46,7 +46,8 @@ def copied_token(text_ids: torch.Tensor, written: torch.Tensor, sources: torch.T
     span = min(max_match, written.shape[0])
     if sources.numel() == 0 or span < min_match:
         return None
-    back = sources[:, None] - torch.arange(span)[None]  # [C, span]: the positions a match would cover, latest first
+    # [C, span]: the positions a match would cover, latest first
+    back = sources[:, None] - torch.arange(span, device=sources.device)[None]
     same = (text_ids[back.clamp(min=0)] == written.flip(0)[:span][None]) & (back >= 0)
     lengths = same.long().cumprod(1).sum(1)
     longest = int(lengths.max())
@@ -67,10 +68,11 @@ class CopyingReader(LogitsProcessor):
         cache = self.cache
         size = cache.page_size
         current = (cache.num_tokens - 1) // size  # the page being written: never a source
-        pages = (cache.selection[1].cpu() if cache.selection is not None else torch.arange(current))
+        device = cache.token_ids.device  # on the cache's device: no copy of the whole text per step
+        pages = cache.selection[1] if cache.selection is not None else torch.arange(current, device=device)
         pages = pages[(pages >= 0) & (pages < current)]
-        sources = (pages[:, None] * size + torch.arange(size)[None]).flatten()
-        token = copied_token(cache.token_ids[: cache.num_tokens].cpu(), input_ids[0].cpu(), sources, self.min_match)
+        sources = (pages[:, None] * size + torch.arange(size, device=device)[None]).flatten()
+        token = copied_token(cache.token_ids[: cache.num_tokens], input_ids[0].to(device), sources, self.min_match)
         if token is None:
             return scores
         copied = torch.full_like(scores, float("-inf"))
