@@ -111,6 +111,22 @@ def with_neighbors(seeds: torch.Tensor, seed_ok: torch.Tensor, candidates: torch
     return pages, taken
 
 
+def topk_in_page_order(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scores.topk(k)` along the last dim with ties taken in page order (lowest index first): (values, indices).
+
+    topk orders tied values by a rule that depends on the width of the scores, which a prompt's chunking (the
+    pages complete at a chunk's end) and the cache's reserved rows set, so ties of exactly equal scores (pages
+    with the same key bounds) would be broken differently by them. Each score becomes one int64 key, its float
+    bits mapped to an integer of the same order in the high half, less the page index: all keys distinct, one
+    topk, capturable in a CUDA graph (a stable sort is not everywhere)."""
+    bits = scores.float().contiguous().view(torch.int32).long()
+    magnitude = bits & 0x7FFFFFFF
+    ordered = torch.where(bits < 0, -magnitude, magnitude)  # the float's order; -0.0 and +0.0 both 0
+    key = (ordered << 32) - torch.arange(scores.shape[-1], device=scores.device)  # equal scores: lower page first
+    indices = key.topk(k, dim=-1).indices
+    return scores.gather(-1, indices), indices
+
+
 def select_pages(
     scores: torch.Tensor, query_pages: torch.Tensor, top_k: int, sink_pages: int, local_pages: int,
     fixed_width: bool = False, neighbors: list[int] | tuple = (),
@@ -133,7 +149,7 @@ def select_pages(
     k = min(top_k, n)
     if k > 0:
         masked = scores.float().masked_fill(~candidates, float("-inf"))
-        top_scores, top_index = masked.topk(k, dim=1)
+        top_scores, top_index = topk_in_page_order(masked, k)
         if neighbors:
             pages, taken = with_neighbors(top_index, top_scores > float("-inf"), candidates, list(neighbors), top_k)
             hits = torch.zeros(groups, n, dtype=torch.long, device=device)

@@ -28,7 +28,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .retriever import eligible_pages, packed_key_shift, select_pages, with_neighbors
+from .retriever import eligible_pages, packed_key_shift, select_pages, topk_in_page_order, with_neighbors
 from .rope import shift_keys
 
 
@@ -203,7 +203,7 @@ def decode_selection(plan, rows: torch.Tensor, center: torch.Tensor, radius: tor
     if lexical is not None:
         share = share / (heads * width) + lexical
     candidates = (index >= sink) & (index < m - local)
-    ranked = share.masked_fill(~candidates, float("-inf")).topk(k).indices  # [k] best first
+    ranked = topk_in_page_order(share.masked_fill(~candidates, float("-inf")), k)[1]  # [k] best first
     if plan.neighbors:
         pages, taken = with_neighbors(ranked[None], torch.ones_like(ranked[None], dtype=torch.bool),
                                       candidates[None], list(plan.neighbors), k)

@@ -431,11 +431,11 @@ def test_prefill_chunking_does_not_change_lexically_chosen_pages(tiny_dirs, scor
 @pytest.mark.parametrize("scorer", ["trained", "attention"])
 def test_prefill_chunking_does_not_change_the_pages_hops_reach(tiny_dirs, scorer):
     """Only the prompt's last window (its question) walks: a chunk ending earlier adds no hop scores to its last
-    window, so chain prompts encode the same in chunks of one page, four or all. (Filler of 30 symbols: with 4,
-    filler pages tie exactly on lexical scores and on the training-free scorer's shares, and topk orders ties by
-    the width of the score matrix, which a chunk's end sets: docs/status.md.)"""
-    for length, seed in ((200, 0), (330, 2)):
-        ids = chain_prompt(length, seed, symbols=30)
+    window, so chain prompts encode the same in chunks of one page, four or all. With filler of 4 symbols, pages
+    tie exactly on lexical scores and on the training-free scorer's shares (every page holding all four has the
+    same key bounds): tied pages are taken in page order, whatever width a chunk's end gives the scores."""
+    for length, seed, symbols in ((200, 0, 30), (330, 2, 30), (330, 2, 4)):
+        ids = chain_prompt(length, seed, symbols=symbols)
         logits, hop_scores = [], []
         for chunk in (1, 4, 64):
             model = RetroLM.from_pretrained(tiny_dirs["llama"], init_retriever=True, attention_backend="reference",
@@ -579,6 +579,9 @@ def test_the_benchmark_scripts_take_the_lexical_knobs():
     assert method_options(args).retrolm == {"lexical_hop_span": 32}
     args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-hop-stops", ".!?\\n"])
     assert method_options(args).retrolm == {"lexical_hop_stops": ".!?\n"}
+    for value, knob in (("64", 64), ("off", None)):  # "off": the checkpoint's echo judging turned off
+        args = parser("test").parse_args(["--method", "retrolm", "--out", "x", "--lexical-echo-tokens", value])
+        assert method_options(args).retrolm == {"lexical_echo_tokens": knob}
 
 
 def test_heldout_prose_names_its_scorers():

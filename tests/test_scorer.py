@@ -189,6 +189,27 @@ def test_decode_shortcut_selects_what_the_general_scorer_selects(m, extra, windo
         assert on_device.tolist() == general.tolist()
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_tied_pages_are_taken_in_page_order_at_decode_whatever_the_reserved_rows(seed):
+    """Pages with the same key bounds tie exactly on their shares: a decode step takes them in page order, so the
+    reserved rows (the cache's size, set by max_new_tokens) do not change the pages, and the general scorer agrees."""
+    from retrolm.scorer import decode_selection, group_selection
+
+    gen = torch.Generator().manual_seed(seed)
+    m, kv_heads, heads, dim, window = 30, 2, 4, 8, 6
+    kinds = torch.randn(3, kv_heads, dim, generator=gen), torch.rand(3, kv_heads, dim, generator=gen)
+    pick = torch.randint(0, 3, (m + 40,), generator=gen)  # three kinds of page, each many times: ties
+    center, radius = kinds[0][pick], kinds[1][pick]
+    rows = torch.randn(window, heads, dim, generator=gen)
+    plan = SimpleNamespace(decode_token=(m, 3), query_pages=torch.tensor([m]), sink_pages=1, local_pages=1,
+                           top_k=5, neighbors=(), lexical=None)
+    chosen = [decode_selection(plan, rows, center[: m + spare], radius[: m + spare], 0.3).tolist()
+              for spare in (1, 7, 40)]
+    assert chosen[0] == chosen[1] == chosen[2]
+    general = group_selection(plan, rows[None], torch.ones(1, window, dtype=torch.bool), center, radius, m, 0.3)
+    assert chosen[0] == general.tolist()
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_with_lexical_scores_a_layer_ranks_by_share_per_query_row_plus_lexical_score(seed):
     """group_selection with the plan's lexical scores picks the top-k of (attention share / (heads x valid window

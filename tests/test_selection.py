@@ -4,7 +4,7 @@ import torch
 
 from retrolm import RetroLM, RetroLMConfig
 from retrolm.compat import cache_argument
-from retrolm.retriever import score_pages, select_pages
+from retrolm.retriever import score_pages, select_pages, topk_in_page_order
 
 
 @pytest.mark.parametrize("trial", range(20))
@@ -106,6 +106,29 @@ def test_neighbor_selection_equals_the_reference(trial, fixed_width):
             assert max(candidates, key=lambda p: float(scores[g, p])) in row
 
 
+@pytest.mark.parametrize("trial", range(20))
+def test_tied_pages_are_taken_in_page_order_whatever_the_width(trial):
+    """Scores with ties (few distinct values): the pages taken are those a stable rank by (score, page) gives, and
+    the same when the score matrix runs past the query pages (a chunk ending later gives it more columns)."""
+    gen = torch.Generator().manual_seed(trial)
+    n = int(torch.randint(4, 40, (1,), generator=gen))
+    groups = int(torch.randint(1, 6, (1,), generator=gen))
+    top_k, sink, local = int(torch.randint(1, 5, (1,), generator=gen)), 1, 1
+    scores = torch.randint(0, 3, (groups, n), generator=gen).float()
+    query_pages = torch.randint(0, n + 1, (groups,), generator=gen)
+    wider = torch.cat([scores, torch.randint(0, 3, (groups, 25), generator=gen).float()], dim=1)
+    for offsets in ((), (1,)):
+        narrow = select_pages(scores, query_pages, top_k, sink, local, fixed_width=True, neighbors=offsets)
+        wide = select_pages(wider, query_pages, top_k, sink, local, fixed_width=True, neighbors=offsets)
+        assert torch.equal(narrow, wide[:, :narrow.shape[1]]) and (wide[:, narrow.shape[1]:] == -1).all()
+    attended = select_pages(scores, query_pages, top_k, sink, local)
+    for g in range(groups):
+        m = int(query_pages[g])
+        always = {p for p in range(m) if p < sink or p >= m - local}
+        ranked = sorted((p for p in range(m) if p not in always), key=lambda p: (-float(scores[g, p]), p))
+        assert {p for p in attended[g].tolist() if p >= 0} == always | set(ranked[:top_k])
+
+
 @pytest.mark.parametrize("m, top_k, sink, local, offsets, best, expected", [
     (10, 2, 1, 1, (1,), 3, [0, 3, 4, 9]),  # the best page and its successor
     (10, 2, 1, 1, (-1,), 3, [0, 2, 3, 9]),  # ... its predecessor
@@ -120,3 +143,21 @@ def test_neighbor_edge_cases(m, top_k, sink, local, offsets, best, expected):
     scores[0, best] = 10.0  # ... and one clear winner
     attended = select_pages(scores, torch.tensor([m]), top_k, sink, local, neighbors=offsets)
     assert [p for p in attended[0].tolist() if p >= 0] == expected
+
+
+@pytest.mark.parametrize("trial", range(30))
+def test_topk_in_page_order_equals_a_rank_by_score_then_page(trial):
+    """Random scores with ties, negatives, zeros of both signs and -inf, at several widths and k: the pages and
+    values are those of a plain rank by (score descending, page ascending)."""
+    gen = torch.Generator().manual_seed(trial)
+    rows, n = int(torch.randint(1, 5, (1,), generator=gen)), int(torch.randint(1, 70, (1,), generator=gen))
+    k = int(torch.randint(1, n + 1, (1,), generator=gen))
+    palette = torch.tensor([float("-inf"), -3.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 2.0, 7e5])
+    scores = palette[torch.randint(0, len(palette), (rows, n), generator=gen)]
+    if trial % 3 == 0:  # untied values too
+        scores = torch.where(torch.rand(rows, n, generator=gen) < 0.5, torch.randn(rows, n, generator=gen), scores)
+    values, indices = topk_in_page_order(scores, k)
+    for r in range(rows):
+        ranked = sorted(range(n), key=lambda p: (-float(scores[r, p]), p))[:k]
+        assert indices[r].tolist() == ranked
+        assert torch.equal(values[r], scores[r, ranked])
