@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from retrolm.cli import OFF, escaped_argument, margin_argument
+from retrolm.cli import OFF, echo_tokens_argument, escaped_argument, margin_argument
 from retrolm.errors import RetroLMError
 
 from .errors import EvalError
@@ -13,11 +13,13 @@ from .methods import LLM_EMBEDDER, METHODS, MethodOptions, build_method
 RETROLM_KNOBS = ("page_size", "top_k", "sink_pages", "local_pages", "position_mode", "max_context_tokens",
                  "attention_backend", "refresh_interval", "prefill_chunk_pages", "neighbor_pages", "neighbor_direction",
                  "refresh_on", "lexical_weight", "lexical_ngram", "lexical_max_pages", "lexical_query_pages",
-                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span", "lexical_hop_stops")
+                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span", "lexical_hop_stops",
+                 "lexical_echo_tokens")
 STRING_KNOBS = ("position_mode", "attention_backend", "neighbor_direction")
 ESCAPED_KNOBS = ("refresh_on", "lexical_hop_stops")  # characters, backslash escapes read
 FLOAT_KNOBS = ("lexical_weight",)
 OPTIONAL_FLOAT_KNOBS = ("lexical_near_miss_margin",)  # a number, or OFF for None
+OPTIONAL_INT_KNOBS = ("lexical_echo_tokens",)  # an integer, or OFF for None
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -49,7 +51,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     for knob in RETROLM_KNOBS:
         kind = (str if knob in STRING_KNOBS else escaped_argument if knob in ESCAPED_KNOBS
-                else float if knob in FLOAT_KNOBS else margin_argument if knob in OPTIONAL_FLOAT_KNOBS else int)
+                else float if knob in FLOAT_KNOBS else margin_argument if knob in OPTIONAL_FLOAT_KNOBS
+                else echo_tokens_argument if knob in OPTIONAL_INT_KNOBS else int)
         p.add_argument("--" + knob.replace("_", "-"), type=kind, default=None, help=f"RetroLMConfig.{knob}")
     return p
 

@@ -24,17 +24,27 @@ def escaped_argument(text: str) -> str:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
-def margin_argument(text: str) -> float | str:
-    """argparse type of --lexical-near-miss-margin: a number >= 0, or OFF (the knob None: near misses not judged)."""
+def _optional_number(text: str, convert, minimum, expected: str) -> float | int | str:
+    """argparse type of an optional knob's value: `convert(text)` >= minimum, or OFF (the knob None)."""
     if text.strip().lower() == OFF:
         return OFF
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected} or 'off', got {text!r}") from None
+    if not value >= minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected} or 'off', got {value}")
     return value
+
+
+def margin_argument(text: str) -> float | str:
+    """argparse type of --lexical-near-miss-margin: a number >= 0, or OFF (the knob None: near misses not judged)."""
+    return _optional_number(text, float, 0, "a number >= 0")
+
+
+def echo_tokens_argument(text: str) -> int | str:
+    """argparse type of --lexical-echo-tokens: an integer >= 1, or OFF (the knob None: echoes not judged)."""
+    return _optional_number(text, int, 1, "an integer >= 1")
 
 
 def _positive_int(text: str) -> int:
@@ -61,9 +71,10 @@ def _generate(args) -> int:
                                ("lexical_hop_span", args.lexical_hop_span),
                                ("lexical_hop_stops", args.lexical_hop_stops))
              if v is not None}
-    margin = args.lexical_near_miss_margin
-    if margin is not None:
-        knobs["lexical_near_miss_margin"] = None if margin == OFF else margin
+    for knob in ("lexical_near_miss_margin", "lexical_echo_tokens"):
+        value = getattr(args, knob)
+        if value is not None:
+            knobs[knob] = None if value == OFF else value
     if args.offload_kv:
         knobs["offload_kv"] = True
     # dtype None: the checkpoint's (float32 for the embedded default model on the CPU)
@@ -221,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--lexical-hop-stops", type=escaped_argument, default=None,
                      help="characters that end a sentence, past which a hop does not look (backslash escapes read: "
                           "'.!?\\n'; '': the span alone bounds it; retrolm/lexical.py); default: the model's own")
+    gen.add_argument("--lexical-echo-tokens", type=echo_tokens_argument, default=None,
+                     help="rank a passage that repeats this many consecutive tokens of the question or more (a worked "
+                          "example asking the same of another value) below all others, when the question's key is "
+                          "held elsewhere (retrolm/lexical.py); 'off': never; default: the model's own")
     gen.add_argument("--offload-kv", action="store_true",
                      help="keep the K/V pages in host memory, a cache of them on the GPU (inputs whose KV does not "
                           "fit the GPU, e.g. 1M tokens; needs a trained retriever)")

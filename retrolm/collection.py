@@ -172,7 +172,8 @@ def store_lexical_index(store: PageStore, config, hop_stops: torch.Tensor | None
     the model's table of config.lexical_hop_stops (RetroLM._hop_stop_table())."""
     files = {doc_id: entry["file"] for doc_id, entry in store.documents().items()}
     knobs = (config.page_size, config.lexical_ngram, config.lexical_max_pages, config.lexical_query_pages,
-             config.lexical_near_miss_margin, config.lexical_hops, config.lexical_hop_span, config.lexical_hop_stops)
+             config.lexical_near_miss_margin, config.lexical_hops, config.lexical_hop_span, config.lexical_hop_stops,
+             config.lexical_echo_tokens)
     if store.lexical_index is not None and store.lexical_index[0][1] == knobs:
         (indexed, _), index = store.lexical_index
         if indexed == files:

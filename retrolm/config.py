@@ -98,6 +98,11 @@ class RetroLMConfig:
     # Characters that end a sentence (e.g. ".!?\n"): a hop looks for the next name only inside the sentence of the
     # link it follows, within lexical_hop_span, not in the text around the statement. "": the span alone bounds it.
     lexical_hop_stops: str = ""
+    # Echoes (lexical.py): a page of the best lexical match that repeats this many consecutive tokens of the question
+    # or more (a worked example asking the same of another value) while the question's key is held elsewhere is a
+    # near miss. Set it above the longest stretch a fact repeats of a question about it (a byte-level model: 64;
+    # a BPE model's tokens are ~4 bytes). None: off. Needs lexical_near_miss_margin.
+    lexical_echo_tokens: int | None = None
     sink_pages: int = 1  # first pages always attended (attention sink)
     local_pages: int = 1  # previous pages always attended (local continuity)
     position_mode: str = "contiguous"  # "contiguous": attended pages re-packed at positions 0..; "original"
@@ -148,6 +153,8 @@ class RetroLMConfig:
         span = self.lexical_hop_span
         if span is not None:
             _check_int("", "lexical_hop_span", span, 1)
+        if self.lexical_echo_tokens is not None:
+            _check_int("", "lexical_echo_tokens", self.lexical_echo_tokens, 1)
         margin = self.lexical_near_miss_margin
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
                                    or not math.isfinite(margin) or margin < 0):

@@ -54,12 +54,21 @@ it). A near miss starts no walk, but one a walk reaches is none (the next statem
 question's common words, and it names the key's variable). Like near misses, this is decided on the prompt and
 kept while the answer is written.
 
+Echoes (`echo_tokens`, off when None; needs near misses). A worked example that asks the question of another
+value (RULER vt's one-shot example: its question and answer repeat ~100 tokens of the prompt's question and answer
+start) is the best lexical match of the question and takes the page budget before the pages that answer it. When
+the best passage lacks the question's key, which lies in at most HOP_LINK_PAGES pages elsewhere (as hops judge it),
+and one of its pages, with its neighbours, repeats `echo_tokens` or more consecutive tokens of the question, every
+page of that passage is a near miss. A fact rarely repeats so long a stretch of a question about it (RULER's needles
+and the held-out needle formats: at most ~50 bytes), and a fact holding the key is not an echo at any length. Decided
+on the prompt's question and kept while the answer is written, like near misses.
+
 A page holds the n-grams that end in it, those begun on the page before included: a name cut by a page end is
 still one of the text's n-grams, held by the page that completes it. `LexicalIndex` keeps, for the complete pages,
 one sorted int64 key per (n-gram, page): the n-gram's hash in the high bits, the page in the low `PAGE_BITS`. The
 pages before m that hold an n-gram are then one contiguous run of keys, found by two binary searches; scoring is
-fixed-shape tensor work (searchsorted, gather, scatter_add). Reference: `reference_scores`, `reference_near_misses`
-and `reference_hop_scores` (plain Python sets), which tests compare it with.
+fixed-shape tensor work (searchsorted, gather, scatter_add). Reference: `reference_scores`, `reference_near_misses`,
+`reference_hop_scores` and `reference_echoes` (plain Python sets), which tests compare it with.
 """
 from __future__ import annotations
 
@@ -154,11 +163,12 @@ class LexicalIndex:
 
     def __init__(self, ngram: int, max_pages: int, page_size: int, query_tokens: int | None = None, device=None,
                  near_miss_margin: float | None = None, hops: int = 0, hop_span: int | None = None,
-                 hop_stops: torch.Tensor | None = None):
+                 hop_stops: torch.Tensor | None = None, echo_tokens: int | None = None):
         """query_tokens: how many tokens before a query's start it scores with (default page_size);
         near_miss_margin: None (off) or the rarity margin of near misses; hops: how many hops a prompt's question
         follows, hop_span: how far from a link a hop looks for the next (default a quarter page), hop_stops: [V]
-        bool, the token ids that end a sentence, past which a hop does not look (None: none do; module
+        bool, the token ids that end a sentence, past which a hop does not look (None: none do); echo_tokens: None
+        (off) or how many consecutive tokens of the question a page must repeat to be judged an echo of it (module
         docstring)."""
         query_tokens = page_size if query_tokens is None else query_tokens
         if ngram > page_size:
@@ -171,6 +181,7 @@ class LexicalIndex:
         self.hops, self._hop_span = hops, hop_span
         self.hop_stops = None if hop_stops is None else hop_stops.to(device=self.keys.device, dtype=torch.bool)
         self.hop_scores = torch.zeros(0, device=device)  # [pages judged] the last prompt window's hop pages' scores
+        self.echo_tokens = echo_tokens
 
     @classmethod
     def from_config(cls, config, hop_stops: torch.Tensor | None = None, device=None) -> LexicalIndex:
@@ -181,7 +192,8 @@ class LexicalIndex:
                                "pass the model's (RetroLM._hop_stop_table()).")
         return cls(config.lexical_ngram, config.lexical_max_pages, config.page_size,
                    config.lexical_query_pages * config.page_size, device, config.lexical_near_miss_margin,
-                   config.lexical_hops, config.lexical_hop_span, hop_stops if config.lexical_hops else None)
+                   config.lexical_hops, config.lexical_hop_span, hop_stops if config.lexical_hops else None,
+                   config.lexical_echo_tokens)
 
     def update(self, token_ids: torch.Tensor, complete_pages: int) -> None:
         """Index the pages from `self.pages` up to `complete_pages` of token_ids [>= complete_pages * P]."""
@@ -271,6 +283,9 @@ class LexicalIndex:
             outside = self._judged(m, starts.to(out.device), judged)
             if self.near_miss_margin is not None:
                 near = self._near_misses(m, out, outside)[0]
+                if self.echo_tokens is not None:
+                    window = token_ids[max(end - self.query_tokens, 0): end].to(out.device)
+                    near |= self._echoes(m, out[0], int(outside[-1]), window)
             hop_scores, reached = self._hop_scores(m, out[0], outside, near,
                                                    token_ids if page_ids is None else page_ids)
             near &= ~reached  # a page a walk reaches names what the key's page names
@@ -322,11 +337,7 @@ class LexicalIndex:
         judged = int(outside[-1])
         if not self.hops or judged == 0:
             return scores, reached
-        seen = (m.base[-1][m.distinct[-1]] >> PAGE_BITS).unique()  # the question's n-grams
-        pages, grams, _ = self._linked(seen, judged)
-        passage = self._best_passage(direct[:judged])
-        lacking = ~passage[pages] & ~torch.isin(grams, grams[passage[pages]])  # links the best passage lacks
-        focused = 0 < pages[lacking].unique().numel() <= HOP_LINK_PAGES  # in one place: the key, not chance
+        seen, pages, grams, passage, lacking, focused = self._question_links(m, direct, judged)
         keep = ~near[pages] & (lacking if focused else passage[pages])
         pages, grams = pages[keep], grams[keep]
         reached[pages] = True
@@ -354,6 +365,48 @@ class LexicalIndex:
                 cap = torch.minimum(cap, (direct + hop)[pages].max())
             reached[pages] = True
         return scores, reached
+
+    def _question_links(self, m: _Matches, direct: torch.Tensor, judged: int):
+        """Where the question's links (n-grams held by at most HOP_LINK_PAGES of the `judged` pages) are: (its
+        distinct n-grams [S], the (page [M], n-gram [M]) of each link's holders, the best passage [judged] bool,
+        [M] bool the links the best passage lacks, and whether those lie in at most HOP_LINK_PAGES pages: then the
+        best passage lacks the question's key, which is held in one place, not matched by chance)."""
+        seen = (m.base[-1][m.distinct[-1]] >> PAGE_BITS).unique()
+        pages, grams, _ = self._linked(seen, judged)
+        passage = self._best_passage(direct[:judged])
+        lacking = ~passage[pages] & ~torch.isin(grams, grams[passage[pages]])
+        focused = 0 < pages[lacking].unique().numel() <= HOP_LINK_PAGES
+        return seen, pages, grams, passage, lacking, focused
+
+    def _echoes(self, m: _Matches, direct: torch.Tensor, judged: int, window: torch.Tensor) -> torch.Tensor:
+        """[n] bool: the pages of the best passage, when one of them repeats `echo_tokens` or more consecutive tokens
+        of the question `window` (with its judged neighbours: a run cut by a page end) while the question's key lies
+        elsewhere (`_question_links`; module docstring)."""
+        n = direct.numel()
+        echo = torch.zeros(n, dtype=torch.bool, device=direct.device)
+        if judged == 0 or window.numel() < self.ngram:
+            return echo
+        _, _, _, passage, _, focused = self._question_links(m, direct, judged)
+        if not focused:
+            return echo
+        candidates = passage.nonzero()[:, 0]  # [C]
+        if self._repeated_runs(window, candidates, judged).max() >= self.echo_tokens:
+            echo[candidates] = True
+        return echo
+
+    def _repeated_runs(self, window: torch.Tensor, pages: torch.Tensor, judged: int) -> torch.Tensor:
+        """[C] the longest run of consecutive tokens of `window` [L] whose every n-gram one of `pages` [C] (each
+        with its neighbours among the `judged` pages) holds, in tokens (0: none held)."""
+        hashes = gram_hashes(window, self.ngram)  # [grams], in the window's order
+        around = pages[:, None] + torch.arange(-1, 2, device=pages.device)  # [C, 3]
+        inside = (around >= 0) & (around < judged)
+        keys = (hashes[None, None, :] << PAGE_BITS) | around.clamp(min=0)[:, :, None]  # [C, 3, grams]
+        at = torch.searchsorted(self.keys, keys).clamp(max=max(self.keys.numel() - 1, 0))
+        held = ((self.keys[at] == keys) & inside[:, :, None]).any(dim=1)  # [C, grams]
+        position = torch.arange(hashes.numel(), device=pages.device)
+        gap = torch.where(held, -1, position).cummax(dim=1).values  # the last position not held, so far
+        run = (position - gap).max(dim=1).values  # n-grams in the longest held run
+        return torch.where(run > 0, run + self.ngram - 1, 0)
 
     @staticmethod
     def _strong(pages: torch.Tensor, idf: torch.Tensor, linked: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -432,7 +485,7 @@ class DeviceLexicalIndex(LexicalIndex):
     def __init__(self, index: LexicalIndex, capacity: int):
         """From `index` (the prefill's: its pages are already indexed), with room up to `capacity` pages."""
         super().__init__(index.ngram, index.max_pages, index.page_size, index.query_tokens, index.keys.device,
-                         index.near_miss_margin, index.hops, index._hop_span, index.hop_stops)
+                         index.near_miss_margin, index.hops, index._hop_span, index.hop_stops, index.echo_tokens)
         _check_page_count(capacity)
         # the prompt's near misses and hop scores in fixed buffers (pages decoding adds are neither)
         self.near_misses = F.pad(index.near_misses[:capacity], (0, capacity - min(index.near_misses.numel(), capacity)))
@@ -508,6 +561,56 @@ def reference_near_misses(token_ids: list[int], start: int, query_page: int, n: 
             for j in range(n)]
 
 
+def _reference_links(page_grams: list[set], terms, judged: int) -> list[tuple[int, tuple, float]]:
+    """(page, n-gram, idf) of the judged pages holding a link (an n-gram held by at most HOP_LINK_PAGES of them)
+    among `terms`, for the references."""
+    found = []
+    for gram in terms:
+        holders = [j for j in range(judged) if gram in page_grams[j]]
+        if len(holders) <= HOP_LINK_PAGES:
+            found += [(j, gram, math.log((judged + 1) / (len(holders) + 0.5))) for j in holders]
+    return found
+
+
+def _reference_question_links(page_grams: list[set], seen: set, direct: list[float], judged: int):
+    """`LexicalIndex._question_links` in plain Python: (the best passage's pages, the (page, n-gram) links it
+    lacks, whether those lie in at most HOP_LINK_PAGES pages)."""
+    best = max(range(judged), key=lambda j: (direct[j], -j))  # the first of the highest
+    left, right = best, best
+    while left > 0 and direct[left - 1] > 0:
+        left -= 1
+    while right + 1 < judged and direct[right + 1] > 0:
+        right += 1
+    passage = set(range(left, right + 1))
+    links = _reference_links(page_grams, seen, judged)
+    held_by_passage = {gram for j, gram, _ in links if j in passage}
+    lacking = [(j, gram) for j, gram, _ in links if j not in passage and gram not in held_by_passage]
+    return passage, lacking, 0 < len({j for j, _ in lacking}) <= HOP_LINK_PAGES
+
+
+def reference_echoes(token_ids: list[int], window: list[int], direct: list[float], judged: int, page_size: int,
+                     ngram: int, echo_tokens: int, opens: Collection[int] = ()) -> list[bool]:
+    """The echoes of one question `window` (`LexicalIndex.judge_question` with echo_tokens) in plain Python, for
+    tests, given its direct scores of the n pages: the best passage's pages, when one of them, with its judged
+    neighbours, holds every n-gram of a run of `echo_tokens` or more consecutive window tokens and the key is
+    elsewhere."""
+    n = len(direct)
+    page_grams = reference_page_grams(token_ids, n, page_size, ngram, opens)
+    grams = [tuple(window[i: i + ngram]) for i in range(len(window) - ngram + 1)]
+    if not judged or not grams:
+        return [False] * n
+    passage, _, focused = _reference_question_links(page_grams, set(grams), direct, judged)
+    longest = 0
+    for j in passage if focused else ():
+        held = set().union(*page_grams[max(j - 1, 0): min(j + 2, judged)])
+        run = 0
+        for gram in grams:
+            run = run + 1 if gram in held else 0
+            longest = max(longest, run)
+    echo = longest > 0 and longest + ngram - 1 >= echo_tokens
+    return [echo and j in passage for j in range(n)]
+
+
 def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[float], judged: int, near: list[bool],
                          page_size: int, ngram: int, hops: int, opens: Collection[int] = (),
                          hop_span: int | None = None, stops: Collection[int] = ()) -> tuple[list[float], list[bool]]:
@@ -517,30 +620,14 @@ def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[fl
     P, n = page_size, len(direct)
     page_grams = reference_page_grams(page_ids, n, P, ngram, opens)
 
-    def links(terms):  # (page, n-gram, idf) of the judged pages holding a link among terms
-        found = []
-        for gram in terms:
-            holders = [j for j in range(judged) if gram in page_grams[j]]
-            if len(holders) <= HOP_LINK_PAGES:
-                found += [(j, gram, math.log((judged + 1) / (len(holders) + 0.5))) for j in holders]
-        return found
-
     scores = [0.0] * n
     if not hops or not judged:
         return scores, [False] * n
-    best = max(range(judged), key=lambda j: (direct[j], -j))  # the first of the highest
-    left, right = best, best
-    while left > 0 and direct[left - 1] > 0:
-        left -= 1
-    while right + 1 < judged and direct[right + 1] > 0:
-        right += 1
-    passage = set(range(left, right + 1))
     seen = {tuple(window[i: i + ngram]) for i in range(len(window) - ngram + 1)}
-    held_by_passage = {gram for j, gram, _ in links(seen) if j in passage}
-    lacking = [(j, gram) for j, gram, _ in links(seen) if j not in passage and gram not in held_by_passage]
-    focused = 0 < len({j for j, _ in lacking}) <= HOP_LINK_PAGES
+    passage, lacking, focused = _reference_question_links(page_grams, seen, direct, judged)
     frontier = [(j, gram) for j, gram in (lacking if focused else
-                                          [(j, gram) for j, gram, _ in links(seen) if j in passage])
+                                          [(j, gram) for j, gram, _ in _reference_links(page_grams, seen, judged)
+                                           if j in passage])
                 if not near[j]]
     reached = {j for j, _ in frontier}
     cap = max((direct[j] for j in reached), default=0.0)
@@ -557,7 +644,8 @@ def reference_hop_scores(page_ids: list[int], window: list[int], direct: list[fl
                       if any(abs(i - k) <= span and sentence[i] == sentence[k] for k in hits)}
         terms -= seen
         seen |= terms
-        frontier = [(j, gram, idf) for j, gram, idf in links(terms) if j not in reached]
+        frontier = [(j, gram, idf) for j, gram, idf in _reference_links(page_grams, terms, judged)
+                    if j not in reached]
         linked, count = {}, {}
         for j, _, idf in frontier:
             linked[j] = linked.get(j, 0.0) + idf

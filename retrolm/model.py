@@ -122,17 +122,21 @@ DEPENDENT_KNOBS = (
     ("lexical_hops", 0, "follows lexical page scores, which are off", "lexical_weight"),
     ("lexical_hop_span", None, "sets how far hops look, and hops are off", "lexical_hops"),
     ("lexical_hop_stops", "", "bounds what hops read, and hops are off", "lexical_hops"),
+    ("lexical_echo_tokens", None, "judges echoes as near misses, and near misses are off",
+     "lexical_near_miss_margin"),
 )
 
 
 def _drop_dependent_knobs(config: RetroLMConfig, asked) -> None:
     """A DEPENDENT_KNOBS knob set while the knob it needs is off: refused when asked for (`asked`: the knobs passed
     to from_pretrained), turned off when it is the checkpoint's (it belongs to what was turned off)."""
+    off_values = {knob: off for knob, off, _, _ in DEPENDENT_KNOBS} | {"lexical_weight": 0}
     for knob, off, what, needs in DEPENDENT_KNOBS:
-        value = getattr(config, knob)
-        if value != off and not getattr(config, needs):
+        value, needed = getattr(config, knob), getattr(config, needs)
+        if value != off and needed == off_values[needs]:
+            turn_on = f"pass {needs} > 0" if off_values[needs] == 0 else f"set {needs}"
             if knob in asked:
-                raise RetroLMError(f"{knob}={value!r} {what} ({needs}=0): pass {needs} > 0 with it, or "
+                raise RetroLMError(f"{knob}={value!r} {what} ({needs}={needed!r}): {turn_on} with it, or "
                                    f"{knob}={off!r}.")
             setattr(config, knob, off)
 

@@ -43,7 +43,7 @@ PAGES_DIR = "pages"
 ENCODING_KNOBS = ("page_size", "scorer", "scorer_query_tokens", "top_k", "neighbor_pages", "neighbor_direction",
                   "sink_pages", "local_pages", "position_mode", "bookmark_token", "retriever", "lexical_weight",
                   "lexical_ngram", "lexical_max_pages", "lexical_query_pages", "lexical_near_miss_margin",
-                  "lexical_hops", "lexical_hop_span", "lexical_hop_stops")
+                  "lexical_hops", "lexical_hop_span", "lexical_hop_stops", "lexical_echo_tokens")
 
 
 def model_identity(model) -> dict:

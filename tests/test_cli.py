@@ -1,4 +1,5 @@
 """The command line and the demo, end to end on tiny models."""
+import pytest
 import torch
 
 from retrolm.cli import main
@@ -49,6 +50,26 @@ def test_generate_passes_hop_stops_with_escapes_read(tiny_dirs, tmp_path, capsys
                  "--lexical-hops", "0", "--lexical-hop-stops", "\\n", "--device", "cpu"])
     assert code == 2
     assert "lexical_hop_stops='\\n' bounds what hops read, and hops are off" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, error", [
+    ("48", "lexical_echo_tokens=48 judges echoes as near misses, and near misses are off"),
+    ("0", "expected an integer >= 1 or 'off', got 0"),
+    ("many", "expected an integer >= 1 or 'off', got 'many'"),
+])
+def test_generate_passes_echo_tokens(tiny_dirs, tmp_path, capsys, value, error):
+    """--lexical-echo-tokens reaches the model as an integer (asked with near misses off, the model's one clear
+    error names it); a bad value is refused by the parser."""
+    text = tmp_path / "doc.txt"
+    text.write_text("one two. three\n" * 20)
+    argv = ["generate", "--model", tiny_dirs["llama"], "--input", str(text), "--question", "q",
+            "--lexical-echo-tokens", value, "--device", "cpu"]
+    if value.isdigit() and int(value) > 0:
+        assert main(argv) == 2
+    else:
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert error in capsys.readouterr().err
 
 
 def test_haystack_hides_the_fact_once_where_it_says():

@@ -292,7 +292,8 @@ def test_a_store_records_the_lexical_knobs_its_encoding_used(tmp_path):
     path = os.path.join(str(tmp_path / "without"), MANIFEST)
     manifest = json.load(open(path))
     for knob in ("lexical_weight", "lexical_ngram", "lexical_max_pages", "lexical_query_pages",
-                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span", "lexical_hop_stops"):
+                 "lexical_near_miss_margin", "lexical_hops", "lexical_hop_span", "lexical_hop_stops",
+                 "lexical_echo_tokens"):
         del manifest["identity"]["retrolm"][knob]
     json.dump(manifest, open(path, "w"))
     assert len(PageStore.open(str(tmp_path / "without"), without)) == 1
