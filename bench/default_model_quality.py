@@ -17,7 +17,9 @@ Methods (one `python -m eval.ruler` run per method and task, `--jobs` at a time)
 - retrolm_near_miss, retrolm_no_near_miss: the model measured with near misses judged (--near-miss-margin) or not
   (retrolm/lexical.py), whichever it does not do itself (only for a model with lexical page scores);
 - retrolm_hops, retrolm_no_hops: the model measured with lexical hops (--hops deep) or without (retrolm/lexical.py),
-  whichever it does not do itself (only for a model with lexical page scores).
+  whichever it does not do itself (only for a model with lexical page scores);
+- retrolm_no_echo: the model measured without judging echoes of the question (retrolm/lexical.py), for a model
+  that judges them.
 Writes <assets>/quality.json, quality.md and quality.png (score vs context length, one panel per task).
 """
 from __future__ import annotations
@@ -44,23 +46,25 @@ from train.corpus import byte_count  # noqa: E402
 
 METHODS = ("retrolm", "retrolm_untrained_retriever", "retrolm_no_post_training", "retrolm_post_trained", "full",
            "rag", "streaming", "retrolm_lexical", "retrolm_no_lexical", "retrolm_near_miss", "retrolm_no_near_miss",
-           "retrolm_hops", "retrolm_no_hops")
+           "retrolm_hops", "retrolm_no_hops", "retrolm_no_echo")
 DEFAULT_TASKS = "niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,vt"
 
 
 def default_methods(model: str, post_trained: str | None) -> list[str]:
     """Every method that measures something distinct: no_post_training only for a post-trained model,
     post_trained only when its model is given, retrolm_lexical for a model without lexical page scores and
-    retrolm_no_lexical for one with them, and for the latter the near-miss and hop methods it does not do itself."""
+    retrolm_no_lexical for one with them, and for the latter the near-miss, hop and echo methods it does not do
+    itself."""
     adapter = os.path.isdir(os.path.join(model, "adapter"))
     config = RetroLMConfig.load(model)
     lexical, judged = bool(config.lexical_weight), config.lexical_near_miss_margin is not None
-    hops = config.lexical_hops
+    hops, echo = config.lexical_hops, config.lexical_echo_tokens is not None
     return [m for m in METHODS if (m != "retrolm_no_post_training" or adapter)
             and (m != "retrolm_post_trained" or post_trained)
             and (m != "retrolm_lexical" or not lexical) and (m != "retrolm_no_lexical" or lexical)
             and (m != "retrolm_near_miss" or (lexical and not judged)) and (m != "retrolm_no_near_miss" or judged)
-            and (m != "retrolm_hops" or (lexical and not hops)) and (m != "retrolm_no_hops" or hops)]
+            and (m != "retrolm_hops" or (lexical and not hops)) and (m != "retrolm_no_hops" or hops)
+            and (m != "retrolm_no_echo" or echo)]
 
 
 def variant_models(model: str, stage1_retriever: str, work: str, post_trained: str | None = None,
@@ -90,6 +94,7 @@ def variant_models(model: str, stage1_retriever: str, work: str, post_trained: s
         "retrolm_no_near_miss": (model, "retrolm", ["--lexical-near-miss-margin", "off"]),
         "retrolm_hops": (model, "retrolm", ["--lexical-hops", str(hops)]),
         "retrolm_no_hops": (model, "retrolm", ["--lexical-hops", "0"]),
+        "retrolm_no_echo": (model, "retrolm", ["--lexical-echo-tokens", "off"]),
     }
 
 

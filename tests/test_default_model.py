@@ -48,3 +48,13 @@ def test_the_shipped_models_stage1_is_its_base_and_retriever_without_the_adapter
         assert torch.equal(weight, retriever[name]), name
     ids = inference.tokenizer("a stage-1 model still answers " * 20, return_tensors="pt").input_ids
     assert inference.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape[1] == ids.shape[1] + 2
+
+
+def test_the_shipped_config_holds_the_settings_a_rebuild_exports():
+    """train/build_default_model.py's EXPORT_KNOBS are what a rebuild writes; the shipped model must hold the same,
+    so a setting chosen later (and measured) is not lost by the next rebuild, nor shipped without it."""
+    from retrolm.config import RetroLMConfig
+    from train.build_default_model import DEFAULT_OUT, EXPORT_KNOBS
+
+    shipped = RetroLMConfig.load(DEFAULT_OUT)
+    assert {knob: getattr(shipped, knob) for knob in EXPORT_KNOBS} == EXPORT_KNOBS

@@ -101,6 +101,9 @@ def test_default_methods_measure_only_distinct_variants(tmp_path):
     assert "retrolm_lexical" in methods and "retrolm_no_lexical" not in methods
     assert "retrolm_near_miss" not in methods and "retrolm_no_near_miss" not in methods, "nothing to judge"
     assert "retrolm_hops" not in methods and "retrolm_no_hops" not in methods, "nothing to follow"
+    assert "retrolm_no_echo" not in methods, "no echoes judged"
+    RetroLMConfig(lexical_weight=10.0, lexical_near_miss_margin=0.7, lexical_echo_tokens=64).save(str(shipped))
+    assert "retrolm_no_echo" in default_methods(str(shipped), None)
 
 
 def test_page_granularity_fills_the_same_window_at_every_page_size():

@@ -45,7 +45,7 @@ DEFAULT_OUT = os.path.join(ROOT, "assets", "retrolm-byte-llama")
 # successor, so a needle cut by a page boundary is read whole (the demo's third question; docs/decisions.md)
 EXPORT_KNOBS = {"neighbor_pages": 1, "neighbor_direction": "next", "lexical_weight": 10.0,
                 "lexical_near_miss_margin": 0.7, "lexical_hops": 4, "lexical_hop_span": 32,
-                "lexical_hop_stops": ".!?\n"}
+                "lexical_hop_stops": ".!?\n", "lexical_echo_tokens": 64}
 STAGE_SEED = 10_000_000  # long documents draw from seeds disjoint from the pretraining documents'
 
 # (pretraining documents, long documents, long-document length) and config overrides: full run and smoke test
