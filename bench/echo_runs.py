@@ -5,9 +5,10 @@
 For each prompt (RULER tasks through the eval harness; held-out prose with the test and validation needle formats,
 bench/heldout_prose.py) the question window is the last `lexical_query_pages` pages of the prompt, as the lexical
 index judges it, and a page's run is the longest stretch of consecutive window tokens whose every n-gram the page or
-a neighbour holds (retrolm/lexical.py, echoes), counted in plain Python sets. Reported per kind of judged page (the
-pages before the one before the window): the needle's pages (RULER's asked needles, vt's chain statements, the
-held-out value's page), the pages before the context (vt's one-shot example is there), and all other pages.
+a neighbour holds (retrolm/lexical.py, echoes), counted in plain Python sets (`lexical.reference_repeated_runs`).
+Reported per kind of judged page (the pages before the one before the window): the needle's pages (RULER's asked
+needles, vt's chain statements, the held-out value's page), the pages before the context (vt's one-shot example is
+there), and all other pages.
 The sealed needle formats are not measured here: they are for final reports, not for setting knobs.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bench.ruler_pages import needle_spans, token_pages  # noqa: E402
 from eval.methods import MethodOptions, build_method  # noqa: E402
 from eval.ruler import to_sample  # noqa: E402
 from eval.ruler_tasks import Generator  # noqa: E402
+from retrolm.lexical import reference_repeated_runs  # noqa: E402
 from retrolm.training.needle_recall import build_sample, reference_topics  # noqa: E402
 
 KINDS = ("needle", "before_context", "other")
@@ -33,22 +35,9 @@ KINDS = ("needle", "before_context", "other")
 
 def page_runs(ids: list[int], page_size: int, ngram: int, window_tokens: int) -> dict[int, int]:
     """{judged page: its run in tokens} for the question window ending where `ids` ends (0: none held)."""
-    end = len(ids)
-    held = [set() for _ in range(end // page_size)]
-    for i in range(ngram - 1, len(held) * page_size):  # a page holds the n-grams that end in it
-        held[i // page_size].add(tuple(ids[i - ngram + 1: i + 1]))
-    window = ids[max(end - window_tokens, 0): end]
-    grams = [tuple(window[i: i + ngram]) for i in range(len(window) - ngram + 1)]
-    judged = max(max(end - window_tokens, 0) // page_size - 1, 0)
-    runs = {}
-    for page in range(judged):
-        near = set().union(*held[max(page - 1, 0): min(page + 2, judged)])
-        longest = run = 0
-        for gram in grams:
-            run = run + 1 if gram in near else 0
-            longest = max(longest, run)
-        runs[page] = longest + ngram - 1 if longest else 0
-    return runs
+    start = max(len(ids) - window_tokens, 0)
+    judged = max(start // page_size - 1, 0)
+    return dict(enumerate(reference_repeated_runs(ids, ids[start:], judged, page_size, ngram)))
 
 
 def by_kind(runs: dict[int, int], needle: set[int], before_context: int) -> dict[str, int]:

@@ -281,12 +281,17 @@ class LexicalIndex:
         hop_scores = torch.zeros(n, device=out.device)
         if m is not None:
             outside = self._judged(m, starts.to(out.device), judged)
+            judged_pages = int(outside[-1])
+            echoes = self.near_miss_margin is not None and self.echo_tokens is not None
+            # where the question's links are: read by echoes and hops alike, found once
+            links = (self._question_links(m, out[0], judged_pages) if judged_pages and (echoes or self.hops)
+                     else None)
             if self.near_miss_margin is not None:
                 near = self._near_misses(m, out, outside)[0]
-                if self.echo_tokens is not None:
-                    window = token_ids[max(end - self.query_tokens, 0): end].to(out.device)
-                    near |= self._echoes(m, out[0], int(outside[-1]), window)
-            hop_scores, reached = self._hop_scores(m, out[0], outside, near,
+            if echoes and links is not None:
+                window = token_ids[max(end - self.query_tokens, 0): end].to(out.device)
+                near |= self._echoes(links, judged_pages, window, n)
+            hop_scores, reached = self._hop_scores(links, out[0], judged_pages, near,
                                                    token_ids if page_ids is None else page_ids)
             near &= ~reached  # a page a walk reaches names what the key's page names
         self.near_misses, self.hop_scores = near, hop_scores
@@ -327,17 +332,16 @@ class LexicalIndex:
         return (candidate & (rarest > 0) & ((page[None, :] - best).abs() > 1)
                 & (rarest < anchor - self.near_miss_margin))
 
-    def _hop_scores(self, m: _Matches, direct: torch.Tensor, outside: torch.Tensor, near: torch.Tensor,
+    def _hop_scores(self, links: tuple | None, direct: torch.Tensor, judged: int, near: torch.Tensor,
                     page_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """([n] the hop scores, [n] bool the pages the walk reached) of a question whose direct scores are `direct`
-        [n] (module docstring)."""
+        [n], its links `links` (`_question_links` over the `judged` pages; None: none judged) (module docstring)."""
         n = near.numel()
         scores = torch.zeros(n, device=self.keys.device)
         reached = torch.zeros(n, dtype=torch.bool, device=scores.device)
-        judged = int(outside[-1])
-        if not self.hops or judged == 0:
+        if not self.hops or links is None:
             return scores, reached
-        seen, pages, grams, passage, lacking, focused = self._question_links(m, direct, judged)
+        seen, pages, grams, passage, lacking, focused = links
         keep = ~near[pages] & (lacking if focused else passage[pages])
         pages, grams = pages[keep], grams[keep]
         reached[pages] = True
@@ -378,16 +382,13 @@ class LexicalIndex:
         focused = 0 < pages[lacking].unique().numel() <= HOP_LINK_PAGES
         return seen, pages, grams, passage, lacking, focused
 
-    def _echoes(self, m: _Matches, direct: torch.Tensor, judged: int, window: torch.Tensor) -> torch.Tensor:
+    def _echoes(self, links: tuple, judged: int, window: torch.Tensor, n: int) -> torch.Tensor:
         """[n] bool: the pages of the best passage, when one of them repeats `echo_tokens` or more consecutive tokens
         of the question `window` (with its judged neighbours: a run cut by a page end) while the question's key lies
-        elsewhere (`_question_links`; module docstring)."""
-        n = direct.numel()
-        echo = torch.zeros(n, dtype=torch.bool, device=direct.device)
-        if judged == 0 or window.numel() < self.ngram:
-            return echo
-        _, _, _, passage, _, focused = self._question_links(m, direct, judged)
-        if not focused:
+        elsewhere (`links`: `_question_links` over the `judged` pages; module docstring)."""
+        _, _, _, passage, _, focused = links
+        echo = torch.zeros(n, dtype=torch.bool, device=passage.device)
+        if not focused or window.numel() < self.ngram:
             return echo
         candidates = passage.nonzero()[:, 0]  # [C]
         if self._repeated_runs(window, candidates, judged).max() >= self.echo_tokens:
@@ -588,6 +589,24 @@ def _reference_question_links(page_grams: list[set], seen: set, direct: list[flo
     return passage, lacking, 0 < len({j for j, _ in lacking}) <= HOP_LINK_PAGES
 
 
+def reference_repeated_runs(token_ids: list[int], window: list[int], judged: int, page_size: int, ngram: int,
+                            opens: Collection[int] = ()) -> list[int]:
+    """`LexicalIndex._repeated_runs` in plain Python sets, for tests and bench/echo_runs.py: per judged page, the
+    longest run of consecutive `window` tokens whose every n-gram the page or a judged neighbour holds, in tokens
+    (0: none held)."""
+    page_grams = reference_page_grams(token_ids, judged, page_size, ngram, opens)
+    grams = [tuple(window[i: i + ngram]) for i in range(len(window) - ngram + 1)]
+    runs = []
+    for j in range(judged):
+        held = set().union(*page_grams[max(j - 1, 0): j + 2])
+        longest = run = 0
+        for gram in grams:
+            run = run + 1 if gram in held else 0
+            longest = max(longest, run)
+        runs.append(longest + ngram - 1 if longest else 0)
+    return runs
+
+
 def reference_echoes(token_ids: list[int], window: list[int], direct: list[float], judged: int, page_size: int,
                      ngram: int, echo_tokens: int, opens: Collection[int] = ()) -> list[bool]:
     """The echoes of one question `window` (`LexicalIndex.judge_question` with echo_tokens) in plain Python, for
@@ -600,14 +619,10 @@ def reference_echoes(token_ids: list[int], window: list[int], direct: list[float
     if not judged or not grams:
         return [False] * n
     passage, _, focused = _reference_question_links(page_grams, set(grams), direct, judged)
-    longest = 0
-    for j in passage if focused else ():
-        held = set().union(*page_grams[max(j - 1, 0): min(j + 2, judged)])
-        run = 0
-        for gram in grams:
-            run = run + 1 if gram in held else 0
-            longest = max(longest, run)
-    echo = longest > 0 and longest + ngram - 1 >= echo_tokens
+    if not focused:
+        return [False] * n
+    runs = reference_repeated_runs(token_ids, window, judged, page_size, ngram, opens)
+    echo = max(runs[j] for j in passage) >= echo_tokens
     return [echo and j in passage for j in range(n)]
 
 
